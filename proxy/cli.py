@@ -1,0 +1,50 @@
+"""The `turnout` command line: one subcommand per module in proxy/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from proxy.errors import TurnoutError
+
+#: Each module has `register(subparsers)`, which adds its parser(s) with `func=run(args) -> int`.
+COMMAND_MODULES = (
+    "proxy.commands.serve",
+    "proxy.commands.kv",
+    "proxy.commands.flags",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnout",
+        description="A gRPC proxy that moves a key-value store from legacy JSON files to a new store.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command whose module is not written yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except TurnoutError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

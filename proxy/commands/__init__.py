@@ -1,0 +1,1 @@
+"""Subcommands of `turnout`, one module each (see proxy/cli.py)."""

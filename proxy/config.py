@@ -1,0 +1,159 @@
+"""The server config (contract §2): read once at start, validated whole, errors naming the field.
+
+Relative paths are relative to the config file's folder, so the shipped config works from any
+working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/turnout.yaml")
+DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
+MAX_KEY_BYTES = 1024
+
+#: Backend types whose store is a path on disk, and so take `path`.
+FILE_BACKENDS = frozenset({"jsonfile", "jsondir", "sqlite"})
+BACKEND_TYPES = frozenset({"memory"}) | FILE_BACKENDS
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """How to open one backend: its type and its type's options."""
+
+    type: str
+    path: Path | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str
+    flags: Path
+    state_dir: Path
+    old: BackendSpec
+    new: BackendSpec
+    admin_listen: str = "127.0.0.1:9464"
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    record_keys: bool = False
+    source: Path | None = None
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config to use: the one given, else $TURNOUT_CONFIG, else config/turnout.yaml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("TURNOUT_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_config(raw, base=source.resolve().parent, source=source)
+
+
+def parse_config(raw: object, base: Path, source: Path | None = None) -> Config:
+    where = f"{source}: " if source else ""
+    try:
+        return _parse(raw, base, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+_TOP_FIELDS = {"listen", "flags", "state_dir", "backends", "admin", "max_value_bytes", "telemetry"}
+
+
+def _parse(raw: object, base: Path, source: Path | None) -> Config:
+    doc = _mapping(raw, "config")
+    _no_unknown(doc, _TOP_FIELDS, "")
+    backends = _mapping(_required(doc, "backends", ""), "backends")
+    _no_unknown(backends, {"old", "new"}, "backends.")
+    admin = _mapping(doc.get("admin", {}), "admin")
+    _no_unknown(admin, {"listen"}, "admin.")
+    telemetry = _mapping(doc.get("telemetry", {}), "telemetry")
+    _no_unknown(telemetry, {"record_keys"}, "telemetry.")
+    max_value_bytes = doc.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
+    if isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int):
+        raise ConfigError("max_value_bytes: must be an integer")
+    if max_value_bytes <= 0:
+        raise ConfigError("max_value_bytes: must be positive")
+    record_keys = telemetry.get("record_keys", False)
+    if not isinstance(record_keys, bool):
+        raise ConfigError("telemetry.record_keys: must be true or false")
+    return Config(
+        listen=_address(_required(doc, "listen", ""), "listen"),
+        flags=_path(_required(doc, "flags", ""), "flags", base),
+        state_dir=_path(_required(doc, "state_dir", ""), "state_dir", base),
+        old=_backend(_required(backends, "old", "backends."), "backends.old", base),
+        new=_backend(_required(backends, "new", "backends."), "backends.new", base),
+        admin_listen=_address(admin.get("listen", "127.0.0.1:9464"), "admin.listen"),
+        max_value_bytes=max_value_bytes,
+        record_keys=record_keys,
+        source=source,
+    )
+
+
+def _backend(raw: object, name: str, base: Path) -> BackendSpec:
+    spec = _mapping(raw, name)
+    kind = spec.get("type")
+    if not isinstance(kind, str) or kind not in BACKEND_TYPES:
+        known = ", ".join(sorted(BACKEND_TYPES))
+        raise ConfigError(f"{name}.type: must be one of {known}, got {kind!r}")
+    options = {k: v for k, v in spec.items() if k not in {"type", "path"}}
+    path: Path | None = None
+    if kind in FILE_BACKENDS:
+        path = _path(_required(spec, "path", f"{name}."), f"{name}.path", base)
+    elif "path" in spec:
+        raise ConfigError(f"{name}.path: a {kind} backend takes no path")
+    if kind == "memory" and options:
+        raise ConfigError(f"{name}.{sorted(options)[0]}: unknown field for a memory backend")
+    return BackendSpec(type=kind, path=path, options=options)
+
+
+def _mapping(raw: object, name: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name}: must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _required(doc: Mapping[str, Any], key: str, prefix: str) -> Any:
+    if key not in doc or doc[key] is None:
+        raise ConfigError(f"{prefix}{key}: required")
+    return doc[key]
+
+
+def _no_unknown(doc: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}: unknown field")
+
+
+def _path(raw: object, name: str, base: Path) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{name}: must be a non-empty path string")
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _address(raw: object, name: str) -> str:
+    if not isinstance(raw, str) or ":" not in raw:
+        raise ConfigError(f"{name}: must be host:port, got {raw!r}")
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: must be host:port with a port 0-65535, got {raw!r}")
+    return raw
