@@ -1,0 +1,188 @@
+"""The durable replication queue: every write reaches the other backend, even across a crash.
+
+Before a write touches its primary, the dispatcher records an *intent* ("key K changed on backend
+S, copy it to T") in a durable store. The replayer later copies S's *current* state of K to T, its
+value or its absence, and only then forgets the intent. Replaying is therefore idempotent and
+order-free: a crash between any two steps loses nothing, and a delete is replicated like any write,
+so no deleted key comes back. The dispatcher and the replayer take the same per-key lock, so a copy
+never interleaves with a write of the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from proxy.backends.base import Backend
+from proxy.keylocks import KeyLocks
+
+log = logging.getLogger(__name__)
+
+#: How many keys the replayer copies at once.
+REPLAY_CONCURRENCY = 32
+#: Retry delays while a backend fails: first, factor, ceiling (seconds).
+BACKOFF_FIRST_S = 0.05
+BACKOFF_FACTOR = 2.0
+BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    key: str
+    source: str
+    target: str
+    since: float
+
+    def encode(self) -> bytes:
+        return json.dumps({"source": self.source, "target": self.target, "since": self.since}).encode()
+
+    @classmethod
+    def decode(cls, key: str, raw: bytes) -> Intent:
+        doc = json.loads(raw)
+        return cls(key=key, source=str(doc["source"]), target=str(doc["target"]), since=float(doc["since"]))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: int
+    oldest_age_s: float
+    replayed: int
+    failures: int
+    last_error: str | None
+
+
+class ReplicationQueue:
+    """Pending intents, kept in memory for speed and in `store` for durability."""
+
+    def __init__(
+        self,
+        store: Backend,
+        backends: Mapping[str, Backend],
+        locks: KeyLocks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._backends = backends
+        self._locks = locks
+        self._clock = clock
+        self._pending: dict[str, Intent] = {}
+        self._wakeup = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._task: asyncio.Task[None] | None = None
+        self.replayed = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    async def load(self) -> int:
+        """Read the intents a previous run left behind; returns how many."""
+        async for page in self._store.scan():
+            for key, raw in page:
+                self._pending[key] = Intent.decode(key, raw)
+        if self._pending:
+            self._changed()
+        return len(self._pending)
+
+    async def record(self, key: str, source: str, target: str) -> None:
+        """Durably note that key must be copied from source to target. Call holding the key's lock."""
+        current = self._pending.get(key)
+        if current is not None and (current.source, current.target) == (source, target):
+            return  # already durably pending with the same direction: nothing new to say
+        intent = Intent(key, source, target, current.since if current else self._clock())
+        await self._store.set(key, intent.encode())
+        self._pending[key] = intent
+        self._changed()
+
+    async def settle(self, key: str) -> None:
+        """Forget key's intent once its target holds the source's state. Call holding the key's lock."""
+        if key in self._pending:
+            await self._store.delete(key)
+            del self._pending[key]
+            self._changed()
+
+    def pending(self, key: str) -> Intent | None:
+        return self._pending.get(key)
+
+    def stats(self) -> QueueStats:
+        oldest = min((i.since for i in self._pending.values()), default=None)
+        return QueueStats(
+            depth=len(self._pending),
+            oldest_age_s=0.0 if oldest is None else max(0.0, self._clock() - oldest),
+            replayed=self.replayed,
+            failures=self.failures,
+            last_error=self.last_error,
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._replay_forever(), name="replication-replayer")
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is pending, at most timeout seconds; True when drained."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _changed(self) -> None:
+        if self._pending:
+            self._empty.clear()
+            self._wakeup.set()
+        else:
+            self._empty.set()
+
+    async def _replay_forever(self) -> None:
+        delay = BACKOFF_FIRST_S
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch = list(self._pending)[: REPLAY_CONCURRENCY * 8]
+            if not batch:
+                continue
+            slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
+            results = await asyncio.gather(*(self._replay_one(key, slots) for key in batch))
+            if all(results):
+                delay = BACKOFF_FIRST_S
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * BACKOFF_FACTOR, BACKOFF_MAX_S)
+            if self._pending:
+                self._wakeup.set()
+
+    async def _replay_one(self, key: str, slots: asyncio.Semaphore) -> bool:
+        async with slots, self._locks.hold(key):
+            intent = self._pending.get(key)
+            if intent is None:
+                return True  # settled by a shadow write meanwhile
+            try:
+                await copy_key(key, self._backends[intent.source], self._backends[intent.target])
+                await self.settle(key)
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{intent.source}->{intent.target} {key!r}: {exc}"
+                log.warning("replication of %r to %s failed (will retry): %s", key, intent.target, exc)
+                return False
+            self.replayed += 1
+            return True
+
+
+async def copy_key(key: str, source: Backend, target: Backend) -> None:
+    """Make target hold source's current state of key: its value, or its absence."""
+    value = await source.get(key)
+    if value is None:
+        await target.delete(key)
+    else:
+        await target.set(key, value)
