@@ -60,7 +60,7 @@ def test_unreadable_or_malformed_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("listen: [\n")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_config(broken)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just text\n")

@@ -167,7 +167,8 @@ async def test_health_is_serving_and_reflection_lists_the_services(memory_proxy:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         names: set[str] = set()
-        async for reply in reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in reflect.ServerReflectionInfo(iter([request])):
             names.update(s.name for s in reply.list_services_response.service)
         assert {"turnout.kv.v1.KeyValue", "grpc.health.v1.Health"} <= names
 
@@ -192,6 +193,7 @@ async def test_embedded_stores_keep_writes_across_restart(embedded_proxy: ProxyP
 async def test_sigterm_lets_in_flight_writes_finish(embedded_proxy: ProxyProcess, tmp_path: Path) -> None:
     """After SIGTERM the proxy exits 0, and every write it acknowledged is in the legacy file."""
     acknowledged: list[str] = []
+    enough = asyncio.Event()
 
     async def writer(channel: grpc.aio.Channel, n: int) -> None:
         stub = kv_pb2_grpc.KeyValueStub(channel)
@@ -202,11 +204,12 @@ async def test_sigterm_lets_in_flight_writes_finish(embedded_proxy: ProxyProcess
             except grpc.aio.AioRpcError:
                 return
             acknowledged.append(key)
+            if len(acknowledged) >= 50:
+                enough.set()
 
     async with grpc.aio.insecure_channel(embedded_proxy.target) as channel:
         writers = [asyncio.create_task(writer(channel, n)) for n in range(8)]
-        while len(acknowledged) < 50:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(enough.wait(), 30)
         assert embedded_proxy.process is not None
         embedded_proxy.process.send_signal(signal.SIGTERM)
         await asyncio.gather(*writers)
