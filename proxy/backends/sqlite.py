@@ -1,0 +1,235 @@
+"""SQLite: the embedded default new store.
+
+WAL with synchronous=FULL, so a write is durable when acknowledged. Writes are group-committed: one
+writer thread takes every queued write, applies them in one transaction and resolves each caller's
+future after the COMMIT, so sixteen concurrent writers cost one fsync, not sixteen. Reads run on
+their own connections in a small thread pool, so neither reads nor writes ever stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
+from proxy.errors import BackendUnavailable
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+BUSY_TIMEOUT_MS = 5000
+READ_THREADS = 2
+#: At most this many queued writes share one transaction (bounds its size and latency).
+MAX_BATCH = 2048
+
+
+@contextlib.contextmanager
+def translated_errors(path: Path) -> Iterator[None]:
+    """sqlite3's errors become BackendUnavailable at the boundary, naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendUnavailable(f"sqlite {path}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Write:
+    """One queued write: set (value is bytes), delete (value None), or many sets (items)."""
+
+    key: Key | None
+    value: Value | None
+    items: Sequence[Item] | None
+    done: Future[bool]
+
+
+_STOP = object()
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string starting with prefix (None: no bound exists).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points, as Python does.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            successor = last + 1
+            if 0xD800 <= successor <= 0xDFFF:
+                successor = 0xE000  # surrogates cannot be stored; skip over them
+            return "".join(chars) + chr(successor)
+    return None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return connection
+
+
+class SqliteBackend:
+    type_name = "sqlite"
+
+    def __init__(self, path: Path, writer: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._writes: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sqlite-read")
+        self._thread = threading.Thread(target=self._write_loop, name="sqlite-write", daemon=True)
+        self._closed = False
+        #: Transactions committed so far: lets tests and benchmarks see group commit at work.
+        self.commits = 0
+        self._thread.start()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteBackend:
+        def prepare() -> sqlite3.Connection:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with translated_errors(path):
+                connection = _connect(path)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                connection.execute(SCHEMA)
+                return connection
+
+        return cls(path, await asyncio.to_thread(prepare))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _connect(self.path)
+            self._local.connection = connection
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
+
+    async def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        if self._closed:
+            raise BackendUnavailable(f"sqlite {self.path}: closed")
+
+        def run() -> list[tuple[object, ...]]:
+            with translated_errors(self.path):
+                return self._reader().execute(sql, args).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    async def get(self, key: Key) -> Value | None:
+        rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
+
+    async def has(self, key: Key) -> bool:
+        return bool(await self._read("SELECT 1 FROM kv WHERE key = ?", (key,)))
+
+    async def keys(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Key]]:
+        async for page in self._pages("SELECT key FROM kv", prefix, page_size):
+            yield [str(row[0]) for row in page]
+
+    async def scan(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Item]]:
+        async for page in self._pages("SELECT key, value FROM kv", prefix, page_size):
+            yield [(str(row[0]), bytes(row[1])) for row in page]  # type: ignore[call-overload]
+
+    async def _pages(self, select: str, prefix: str, page_size: int) -> AsyncIterator[list[tuple[object, ...]]]:
+        # Keyset pagination over the primary key: only one page is ever in memory, and a key
+        # written or deleted meanwhile cannot make another key appear twice. `substr` (not LIKE)
+        # so that `%` and `_` in a prefix are plain characters.
+        upper = prefix_upper_bound(prefix)
+        bound = "" if upper is None else " AND key < ?"
+        sql = f"{select} WHERE key >= ? AND (? OR key > ?) AND substr(key, 1, ?) = ?{bound} ORDER BY key LIMIT ?"
+        last = ""
+        first = True
+        while True:
+            args: tuple[object, ...] = (prefix, first, last, len(prefix), prefix)
+            rows = await self._read(sql, (*args, *(() if upper is None else (upper,)), page_size))
+            if not rows:
+                return
+            yield rows
+            if len(rows) < page_size:
+                return
+            last = str(rows[-1][0])
+            first = False
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def _write(self, key: Key | None, value: Value | None, items: Sequence[Item] | None) -> bool:
+        if self._closed:
+            raise BackendUnavailable(f"sqlite {self.path}: closed")
+        done: Future[bool] = Future()
+        self._writes.put(_Write(key, value, items, done))
+        # shield: a caller that gives up (deadline) must not cancel a write other callers share.
+        return await asyncio.shield(asyncio.wrap_future(done))
+
+    async def set(self, key: Key, value: Value) -> None:
+        await self._write(key, value, None)
+
+    async def delete(self, key: Key) -> bool:
+        return await self._write(key, None, None)
+
+    async def set_many(self, items: Sequence[Item]) -> None:
+        if items:
+            await self._write(None, None, list(items))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._writes.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._writes.put(_STOP)  # finish this batch, then stop
+                    break
+                batch.append(more)
+            self._commit([w for w in batch if isinstance(w, _Write)])
+
+    def _commit(self, batch: list[_Write]) -> None:
+        results: list[bool] = []
+        cursor = self._writer.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                if write.items is not None:
+                    cursor.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", write.items)
+                    results.append(True)
+                elif write.value is not None:
+                    cursor.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (write.key, write.value))
+                    results.append(True)
+                else:
+                    cursor.execute("DELETE FROM kv WHERE key = ?", (write.key,))
+                    results.append(cursor.rowcount > 0)
+            cursor.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute("ROLLBACK")
+            error = BackendUnavailable(f"sqlite {self.path}: {exc}")
+            for write in batch:
+                write.done.set_exception(error)
+            return
+        for write, result in zip(batch, results, strict=True):
+            write.done.set_result(result)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writes.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._pool.shutdown(wait=True)
+        with self._readers_lock:
+            for connection in self._readers:
+                connection.close()
+        self._writer.close()

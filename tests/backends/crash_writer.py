@@ -1,0 +1,29 @@
+"""Writes keys one by one into a backend and prints each key only once its write was acknowledged.
+
+Run by the conformance suite, which SIGKILLs this process mid-stream: every printed key must then
+be found in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from proxy.backends import open_backend
+from proxy.config import BackendSpec
+
+
+async def main(kind: str, path: str, count: int) -> None:
+    backend = await open_backend(BackendSpec(type=kind, path=Path(path)))
+    print("ready", flush=True)
+    for i in range(count):
+        key = f"crash:{i:06}"
+        await backend.set(key, json.dumps({"i": i, "pad": "x" * 100}).encode())
+        print(key, flush=True)
+    await backend.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

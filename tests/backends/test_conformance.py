@@ -1,0 +1,192 @@
+"""The backend conformance suite: what every backend type must do to count as working (feature parity)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.backends.base import Backend
+from tests.backends.conftest import DURABLE_TYPES, Opener, spec_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def all_keys(backend: Backend, prefix: str = "", page_size: int = 1000) -> list[str]:
+    return [key async for page in backend.keys(prefix, page_size) for key in page]
+
+
+async def all_items(backend: Backend, prefix: str = "", page_size: int = 1000) -> dict[str, bytes]:
+    items: dict[str, bytes] = {}
+    async for page in backend.scan(prefix, page_size):
+        for key, value in page:
+            assert key not in items, f"scan yielded {key!r} twice"
+            items[key] = value
+    return items
+
+
+async def test_crud(backend: Backend) -> None:
+    """Set then get returns the document; has and delete report presence; a missing key is None."""
+    assert await backend.get("k") is None
+    assert not await backend.has("k")
+    await backend.set("k", b'{"a": 1}')
+    assert json.loads(await backend.get("k") or b"") == {"a": 1}
+    assert await backend.has("k")
+    await backend.set("k", b"[2]")
+    assert json.loads(await backend.get("k") or b"") == [2]
+    assert await backend.delete("k")
+    assert not await backend.delete("k")
+    assert await backend.get("k") is None
+    assert not await backend.has("k")
+
+
+async def test_null_is_a_value_not_an_absence(backend: Backend) -> None:
+    """A stored JSON null is found; it is not the same as a missing key."""
+    await backend.set("n", b"null")
+    assert await backend.get("n") == b"null"
+    assert await backend.has("n")
+    assert await all_keys(backend) == ["n"]
+    assert await backend.delete("n")
+
+
+async def test_every_json_kind_round_trips(backend: Backend) -> None:
+    """Objects, arrays, strings, numbers, booleans and null come back equal as JSON."""
+    docs = ['{"b": [1, {"c": null}], "a": "é"}', "[]", '"text \\u0000 with nul"', "-1.5e-7", "12345678901234567890",
+            "true", "false", "null", "{}"]
+    for i, doc in enumerate(docs):
+        await backend.set(f"k{i}", doc.encode())
+    for i, doc in enumerate(docs):
+        assert json.loads(await backend.get(f"k{i}") or b"") == json.loads(doc)
+
+
+async def test_prefix_listing(backend: Backend) -> None:
+    """keys and scan return exactly the keys with the prefix; "" lists everything; % and _ are plain characters."""
+    keys = ["a", "ab", "abc", "b", "a%c", "a_c", "aé", "a\U0001f600", "A"]
+    await backend.set_many([(k, b"1") for k in keys])
+    assert sorted(await all_keys(backend)) == sorted(keys)
+    assert sorted(await all_keys(backend, "a")) == sorted(k for k in keys if k.startswith("a"))
+    assert sorted(await all_keys(backend, "a%")) == ["a%c"]
+    assert sorted(await all_keys(backend, "a_")) == ["a_c"]
+    assert sorted(await all_keys(backend, "aé")) == ["aé"]
+    assert await all_keys(backend, "zzz") == []
+    assert sorted(await all_items(backend, "ab")) == ["ab", "abc"]
+
+
+async def test_pages_hold_every_key_exactly_once(backend: Backend) -> None:
+    """With a small page size, pages are bounded and together list every key once."""
+    await backend.set_many([(f"p:{i:04}", str(i).encode()) for i in range(257)])
+    pages = [page async for page in backend.keys("p:", 10)]
+    assert all(0 < len(page) <= 10 for page in pages)
+    flat = [key for page in pages for key in page]
+    assert len(flat) == len(set(flat)) == 257
+    items = await all_items(backend, "p:", 7)
+    assert items == {f"p:{i:04}": str(i).encode() for i in range(257)}
+
+
+async def test_unicode_and_hostile_keys(backend: Backend) -> None:
+    """Keys with unicode, separators, dots, NUL and 1024 bytes are stored apart and listed exactly."""
+    keys = ["日本語", "emoji \U0001f680", "../../etc/passwd", "a/b\\c", "..", ".", "nul\x00byte", "Case", "case",
+            "k" * 1024, "é" * 512, " spaced ", "tab\tnew\nline"]
+    for i, key in enumerate(keys):
+        await backend.set(key, str(i).encode())
+    for i, key in enumerate(keys):
+        assert await backend.get(key) == str(i).encode(), key
+    assert sorted(await all_keys(backend)) == sorted(keys)
+
+
+async def test_large_value(backend: Backend) -> None:
+    """A 4 MiB document is stored and read back whole."""
+    doc = json.dumps({"blob": "x" * (4 * 1024 * 1024 - 20)}).encode()
+    await backend.set("big", doc)
+    assert await backend.get("big") == doc or json.loads(await backend.get("big") or b"") == json.loads(doc)
+
+
+async def test_many_keys(backend: Backend) -> None:
+    """Five thousand keys written in bulk and one by one are all there."""
+    await backend.set_many([(f"bulk:{i}", str(i).encode()) for i in range(5000)])
+    await asyncio.gather(*(backend.set(f"one:{i}", str(i).encode()) for i in range(500)))
+    items = await all_items(backend)
+    assert len(items) == 5500
+    assert items["bulk:4999"] == b"4999"
+    assert items["one:499"] == b"499"
+
+
+async def test_concurrent_writers(backend: Backend) -> None:
+    """Many concurrent writers lose nothing on distinct keys and leave one written value on a shared key."""
+
+    async def writer(n: int) -> None:
+        for i in range(20):
+            await backend.set(f"w{n}:{i}", str(i).encode())
+            await backend.set("shared", json.dumps([n, i]).encode())
+            if i % 5 == 0:
+                await backend.delete(f"w{n}:{i}")
+
+    await asyncio.gather(*(writer(n) for n in range(16)))
+    items = await all_items(backend)
+    for n in range(16):
+        for i in range(20):
+            assert items.get(f"w{n}:{i}") == (None if i % 5 == 0 else str(i).encode())
+    n, i = json.loads(items["shared"])
+    assert 0 <= n < 16
+    assert i == 19
+
+
+async def test_close_is_idempotent(backend: Backend) -> None:
+    """Closing twice is harmless."""
+    await backend.set("k", b"1")
+    await backend.close()
+    await backend.close()
+
+
+@pytest.mark.parametrize("kind", DURABLE_TYPES)
+async def test_durable_across_close_and_reopen(opener: Opener) -> None:
+    """What was written before close is there after reopening; what was deleted stays deleted."""
+    first = await opener()
+    await first.set_many([(f"k{i}", str(i).encode()) for i in range(100)])
+    await first.set("null", b"null")
+    await first.delete("k7")
+    await first.close()
+    second = await opener()
+    items = await all_items(second)
+    assert len(items) == 100
+    assert "k7" not in items
+    assert items["k99"] == b"99"
+    assert items["null"] == b"null"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", DURABLE_TYPES)
+async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener, tmp_path: Path) -> None:
+    """A writer process killed mid-stream leaves a readable store holding every write it had acknowledged."""
+    path = spec_for(kind, tmp_path).path
+    writer = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "backends" / "crash_writer.py"), kind, str(path), "100000"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert writer.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        for line in writer.stdout:
+            acknowledged.append(line.strip())
+            if len(acknowledged) >= 200:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        acknowledged.extend(line.strip() for line in writer.stdout)  # acknowledged before the kill landed
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        writer.stdout.close()
+    backend = await opener()
+    items = await all_items(backend)
+    missing = [key for key in acknowledged if key not in items]
+    assert missing == []
+    for key in acknowledged:
+        assert json.loads(items[key])["i"] == int(key.split(":")[1])
