@@ -1,0 +1,93 @@
+"""Durable file primitives: atomic replace, folder fsync, and the advisory lock of a store.
+
+A reader of a file replaced here never sees it torn, and once the call returns the new contents
+survive a crash (temp file, fsync, rename, fsync of the folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from proxy.errors import StoreLocked
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary sibling of path, unique to this process, hidden from listings by its dot."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def replace_file(path: Path, data: bytes, sync_folder: bool = True) -> os.stat_result:
+    """Atomically replace path with data; returns the new file's stat."""
+    temp = temp_name(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        stat = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    os.close(fd)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    if sync_folder:
+        fsync_dir(path.parent)
+    return stat
+
+
+def remove_file(path: Path, sync_folder: bool = True) -> bool:
+    """Remove path durably; False when it was not there."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    if sync_folder:
+        fsync_dir(path.parent)
+    return True
+
+
+class StoreLock:
+    """An exclusive advisory lock (flock) on a lock file, so two turnout processes never write one store.
+
+    The kernel drops it when the process dies, so a crash never leaves a store locked.
+    """
+
+    def __init__(self, lock_path: Path, what: str) -> None:
+        self.path = lock_path
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            message = f"{what} is locked by another turnout process (pid {holder}); lock file {lock_path}"
+            raise StoreLocked(message) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
