@@ -20,18 +20,18 @@ BIG = 8 * 1024 * 1024
 
 
 @pytest.fixture
-async def stub(memory_proxy: ProxyProcess) -> AsyncIterator[kv_pb2_grpc.KeyValueStub]:
+async def stub(memory_proxy: ProxyProcess) -> AsyncIterator[kv_pb2_grpc.KeyValueAsyncStub]:
     async with grpc.aio.insecure_channel(
         memory_proxy.target, options=[("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)]
     ) as channel:
         yield kv_pb2_grpc.KeyValueStub(channel)
 
 
-async def all_keys(stub: kv_pb2_grpc.KeyValueStub, prefix: str = "") -> list[list[str]]:
+async def all_keys(stub: kv_pb2_grpc.KeyValueAsyncStub, prefix: str = "") -> list[list[str]]:
     return [list(page.keys) async for page in stub.Keys(kv_pb2.KeysRequest(prefix=prefix))]
 
 
-async def test_set_get_has_delete_round_trip(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_set_get_has_delete_round_trip(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """A value set is got back equal as JSON, is present, and is gone after delete."""
     await stub.Set(kv_pb2.SetRequest(key="user:1", value=b'{"name": "Ada", "tags": [1, 2.5]}'))
     got = await stub.Get(kv_pb2.GetRequest(key="user:1"))
@@ -43,7 +43,7 @@ async def test_set_get_has_delete_round_trip(stub: kv_pb2_grpc.KeyValueStub) -> 
     assert not (await stub.Delete(kv_pb2.DeleteRequest(key="user:1"))).existed
 
 
-async def test_stored_null_is_a_value_not_an_absence(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_stored_null_is_a_value_not_an_absence(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """A stored null is found by Get and Has, while a missing key is not."""
     await stub.Set(kv_pb2.SetRequest(key="n", value=b"null"))
     got = await stub.Get(kv_pb2.GetRequest(key="n"))
@@ -59,7 +59,7 @@ async def test_stored_null_is_a_value_not_an_absence(stub: kv_pb2_grpc.KeyValueS
     [("", "must not be empty"), ("k" * 1025, "at most 1024 UTF-8 bytes"), ("é" * 513, "at most 1024 UTF-8 bytes")],
 )
 async def test_bad_key_is_invalid_argument_and_writes_nothing(
-    stub: kv_pb2_grpc.KeyValueStub, key: str, message: str
+    stub: kv_pb2_grpc.KeyValueAsyncStub, key: str, message: str
 ) -> None:
     """An empty or over-long key fails with INVALID_ARGUMENT naming the rule, and nothing is stored."""
     for call in (
@@ -74,7 +74,7 @@ async def test_bad_key_is_invalid_argument_and_writes_nothing(
     assert await all_keys(stub) == []
 
 
-async def test_key_of_exactly_1024_bytes_is_accepted(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_key_of_exactly_1024_bytes_is_accepted(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """A key of exactly 1024 UTF-8 bytes is within the limit."""
     key = "é" * 512
     await stub.Set(kv_pb2.SetRequest(key=key, value=b"true"))
@@ -95,7 +95,7 @@ async def test_key_of_exactly_1024_bytes_is_accepted(stub: kv_pb2_grpc.KeyValueS
     ],
 )
 async def test_value_that_is_not_one_json_document_is_refused(
-    stub: kv_pb2_grpc.KeyValueStub, value: bytes, message: str
+    stub: kv_pb2_grpc.KeyValueAsyncStub, value: bytes, message: str
 ) -> None:
     """A value that is not exactly one UTF-8 JSON document fails with INVALID_ARGUMENT and writes nothing."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -105,7 +105,7 @@ async def test_value_that_is_not_one_json_document_is_refused(
     assert not (await stub.Has(kv_pb2.HasRequest(key="k"))).found
 
 
-async def test_every_kind_of_json_document_is_accepted(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_every_kind_of_json_document_is_accepted(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """Objects, arrays, strings, numbers, booleans and null are all values, whitespace allowed."""
     for i, doc in enumerate([b"{}", b"[]", b'"s"', b"-1.5e3", b"true", b"false", b"null", b' \n{"a": [ ]} ']):
         await stub.Set(kv_pb2.SetRequest(key=f"k{i}", value=doc))
@@ -113,7 +113,7 @@ async def test_every_kind_of_json_document_is_accepted(stub: kv_pb2_grpc.KeyValu
         assert json.loads(got.value) == json.loads(doc)
 
 
-async def test_four_mebibyte_value_round_trips(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_four_mebibyte_value_round_trips(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """A value of the default 4 MiB limit is stored and read back whole."""
     doc = json.dumps("x" * (4 * 1024 * 1024 - 2)).encode()
     assert len(doc) == 4 * 1024 * 1024
@@ -121,7 +121,7 @@ async def test_four_mebibyte_value_round_trips(stub: kv_pb2_grpc.KeyValueStub) -
     assert (await stub.Get(kv_pb2.GetRequest(key="big"))).value == doc
 
 
-async def test_value_over_the_limit_is_refused(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_value_over_the_limit_is_refused(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """A value one byte over max_value_bytes fails with INVALID_ARGUMENT, however it arrives."""
     doc = json.dumps("x" * (4 * 1024 * 1024 - 1)).encode()
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -143,7 +143,7 @@ async def test_configured_max_value_bytes_is_enforced(tmp_path: Path) -> None:
             assert (await stub.Get(kv_pb2.GetRequest(key="k"))).value == b"1234567890"
 
 
-async def test_keys_streams_every_matching_key_once_in_pages(stub: kv_pb2_grpc.KeyValueStub) -> None:
+async def test_keys_streams_every_matching_key_once_in_pages(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
     """Keys returns each key with the prefix exactly once, over several pages for many keys."""
     async def fill(worker: int) -> None:
         for i in range(worker, 2500, 25):
