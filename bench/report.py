@@ -1,0 +1,55 @@
+"""Printing and saving benchmark figures: a table for people, JSON for tools, ratios to a baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    case: str
+    value: float
+    unit: str
+    baseline: str | None = None
+    ratio: float | None = None
+    target: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None or self.ratio is None else self.ratio >= self.target
+
+
+def with_ratio(figure: Figure, baseline: Figure, target: float | None = None) -> Figure:
+    return Figure(figure.case, figure.value, figure.unit, baseline.case, figure.value / baseline.value, target,
+                  figure.extra)
+
+
+def machine() -> dict[str, str | int]:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count() or 0}
+
+
+def print_table(title: str, figures: Sequence[Figure]) -> None:
+    print(f"\n{title}  ({machine()['cpus']} cores, Python {machine()['python']})")
+    print(f"{'case':<44} {'value':>12} {'unit':<8} {'ratio':>8}  {'vs':<28} target")
+    for f in figures:
+        ratio = "" if f.ratio is None else f"{f.ratio:8.2f}"
+        verdict = "" if f.met is None else ("met" if f.met else "NOT met")
+        target = "" if f.target is None else f">= {f.target:g} {verdict}"
+        print(f"{f.case:<44} {f.value:12.1f} {f.unit:<8} {ratio:>8}  {f.baseline or '':<28} {target}")
+
+
+def save(path: Path | None, name: str, figures: Sequence[Figure]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+           "figures": [asdict(f) | {"met": f.met} for f in figures]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
