@@ -2,75 +2,117 @@
 
 Start-up registers every service first (health says NOT_SERVING), then opens the backends, then
 says SERVING, so probes and callers see a clear state at every moment. SIGTERM or SIGINT stops
-accepting calls, lets in-flight calls finish, flushes the dispatcher and closes the backends.
+accepting calls, lets in-flight calls finish, lets the replication queue drain (what it cannot
+copy stays durable for the next start) and closes the backends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from dataclasses import dataclass, field
+import time
 
 from grpc_health.v1 import health
 
+from proxy.admin import AdminState, build_admin_server
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
-from proxy.config import Config
+from proxy.backends.sqlite import SqliteBackend
+from proxy.config import BackendSpec, Config
 from proxy.dispatcher import Dispatcher
+from proxy.flagwatch import FlagWatcher
+from proxy.keylocks import KeyLocks
+from proxy.replication import ReplicationQueue
+from proxy.router import Route
 from proxy.server import KeyValueService, build_server, set_serving
 
 log = logging.getLogger(__name__)
 
 #: How long in-flight calls may take to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 10.0
+#: How long shutdown waits for the replication queue to drain before leaving the rest for next start.
+DRAIN_ON_SHUTDOWN_S = 10.0
+QUEUE_FILE = "replication.sqlite"
+ADMIN_ADDRESS_FILE = "admin.address"
 
 
-@dataclass
+def announce(message: str) -> None:
+    """A line on stderr that tests and operators read (the listen addresses may ask for port 0)."""
+    print(f"turnout: {message}", file=sys.stderr, flush=True)
+
+
 class Proxy:
-    config: Config
-    dispatcher: Dispatcher | None = None
-    backends: list[Backend] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dispatcher: Dispatcher | None = None
+        self.stopping = asyncio.Event()
+        self._opened: list[Backend] = []
 
     async def run(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        watcher = FlagWatcher(config.flags, config.state_dir)
+        await asyncio.to_thread(watcher.load_initial)
+
         health_servicer = health.aio.HealthServicer()
         await set_serving(health_servicer, False)
-        service = KeyValueService(lambda: self.dispatcher, self.config.max_value_bytes)
-        server = build_server(service, health_servicer, self.config.max_value_bytes)
-        port = server.add_insecure_port(self.config.listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        server = build_server(KeyValueService(lambda: self.dispatcher, config.max_value_bytes), health_servicer,
+                              config.max_value_bytes)
+        port = server.add_insecure_port(config.listen)
+        admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time())
+        admin = build_admin_server(admin_state)
+        admin_port = admin.add_insecure_port(config.admin_listen)
         await server.start()
+        await admin.start()
+        admin_address = f"{config.admin_listen.rpartition(':')[0]}:{admin_port}"
+        (config.state_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
         self._install_signal_handlers()
+        queue: ReplicationQueue | None = None
         try:
-            old = await open_backend(self.config.old)
-            self.backends.append(old)
-            new = await open_backend(self.config.new)
-            self.backends.append(new)
-            self.dispatcher = Dispatcher(old, new)
+            old = await self._open(config.old)
+            new = await self._open(config.new)
+            store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
+            self._opened.append(store)
+            locks = KeyLocks()
+            backends = {Route.OLD: old, Route.NEW: new}
+            queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks)
+            left = await queue.load()
+            if left:
+                log.info("replaying %d writes a previous run left in the replication queue", left)
+            queue.start()
+            self.dispatcher = admin_state.dispatcher = Dispatcher(backends, watcher, queue, locks)
+            watcher.start()
             await set_serving(health_servicer, True)
-            host = self.config.listen.rpartition(":")[0]
-            # Tests and operators read this line to learn the port (listen may ask for port 0).
-            print(
-                f"turnout: serving on {host}:{port} (old={old.type_name}, new={new.type_name})",
-                file=sys.stderr,
-                flush=True,
-            )
+            host = config.listen.rpartition(":")[0]
+            announce(f"admin on {admin_address}")
+            announce(f"serving on {host}:{port} (old={old.type_name}, new={new.type_name})")
             await self.stopping.wait()
             log.info("shutting down: letting in-flight calls finish")
             await set_serving(health_servicer, False)
             await server.stop(SHUTDOWN_GRACE_S)
         finally:
             await server.stop(0)
-            await self._close()
-        print("turnout: stopped", file=sys.stderr, flush=True)
+            await watcher.stop()
+            await self._close(queue)
+            await admin.stop(0)
+        announce("stopped")
 
-    async def _close(self) -> None:
+    async def _open(self, spec: BackendSpec) -> Backend:
+        backend = await open_backend(spec)
+        self._opened.append(backend)
+        return backend
+
+    async def _close(self, queue: ReplicationQueue | None) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.close()
-        for backend in reversed(self.backends):
+        if queue is not None:
+            if not await queue.drain(DRAIN_ON_SHUTDOWN_S):
+                log.warning("%d writes still to replicate; they are kept for the next start", queue.stats().depth)
+            await queue.stop()
+        for backend in reversed(self._opened):
             try:
                 await backend.close()
             except Exception:
@@ -85,4 +127,5 @@ class Proxy:
 def serve(config: Config) -> None:
     import uvloop
 
-    uvloop.run(Proxy(config).run())
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(Proxy(config).run())
