@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "proxy.commands.serve",
     "proxy.commands.kv",
     "proxy.commands.flags",
+    "proxy.commands.operate",
 )
 
 
@@ -24,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a command whose module is not written yet
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

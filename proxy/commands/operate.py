@@ -1,0 +1,97 @@
+"""`turnout status`, `turnout rollback` and `turnout resume`: an operator's view and hand on a running proxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
+
+from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.errors import BackendUnavailable
+
+
+def register(subparsers: Any) -> None:
+    status = subparsers.add_parser("status", help="flags in force, reload health, overrides, replication, backends")
+    add_config_argument(status)
+    add_json_argument(status)
+    status.set_defaults(func=show_status)
+
+    rollback = subparsers.add_parser("rollback", help="route everything to old above the flag file")
+    rollback.add_argument("--reason", default="operator rollback")
+    add_config_argument(rollback)
+    add_json_argument(rollback)
+    rollback.set_defaults(func=roll_back)
+
+    resume = subparsers.add_parser("resume", help="clear an override: the flag file decides again")
+    add_config_argument(resume)
+    add_json_argument(resume)
+    resume.set_defaults(func=resume_flags)
+
+
+def _admin(args: argparse.Namespace) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel, str]:
+    target = admin_target(load(args))
+    channel = grpc.insecure_channel(target)
+    return admin_pb2_grpc.AdminStub(channel), channel, target
+
+
+def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    stub, channel, target = _admin(args)
+    try:
+        return getattr(stub, method)(request, timeout=5)
+    except grpc.RpcError as exc:
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        raise BackendUnavailable(f"no running proxy answered at {target}: {detail}") from None
+    finally:
+        channel.close()
+
+
+def _age(unix: float) -> str:
+    return "never" if not unix else f"{time.time() - unix:.1f}s ago"
+
+
+def show_status(args: argparse.Namespace) -> int:
+    reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest())
+    doc = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    doc["flags"] = json.loads(doc.pop("flags_json"))
+    lines = [
+        f"turnout {reply.version}, up {time.time() - reply.started_unix:.0f}s",
+        f"flags: revision {reply.reload.revision!r} from {reply.reload.path}",
+        f"  last reload attempt {_age(reply.reload.last_attempt_unix)}, last success "
+        f"{_age(reply.reload.last_success_unix)}, failures {reply.reload.failures}",
+    ]
+    if reply.reload.last_error:
+        lines.append(f"  LAST RELOAD FAILED: {reply.reload.last_error}")
+    if reply.override.active:
+        lines.append(f"override: everything to {reply.override.route} ({reply.override.reason}, "
+                     f"since {_age(reply.override.since_unix)})")
+    else:
+        lines.append("override: none")
+    rep = reply.replication
+    last = f" (last: {rep.last_error})" if rep.last_error else ""
+    lines.append(f"replication: {rep.depth} pending, oldest {rep.oldest_age_seconds:.1f}s, "
+                 f"{rep.replayed} replayed, {rep.failures} failures{last}")
+    for backend in reply.backends:
+        state = "healthy" if backend.healthy else f"FAILING: {backend.error}"
+        lines.append(f"backend {backend.name}: {backend.type}, {state}")
+    lines.append("effective flags: " + json.dumps(doc["flags"]))
+    emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def roll_back(args: argparse.Namespace) -> int:
+    reply = _call(args, "SetOverride", admin_pb2.SetOverrideRequest(route="old", reason=args.reason))
+    emit(args, MessageToDict(reply, preserving_proto_field_name=True),
+         f"override set: everything goes to old ({reply.reason}); `turnout resume` clears it")
+    return 0
+
+
+def resume_flags(args: argparse.Namespace) -> int:
+    reply = _call(args, "ClearOverride", admin_pb2.ClearOverrideRequest())
+    emit(args, MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
+         "override cleared: the flag file decides again")
+    return 0
