@@ -1,0 +1,135 @@
+"""The flag watcher swaps in each valid change within 2 seconds, however the file is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.flagwatch import FlagWatcher
+from proxy.router import Override, Route
+
+INTERVAL = 0.05
+
+
+async def wait_for_revision(watcher: FlagWatcher, revision: str, timeout: float = 2.0) -> float:
+    """Seconds until the watcher serves revision; fails after timeout (the contract's 2 s)."""
+    start = time.monotonic()
+    while watcher.router.flags.revision != revision:
+        assert time.monotonic() - start < timeout, f"still {watcher.router.flags.revision!r}"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[FlagWatcher, Path]]:
+    path = tmp_path / "flags.yaml"
+    path.write_text("revision: r1\n")
+    watcher = FlagWatcher(path, tmp_path / "state", interval=INTERVAL)
+    watcher.load_initial()
+    watcher.start()
+    yield watcher, path
+    await watcher.stop()
+
+
+async def test_in_place_rewrite_is_picked_up(watched: tuple[FlagWatcher, Path]) -> None:
+    """Rewriting the file in place takes effect."""
+    watcher, path = watched
+    assert watcher.router.flags.revision == "r1"
+    path.write_text("revision: r2\nuse_new_storage: true\n")
+    await wait_for_revision(watcher, "r2")
+    assert watcher.router.flags.use_new_storage
+
+
+async def test_rename_over_is_picked_up(watched: tuple[FlagWatcher, Path]) -> None:
+    """A new file renamed over the old one takes effect."""
+    watcher, path = watched
+    temp = path.with_name("flags.yaml.new")
+    temp.write_text("revision: r2\n")
+    os.replace(temp, path)
+    await wait_for_revision(watcher, "r2")
+
+
+async def test_configmap_symlink_swap_is_picked_up(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap update (the ..data link swapped to a new folder) takes effect."""
+    mount = tmp_path / "mount"
+    first = mount / "..2026_11_24_01"
+    first.mkdir(parents=True)
+    (first / "flags.yaml").write_text("revision: c1\n")
+    (mount / "..data").symlink_to(first.name)
+    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    watcher = FlagWatcher(mount / "flags.yaml", tmp_path / "state", interval=INTERVAL)
+    watcher.load_initial()
+    watcher.start()
+    try:
+        assert watcher.router.flags.revision == "c1"
+        second = mount / "..2026_11_24_02"
+        second.mkdir()
+        (second / "flags.yaml").write_text("revision: c2\n")
+        (mount / "..data_tmp").symlink_to(second.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        await wait_for_revision(watcher, "c2")
+    finally:
+        await watcher.stop()
+
+
+async def test_invalid_file_is_refused_and_recorded(watched: tuple[FlagWatcher, Path]) -> None:
+    """A broken file leaves the last good flags in force and is shown in the reload status."""
+    watcher, path = watched
+    path.write_text("revision: bad\ntraffic_percentage: {read: 200}\n")
+    deadline = time.monotonic() + 2
+    while watcher.status().failures == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    status = watcher.status()
+    assert watcher.router.flags.revision == "r1"
+    assert "traffic_percentage.read" in status.last_error
+    assert status.last_attempt > status.last_success > 0
+    path.write_text("revision: r3\n")
+    await wait_for_revision(watcher, "r3")
+    assert watcher.status().last_error == ""
+    assert watcher.status().failures == 1
+
+
+async def test_half_written_file_is_not_read_until_complete(watched: tuple[FlagWatcher, Path]) -> None:
+    """A file written in two parts within one poll is read only once whole, so no failure is recorded."""
+    watcher, path = watched
+    with path.open("w") as out:
+        out.write("revision: r4\ntraffic_percentage: {read:")
+        out.flush()
+        await asyncio.sleep(INTERVAL / 2)
+        out.write(" 5}\n")
+    await wait_for_revision(watcher, "r4")
+    assert watcher.router.flags.read_percentage == 5
+    assert watcher.status().failures == 0
+
+
+async def test_restart_with_a_broken_file_keeps_the_last_good_flags(tmp_path: Path) -> None:
+    """A proxy restarting while the file is broken serves the last good flags, not the defaults."""
+    path = tmp_path / "flags.yaml"
+    path.write_text("revision: good\nuse_new_storage: true\n")
+    FlagWatcher(path, tmp_path / "state").load_initial()
+    path.write_text("revision: [broken\n")
+    restarted = FlagWatcher(path, tmp_path / "state")
+    restarted.load_initial()
+    assert restarted.router.flags.revision == "good"
+    assert restarted.router.flags.use_new_storage
+    assert "not valid YAML" in restarted.status().last_error
+
+
+async def test_override_survives_a_restart_until_cleared(tmp_path: Path) -> None:
+    """An override is persisted in state_dir and stands above the file until cleared."""
+    path = tmp_path / "flags.yaml"
+    path.write_text("use_new_storage: true\n")
+    watcher = FlagWatcher(path, tmp_path / "state")
+    watcher.load_initial()
+    watcher.set_override(Override(Route.OLD, "incident 42", 1.0))
+    again = FlagWatcher(path, tmp_path / "state")
+    again.load_initial()
+    assert again.override == Override(Route.OLD, "incident 42", 1.0)
+    again.set_override(None)
+    assert FlagWatcher(path, tmp_path / "state").override is None
