@@ -94,7 +94,7 @@ def test_reads_use_the_read_percentage_and_writes_the_write_percentage() -> None
 
 
 def test_percentage_boundary_is_bucket_below_percentage_times_100() -> None:
-    """A key goes to new exactly when bucket(key) < percentage × 100, decimals included."""
+    """A key goes to new exactly when bucket(key) < percentage * 100, decimals included."""
     key = "user:1"  # bucket 5061
     assert Router(Flags(use_new_storage=True, read_percentage=50.62)).route(Op.GET, key).primary == Route.NEW
     assert Router(Flags(use_new_storage=True, read_percentage=50.61)).route(Op.GET, key).primary == Route.OLD
