@@ -36,7 +36,9 @@ SHUTDOWN_GRACE_S = 10.0
 #: How long shutdown waits for the replication queue to drain before leaving the rest for next start.
 DRAIN_ON_SHUTDOWN_S = 10.0
 QUEUE_FILE = "replication.sqlite"
+#: Where the proxy writes the addresses it listens on, for commands when the config asks for port 0.
 ADMIN_ADDRESS_FILE = "admin.address"
+LISTEN_ADDRESS_FILE = "listen.address"
 
 
 def announce(message: str) -> None:
@@ -86,9 +88,10 @@ class Proxy:
             self.dispatcher = admin_state.dispatcher = Dispatcher(backends, watcher, queue, locks)
             watcher.start()
             await set_serving(health_servicer, True)
-            host = config.listen.rpartition(":")[0]
+            address = f"{config.listen.rpartition(':')[0]}:{port}"
+            (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
             announce(f"admin on {admin_address}")
-            announce(f"serving on {host}:{port} (old={old.type_name}, new={new.type_name})")
+            announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
             await self.stopping.wait()
             log.info("shutting down: letting in-flight calls finish")
             await set_serving(health_servicer, False)

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from proxy.app import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE
 from proxy.config import Config, config_path, load_config
 
 
@@ -23,15 +24,23 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def admin_target(config: Config) -> str:
-    """The running proxy's admin address: as configured, or as the proxy wrote it when it chose a port."""
-    port = config.admin_listen.rpartition(":")[2]
-    if port != "0":
-        return config.admin_listen
-    written = config.state_dir / "admin.address"
+    """The running proxy's admin address (see running_address)."""
+    return running_address(config, config.admin_listen, ADMIN_ADDRESS_FILE)
+
+
+def kv_target(config: Config) -> str:
+    """The running proxy's KeyValue address (see running_address)."""
+    return running_address(config, config.listen, LISTEN_ADDRESS_FILE)
+
+
+def running_address(config: Config, configured: str, written: str) -> str:
+    """The configured address, or, when it asks for any free port (:0), the one the proxy wrote down."""
+    if configured.rpartition(":")[2] != "0":
+        return configured
     try:
-        return written.read_text().strip()
+        return (config.state_dir / written).read_text().strip()
     except FileNotFoundError:
-        return config.admin_listen
+        return configured
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:

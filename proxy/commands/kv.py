@@ -9,7 +9,7 @@ from typing import Any
 
 from turnout.client import KeyNotFound, SyncClient, TurnoutError
 
-from proxy.commands.common import add_config_argument, add_json_argument, emit, load
+from proxy.commands.common import add_config_argument, add_json_argument, emit, kv_target, load
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    target = args.target or load(args).listen
+    target = args.target or kv_target(load(args))
     try:
         with SyncClient(target, user=args.user, timeout=args.timeout) as client:
             return _ACTIONS[args.action](client, args)
