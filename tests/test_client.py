@@ -105,7 +105,7 @@ def scripted() -> Iterator[tuple[str, Any]]:
     servers: list[grpc.Server] = []
 
     def start(failures: int, delay: float = 0.0) -> tuple[str, ScriptedKeyValue]:
-        servicer = ScriptedKeyValue(failures, delay)
+        servicer = ScriptedKeyValue(failures, delay)  # type: ignore[abstract]  # only Get is called
         server = grpc.server(futures.ThreadPoolExecutor(4))
         kv_pb2_grpc.add_KeyValueServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
