@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import __version__
+from proxy.checksum import summarize
 from proxy.dispatcher import Dispatcher
 from proxy.flagwatch import FlagWatcher
+from proxy.metrics import Exposition, render_latency
 from proxy.router import Op, Override, Route, bucket
 
 
@@ -94,3 +97,96 @@ def build_admin_server(state: AdminState) -> grpc.aio.Server:
     server = grpc.aio.server()
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(state), server)
     return server
+
+
+async def admin_page(state: AdminState, path: str, query: str) -> tuple[int, str, bytes]:
+    """The plain-HTTP side of the admin port: /metrics, /status.json, /discrepancies.json, the dashboard."""
+    if path == "/metrics":
+        text = await render_metrics(state, with_records="records=1" in query.split("&"))
+        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode()
+    if path == "/status.json":
+        status = await AdminService(state).Status(admin_pb2.StatusRequest(), None)
+        doc = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        doc["flags"] = json.loads(doc.pop("flags_json"))
+        return 200, "application/json", json.dumps(doc).encode()
+    if path == "/discrepancies.json":
+        report = state.dispatcher.discrepancies.report.to_document() if state.dispatcher else {}
+        return 200, "application/json", json.dumps(report).encode()
+    if path in ("/", "/dashboard"):
+        return 200, "text/html; charset=utf-8", DASHBOARD.encode()
+    return 404, "text/plain", b"not found: try /metrics, /status.json, /discrepancies.json or /\n"
+
+
+async def render_metrics(state: AdminState, with_records: bool = False) -> str:
+    out = Exposition()
+    watcher = state.watcher
+    reload = watcher.status()
+    out.family("turnout_flags_info", "gauge", "The flag revision in force.", [({"revision": reload.revision}, 1)])
+    out.family("turnout_flags_reload_failures_total", "counter", "Flag files refused.", [({}, reload.failures)])
+    override = watcher.override
+    out.family("turnout_override_active", "gauge", "1 while an operator override routes everything to one backend.",
+               [({"route": override.route.value if override else ""}, 1 if override else 0)])
+    dispatcher = state.dispatcher
+    if dispatcher is None:
+        return out.text()
+    metrics = dispatcher.metrics
+    out.family("turnout_operations_total", "counter", "Operations by operation and route.",
+               [({"op": op, "route": route}, n) for (op, route), n in sorted(metrics.operations.items())])
+    report = dispatcher.discrepancies.report
+    out.family("turnout_shadow_compared_total", "counter", "Operations compared in shadow mode.",
+               [({"op": op}, n) for op, n in sorted(report.compared.items())])
+    out.family("turnout_discrepancies_total", "counter", "Discrepancies by kind.",
+               [({"kind": kind}, n) for kind, n in sorted(report.by_kind.items())])
+    out.family("turnout_discrepancies_by_op_total", "counter", "Discrepancies by operation.",
+               [({"op": op}, n) for op, n in sorted(report.by_op.items())])
+    out.family("turnout_discrepancy_rate", "gauge", "Discrepancies over compared operations.", [({}, report.rate)])
+    out.family("turnout_shadow_skipped_total", "counter", "Shadow calls skipped over the in-flight bound.",
+               [({}, dispatcher.shadow.skipped)])
+    out.family("turnout_discrepancy_log_dropped_total", "counter", "Discrepancies the log could not write.",
+               [({}, dispatcher.discrepancies.dropped)])
+    render_latency(out, metrics)
+    out.family("turnout_backend_errors_total", "counter", "Failed backend calls by backend and operation.",
+               [({"backend": b, "op": o}, n) for (b, o), n in sorted(metrics.errors.items())])
+    out.family("turnout_backend_healthy", "gauge", "1 when the backend's last call succeeded.",
+               [({"backend": r.value}, 1 if h.healthy else 0) for r, h in dispatcher.health.items()])
+    stats = dispatcher.queue.stats()
+    out.family("turnout_replication_queue_depth", "gauge", "Writes waiting to reach the other backend.",
+               [({}, stats.depth)])
+    out.family("turnout_replication_oldest_age_seconds", "gauge", "Age of the oldest waiting write.",
+               [({}, stats.oldest_age_s)])
+    out.family("turnout_replication_replayed_total", "counter", "Writes copied by the replayer.",
+               [({}, stats.replayed)])
+    out.family("turnout_replication_failures_total", "counter", "Failed replay attempts.", [({}, stats.failures)])
+    if with_records:
+        summaries = {route.value: await summarize(backend) for route, backend in dispatcher.backends.items()}
+        out.family("turnout_backend_records", "gauge", "Records each backend holds (on request).",
+                   [({"backend": name}, s.records) for name, s in summaries.items()])
+        out.family("turnout_backend_checksum_info", "gauge", "Content checksum of each backend (on request).",
+                   [({"backend": name, "checksum": s.checksum}, 1) for name, s in summaries.items()])
+    return out.text()
+
+
+DASHBOARD = """<!doctype html>
+<html><head><meta charset="utf-8"><title>turnout</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:2px 10px;text-align:left}
+.bad{color:#b00}.ok{color:#070}pre{background:#f4f4f4;padding:8px}</style></head>
+<body><h1>turnout</h1><div id="status">loading...</div>
+<script>
+async function refresh() {
+  const s = await (await fetch('/status.json')).json();
+  const d = await (await fetch('/discrepancies.json')).json();
+  const rows = (s.backends || []).map(b => `<tr><td>${b.name}</td><td>${b.type}</td>` +
+    `<td class="${b.healthy ? 'ok' : 'bad'}">${b.healthy ? 'healthy' : 'FAILING ' + b.error}</td></tr>`).join('');
+  document.getElementById('status').innerHTML =
+    `<p>flags revision <b>${s.reload.revision}</b>${s.reload.last_error ? ' <span class="bad">last reload failed: ' +
+      s.reload.last_error + '</span>' : ''}</p>` +
+    `<p>override: ${s.override.active ? '<b class="bad">everything to ' + s.override.route + '</b> (' +
+      s.override.reason + ')' : 'none'}</p>` +
+    `<p>replication: ${s.replication.depth} pending, oldest ${s.replication.oldest_age_seconds.toFixed(1)} s</p>` +
+    `<table><tr><th>backend</th><th>type</th><th>health</th></tr>${rows}</table>` +
+    `<p>discrepancies: ${d.total || 0} of ${d.compared || 0} compared (rate ${(d.rate || 0).toFixed(4)})</p>` +
+    `<pre>${JSON.stringify(d.by_kind || {}, null, 1)}</pre><pre>${JSON.stringify(s.flags, null, 1)}</pre>`;
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"""

@@ -17,17 +17,21 @@ import time
 
 from grpc_health.v1 import health
 
-from proxy.admin import AdminState, build_admin_server
+from proxy.admin import AdminState, admin_page, build_admin_server
+from proxy.adminfront import AdminFront
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BackendSpec, Config
+from proxy.discrepancies import DiscrepancyLog
 from proxy.dispatcher import Dispatcher
 from proxy.flagwatch import FlagWatcher
 from proxy.keylocks import KeyLocks
+from proxy.metrics import Metrics
 from proxy.replication import ReplicationQueue
 from proxy.router import Route
 from proxy.server import KeyValueService, build_server, set_serving
+from proxy.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +63,25 @@ class Proxy:
         watcher = FlagWatcher(config.flags, config.state_dir)
         await asyncio.to_thread(watcher.load_initial)
 
+        telemetry = Telemetry.from_env(config.record_keys)
         health_servicer = health.aio.HealthServicer()
         await set_serving(health_servicer, False)
-        server = build_server(KeyValueService(lambda: self.dispatcher, config.max_value_bytes), health_servicer,
-                              config.max_value_bytes)
+        service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
+        server = build_server(service, health_servicer, config.max_value_bytes)
         port = server.add_insecure_port(config.listen)
         admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time())
         admin = build_admin_server(admin_state)
-        admin_port = admin.add_insecure_port(config.admin_listen)
+        # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
+        admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")
+        front = AdminFront(("127.0.0.1", admin_grpc_port), lambda path, query: admin_page(admin_state, path, query))
         await server.start()
         await admin.start()
-        admin_address = f"{config.admin_listen.rpartition(':')[0]}:{admin_port}"
+        admin_host, _, admin_port = config.admin_listen.rpartition(":")
+        admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
         (config.state_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
         self._install_signal_handlers()
         queue: ReplicationQueue | None = None
+        discrepancies = DiscrepancyLog(config.state_dir)
         try:
             old = await self._open(config.old)
             new = await self._open(config.new)
@@ -85,7 +94,10 @@ class Proxy:
             if left:
                 log.info("replaying %d writes a previous run left in the replication queue", left)
             queue.start()
-            self.dispatcher = admin_state.dispatcher = Dispatcher(backends, watcher, queue, locks)
+            discrepancies.start()
+            self.dispatcher = admin_state.dispatcher = Dispatcher(
+                backends, watcher, queue, locks, discrepancies, Metrics(), telemetry
+            )
             watcher.start()
             await set_serving(health_servicer, True)
             address = f"{config.listen.rpartition(':')[0]}:{port}"
@@ -100,7 +112,10 @@ class Proxy:
             await server.stop(0)
             await watcher.stop()
             await self._close(queue)
+            await discrepancies.stop()
+            await front.stop()
             await admin.stop(0)
+            telemetry.shutdown()
         announce("stopped")
 
     async def _open(self, spec: BackendSpec) -> Backend:

@@ -1,35 +1,48 @@
-"""Executes a Decision: the primary call, the shadow call, the replication intent, per-key order.
+"""Executes a Decision: the primary call, the shadow call and its comparison, the replication intent.
 
 It is the only place that knows two backends exist. For a write it takes the key's lock, records
 the replication intent durably, then writes the primary; in shadow mode it writes the other backend
 beside it and settles the intent once that succeeded, otherwise the replayer copies the key later.
-Shadow work never slows or fails the caller: it finishes in the background (still holding the key's
-lock, so the next write of that key waits for it), and what exceeds the shadow budget is left to the
-replication queue and counted.
+For a read in shadow mode the other backend answers beside the primary and the answers are compared.
+
+Shadow work never slows or fails the caller: the caller gets the primary's answer as soon as it is
+there. A shadow call still running then finishes in the background (a shadow write keeps the key's
+lock until it is done, so the next write of that key waits for it), and shadow calls beyond
+MAX_SHADOW_IN_FLIGHT are skipped and counted; a skipped write is left to the replication queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from opentelemetry import trace
+
+from proxy import telemetry as attr
 from proxy.backends.base import Backend, Key, Value
+from proxy.compare import Kind, compare_key_sets, compare_presence, compare_values
+from proxy.discrepancies import Discrepancy, DiscrepancyLog, trim
 from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.keylocks import KeyLocks
+from proxy.metrics import Metrics
 from proxy.replication import ReplicationQueue
 from proxy.router import Decision, Op, Route, Router
+from proxy.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Shadow calls in flight at once; beyond it a write's copy is left to the replication queue.
+#: Shadow calls in flight at once; beyond it a shadow call is skipped (a write's copy is left to the queue).
 MAX_SHADOW_IN_FLIGHT = 512
-#: How long shutdown waits for shadow writes still running.
+#: How long shutdown waits for shadow calls still running.
 SHADOW_DRAIN_S = 5.0
+#: A Keys listing larger than this is not compared (holding both sides would cost too much memory).
+MAX_COMPARED_KEYS = 100_000
 
 
 class RouterSource(Protocol):
@@ -39,6 +52,14 @@ class RouterSource(Protocol):
     def router(self) -> Router: ...
 
 
+@dataclass(slots=True)
+class Call:
+    """One caller's operation as it passes through: who asked, and its span when traced."""
+
+    caller: str | None = None
+    span: trace.Span | None = None
+
+
 @dataclass
 class BackendHealth:
     """What the proxy has seen of one backend's calls, for `turnout status` and health checks."""
@@ -46,7 +67,6 @@ class BackendHealth:
     calls: int = 0
     errors: int = 0
     last_error: str = ""
-    last_error_at: float = 0.0
     consecutive_errors: int = 0
 
     @property
@@ -56,10 +76,11 @@ class BackendHealth:
 
 @dataclass
 class ShadowCounters:
-    writes: int = 0
-    write_failures: int = 0
-    overflow: int = 0
+    calls: int = 0
+    failures: int = 0
+    skipped: int = 0
     in_flight: int = 0
+    keys_not_compared: int = 0
     failures_by_backend: dict[str, int] = field(default_factory=dict)
 
 
@@ -70,127 +91,256 @@ class Dispatcher:
         routes: RouterSource,
         queue: ReplicationQueue,
         locks: KeyLocks,
+        discrepancies: DiscrepancyLog,
+        metrics: Metrics | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.backends = backends
         self.routes = routes
         self.queue = queue
         self.locks = locks
+        self.discrepancies = discrepancies
+        self.metrics = metrics or Metrics()
+        self.telemetry = telemetry or Telemetry(enabled=False)
         self.health = {route: BackendHealth() for route in backends}
         self.shadow = ShadowCounters()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
-    async def _call(self, route: Route, call: Awaitable[T]) -> T:
-        """Await a backend call, keeping that backend's health record."""
+    # -- the plumbing of one backend call ------------------------------------------------------
+
+    async def _call(self, route: Route, op: Op, call: Awaitable[T], parent: Call) -> T:
+        """Await a backend call, keeping its health, latency metric and child span."""
+        backend = self.backends[route]
+        span = self.telemetry.backend_span(parent.span, op.value, route.value, backend.type_name)
         health = self.health[route]
         health.calls += 1
+        started = time.perf_counter()
         try:
             result = await call
-        except BackendUnavailable as exc:
-            self._failed(route, exc)
+        except BaseException as exc:
+            self.metrics.backend_call(route.value, op.value, time.perf_counter() - started, failed=True)
+            if isinstance(exc, BackendUnavailable):
+                health.errors += 1
+                health.consecutive_errors += 1
+                health.last_error = str(exc)
+            if span is not None:
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                span.end()
             raise
+        self.metrics.backend_call(route.value, op.value, time.perf_counter() - started, failed=False)
         health.consecutive_errors = 0
+        if span is not None:
+            span.end()
         return result
 
-    def _failed(self, route: Route, exc: Exception) -> None:
-        health = self.health[route]
-        health.errors += 1
-        health.consecutive_errors += 1
-        health.last_error = str(exc)
-        health.last_error_at = asyncio.get_running_loop().time()
+    def _decide(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
+        router = self.routes.router
+        decision = router.route(op, key, call.caller)
+        self.metrics.operation(op.value, decision.primary.value)
+        span = call.span
+        if span is not None and span.is_recording():
+            span.set_attribute(attr.ROUTE, decision.primary.value)
+            span.set_attribute(attr.ROUTE_REASON, decision.reason.value)
+            span.set_attribute(attr.SHADOW, decision.compare)
+            span.set_attribute(attr.FLAGS_REVISION, router.flags.revision)
+            if self.telemetry.record_keys:
+                span.set_attribute(attr.KEY, key)
+        return decision, router
+
+    def _shadow_task(self, decision: Decision, op: Op, run: Callable[[Backend], Awaitable[T]],
+                     call: Call) -> asyncio.Task[T] | None:
+        if not decision.compare:
+            return None
+        if self.shadow.in_flight >= MAX_SHADOW_IN_FLIGHT:
+            self.shadow.skipped += 1
+            return None
+        self.shadow.in_flight += 1
+        self.shadow.calls += 1
+        task = asyncio.create_task(self._call(decision.secondary, op, run(self.backends[decision.secondary]), call))
+        task.add_done_callback(self._shadow_done)
+        return task
+
+    def _shadow_done(self, task: asyncio.Task[Any]) -> None:
+        self.shadow.in_flight -= 1
+        if task.cancelled() or task.exception() is not None:
+            self.shadow.failures += 1
+
+    # -- comparison ----------------------------------------------------------------------------
+
+    def _compare(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
+                 shadow: asyncio.Task[Any], judge: Callable[[Any, Any], Kind | None],
+                 show: Callable[[Any], str | None]) -> None:
+        """Compare now if the shadow has answered, else when it does; the caller never waits."""
+        if shadow.done():
+            self._judge(op, key, decision, router, call, primary, shadow, judge, show)
+            return
+
+        async def later() -> None:
+            await asyncio.wait([shadow])
+            self._judge(op, key, decision, router, call, primary, shadow, judge, show)
+
+        self._keep(asyncio.create_task(later()))
+
+    def _judge(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
+               shadow: asyncio.Task[Any], judge: Callable[[Any, Any], Kind | None],
+               show: Callable[[Any], str | None]) -> None:
+        self.discrepancies.compared(op.value)
+        detail = ""
+        shadow_shown: str | None
+        if shadow.cancelled() or shadow.exception() is not None:
+            kind: Kind | None = Kind.SHADOW_ERROR
+            detail = "cancelled" if shadow.cancelled() else str(shadow.exception())
+            shadow_shown = None
+        else:
+            kind = judge(primary, shadow.result())
+            shadow_shown = show(shadow.result())
+        if kind is None:
+            return
+        self._record(op, key, kind, decision, router, call, trim(show(primary)), trim(shadow_shown), detail)
+
+    def _record(self, op: Op, key: str, kind: Kind, decision: Decision, router: Router, call: Call,
+                primary: str | None, shadow: str | None, detail: str) -> None:
+        revision = router.flags.revision
+        self.discrepancies.record(Discrepancy(time.time(), op.value, key, kind.value, primary, shadow,
+                                              decision.primary.value, revision, detail))
+        attributes: dict[str, Any] = {
+            attr.DISCREPANCY: True, attr.DISCREPANCY_KIND: kind.value, attr.ROUTE: decision.primary.value,
+            attr.ROUTE_REASON: decision.reason.value, attr.SHADOW: True, attr.FLAGS_REVISION: revision,
+            "turnout.op": op.value,
+        }
+        if self.telemetry.record_keys:
+            attributes[attr.KEY] = key
+        span = call.span
+        if span is not None and span.is_recording():
+            span.set_attribute(attr.DISCREPANCY, True)
+            span.set_attribute(attr.DISCREPANCY_KIND, kind.value)
+        self.telemetry.discrepancy(span, attributes)
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def get(self, key: Key, caller: str | None) -> Value | None:
-        decision = self.routes.router.route(Op.GET, key, caller)
-        return await self._call(decision.primary, self.backends[decision.primary].get(key))
+    async def get(self, key: Key, call: Call) -> Value | None:
+        decision, router = self._decide(Op.GET, key, call)
+        shadow = self._shadow_task(decision, Op.GET, lambda b: b.get(key), call)
+        value = await self._call(decision.primary, Op.GET, self.backends[decision.primary].get(key), call)
+        if shadow is not None:
+            self._compare(Op.GET, key, decision, router, call, value, shadow, compare_values, _show_value)
+        return value
 
-    async def has(self, key: Key, caller: str | None) -> bool:
-        decision = self.routes.router.route(Op.HAS, key, caller)
-        return await self._call(decision.primary, self.backends[decision.primary].has(key))
+    async def has(self, key: Key, call: Call) -> bool:
+        decision, router = self._decide(Op.HAS, key, call)
+        shadow = self._shadow_task(decision, Op.HAS, lambda b: b.has(key), call)
+        found = await self._call(decision.primary, Op.HAS, self.backends[decision.primary].has(key), call)
+        if shadow is not None:
+            self._compare(Op.HAS, key, decision, router, call, found, shadow, compare_presence, _show_presence)
+        return found
 
-    async def keys(self, prefix: str, caller: str | None) -> AsyncIterator[list[Key]]:
-        decision = self.routes.router.route(Op.KEYS, prefix, caller)
+    async def keys(self, prefix: str, call: Call) -> AsyncIterator[list[Key]]:
+        decision, router = self._decide(Op.KEYS, prefix, call)
+        shadow = self._shadow_task(decision, Op.KEYS, lambda b: _all_keys(b, prefix), call)
+        seen: list[str] | None = [] if shadow is not None else None
         pages = self.backends[decision.primary].keys(prefix)
         while True:
             try:
-                page = await self._call(decision.primary, anext(pages))
+                page = await self._call(decision.primary, Op.KEYS, anext(pages), call)
             except StopAsyncIteration:
-                return
+                break
+            if seen is not None:
+                seen.extend(page)
+                if len(seen) > MAX_COMPARED_KEYS:
+                    seen = None
+                    self.shadow.keys_not_compared += 1
             yield page
+        if shadow is not None and seen is not None:
+            self._compare(Op.KEYS, prefix, decision, router, call, seen, shadow, _judge_keys, _show_keys)
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def set(self, key: Key, value: Value, caller: str | None) -> None:
-        await self._write(Op.SET, key, lambda backend: backend.set(key, value), caller)
+    async def set(self, key: Key, value: Value, call: Call) -> None:
+        await self._write(Op.SET, key, lambda backend: backend.set(key, value), call)
 
-    async def delete(self, key: Key, caller: str | None) -> bool:
-        existed: bool = await self._write(Op.DELETE, key, lambda backend: backend.delete(key), caller)
+    async def delete(self, key: Key, call: Call) -> bool:
+        existed: bool = await self._write(Op.DELETE, key, lambda backend: backend.delete(key), call)
         return existed
 
-    async def _write(self, op: Op, key: Key, apply: Callable[[Backend], Awaitable[T]], caller: str | None) -> T:
+    async def _write(self, op: Op, key: Key, apply: Callable[[Backend], Awaitable[T]], call: Call) -> T:
         router = self.routes.router
         if router.flags.read_only:
             revision = router.flags.revision
             raise ReadOnly(f"writes are paused: the flag file says read_only: true (revision {revision!r})")
-        decision = router.route(op, key, caller)
+        decision, router = self._decide(op, key, call)
         release = await self.locks.acquire(key)
         handed_off = False
         try:
             await self.queue.record(key, decision.primary.value, decision.secondary.value)
-            shadow = self._start_shadow(decision, apply)
+            shadow = self._shadow_task(decision, op, apply, call)
             try:
-                result = await self._call(decision.primary, apply(self.backends[decision.primary]))
+                result = await self._call(decision.primary, op, apply(self.backends[decision.primary]), call)
             except BaseException:
                 if shadow is not None:
                     # The primary may not hold what the shadow wrote: the replayer copies its state.
-                    self._finish_in_background(key, decision, shadow, release, settle=False)
+                    self._finish_shadow_write(key, shadow, release, settle=False)
                     handed_off = True
                 raise
             if shadow is not None:
-                # The shadow write finishes in the background, holding the key's lock.
-                self._finish_in_background(key, decision, shadow, release, settle=True)
+                judge = compare_presence if op is Op.DELETE else _no_difference
+                self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
+                self._finish_shadow_write(key, shadow, release, settle=True)
                 handed_off = True
             return result
         finally:
             if not handed_off:
                 release()
 
-    def _start_shadow(self, decision: Decision, apply: Callable[[Backend], Awaitable[T]]) -> asyncio.Task[T] | None:
-        if not decision.compare:
-            return None
-        if self.shadow.in_flight >= MAX_SHADOW_IN_FLIGHT:
-            self.shadow.overflow += 1  # the replication queue copies this key instead
-            return None
-        self.shadow.in_flight += 1
-        self.shadow.writes += 1
+    def _finish_shadow_write(self, key: Key, shadow: asyncio.Task[Any], release: Callable[[], None],
+                             settle: bool) -> None:
+        """Keep the key's lock until the shadow write is done; settle the intent if both hold the write."""
 
-        async def run() -> T:
-            return await self._call(decision.secondary, apply(self.backends[decision.secondary]))
-
-        return asyncio.create_task(run())
-
-    def _finish_in_background(
-        self, key: Key, decision: Decision, shadow: asyncio.Task[T], release: Callable[[], None], settle: bool
-    ) -> None:
         async def finish() -> None:
             try:
-                await shadow
-                if settle:  # both backends now hold what this write wrote
+                await asyncio.wait([shadow])
+                if settle and not shadow.cancelled() and shadow.exception() is None:
                     await self.queue.settle(key)
             except Exception as exc:
-                self.shadow.write_failures += 1
-                name = decision.secondary.value
-                self.shadow.failures_by_backend[name] = self.shadow.failures_by_backend.get(name, 0) + 1
-                log.debug("shadow write of %r to %s failed; the replication queue will copy it: %s", key, name, exc)
+                log.warning("settling the replication intent of %r failed; the replayer will copy it: %s", key, exc)
             finally:
-                self.shadow.in_flight -= 1
                 release()
 
-        task = asyncio.create_task(finish())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._keep(asyncio.create_task(finish()))
 
     async def close(self) -> None:
-        """Let shadow writes still running finish; the replication queue keeps whatever they miss."""
+        """Let shadow work still running finish; the replication queue keeps whatever it misses."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=SHADOW_DRAIN_S)
+
+
+async def _all_keys(backend: Backend, prefix: str) -> list[str] | None:
+    keys: list[str] = []
+    async for page in backend.keys(prefix):
+        keys.extend(page)
+        if len(keys) > MAX_COMPARED_KEYS:
+            return None
+    return keys
+
+
+def _judge_keys(primary: list[str], shadow: list[str] | None) -> Kind | None:
+    return None if shadow is None else compare_key_sets(primary, shadow).kind
+
+
+def _show_keys(keys: list[str] | None) -> str | None:
+    return None if keys is None else f"{len(keys)} keys: {', '.join(sorted(keys)[:10])}"
+
+
+def _show_value(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", errors="replace")
+
+
+def _show_presence(found: Any) -> str | None:
+    return "present" if found else None
+
+
+def _no_difference(primary: Any, shadow: Any) -> Kind | None:
+    return None  # a Set has no answer to compare; only a failing shadow counts

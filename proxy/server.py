@@ -5,17 +5,19 @@ errors to status codes in one place. No routing and no storage logic lives here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
-from proxy.dispatcher import Dispatcher
+from proxy.dispatcher import Call, Dispatcher
 from proxy.errors import BackendUnavailable, InvalidArgument, ReadOnly, TurnoutError
+from proxy.telemetry import Telemetry
 from proxy.validation import check_key, check_value
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,20 @@ def map_errors() -> Iterator[None]:
         raise AbortWith(status_for(exc), str(exc)) from exc
 
 
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for name, value in context.invocation_metadata() or ():
+def caller_of(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    for name, value in metadata or ():
         if name == USER_METADATA:
-            return value if isinstance(value, str) else value.decode()
+            return value if isinstance(value, str) else bytes(value).decode()
     return None
 
 
 class KeyValueService(kv_pb2_grpc.KeyValueServicer):
-    def __init__(self, dispatcher: Callable[[], Dispatcher | None], max_value_bytes: int) -> None:
+    def __init__(self, dispatcher: Callable[[], Dispatcher | None], max_value_bytes: int,
+                 telemetry: Telemetry | None = None) -> None:
         # A callable, so the service can be registered before the backends are open.
         self._dispatcher = dispatcher
         self._max_value_bytes = max_value_bytes
+        self._telemetry = telemetry or Telemetry(enabled=False)
 
     def _ready(self) -> Dispatcher:
         dispatcher = self._dispatcher()
@@ -76,65 +80,82 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
             raise AbortWith(grpc.StatusCode.UNAVAILABLE, "turnout is starting: backends not open yet")
         return dispatcher
 
-    async def Get(
-        self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[kv_pb2.GetRequest, kv_pb2.GetResponse]
-    ) -> kv_pb2.GetResponse:
+    def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
+        metadata = context.invocation_metadata()
+        return Call(caller_of(metadata), self._telemetry.server_span(method, metadata))
+
+    @staticmethod
+    def _end(call: Call, error: AbortWith | None = None) -> None:
+        if call.span is not None:
+            if error is not None:
+                call.span.set_status(trace.StatusCode.ERROR, f"{error.code.name}: {error.message}")
+            call.span.end()
+
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
+        call = self._call("Get", context)
         try:
             with map_errors():
                 check_key(request.key)
-                value = await self._ready().get(request.key, caller_of(context))
+                value = await self._ready().get(request.key, call)
         except AbortWith as exc:
+            self._end(call, exc)
             await context.abort(exc.code, exc.message)
+        self._end(call)
         if value is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(found=True, value=value)
 
-    async def Set(
-        self, request: kv_pb2.SetRequest, context: grpc.aio.ServicerContext[kv_pb2.SetRequest, kv_pb2.SetResponse]
-    ) -> kv_pb2.SetResponse:
+    async def Set(self, request: kv_pb2.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
+        call = self._call("Set", context)
         try:
             with map_errors():
                 check_key(request.key)
                 check_value(request.value, self._max_value_bytes)
-                await self._ready().set(request.key, request.value, caller_of(context))
+                await self._ready().set(request.key, request.value, call)
         except AbortWith as exc:
+            self._end(call, exc)
             await context.abort(exc.code, exc.message)
+        self._end(call)
         return kv_pb2.SetResponse()
 
-    async def Has(
-        self, request: kv_pb2.HasRequest, context: grpc.aio.ServicerContext[kv_pb2.HasRequest, kv_pb2.HasResponse]
-    ) -> kv_pb2.HasResponse:
+    async def Has(self, request: kv_pb2.HasRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
+        call = self._call("Has", context)
         try:
             with map_errors():
                 check_key(request.key)
-                found = await self._ready().has(request.key, caller_of(context))
+                found = await self._ready().has(request.key, call)
         except AbortWith as exc:
+            self._end(call, exc)
             await context.abort(exc.code, exc.message)
+        self._end(call)
         return kv_pb2.HasResponse(found=found)
 
     async def Delete(
-        self,
-        request: kv_pb2.DeleteRequest,
-        context: grpc.aio.ServicerContext[kv_pb2.DeleteRequest, kv_pb2.DeleteResponse],
+        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.DeleteResponse:
+        call = self._call("Delete", context)
         try:
             with map_errors():
                 check_key(request.key)
-                existed = await self._ready().delete(request.key, caller_of(context))
+                existed = await self._ready().delete(request.key, call)
         except AbortWith as exc:
+            self._end(call, exc)
             await context.abort(exc.code, exc.message)
+        self._end(call)
         return kv_pb2.DeleteResponse(existed=existed)
 
     async def Keys(
-        self, request: kv_pb2.KeysRequest, context: grpc.aio.ServicerContext[kv_pb2.KeysRequest, kv_pb2.KeysResponse]
+        self, request: kv_pb2.KeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[kv_pb2.KeysResponse]:
+        call = self._call("Keys", context)
         try:
             with map_errors():
-                pages = self._ready().keys(request.prefix, caller_of(context))
-                async for page in pages:
+                async for page in self._ready().keys(request.prefix, call):
                     yield kv_pb2.KeysResponse(keys=page)
         except AbortWith as exc:
+            self._end(call, exc)
             await context.abort(exc.code, exc.message)
+        self._end(call)
 
 
 def build_server(

@@ -1,0 +1,80 @@
+"""The comparator of shadow mode: JSON-semantic equality and the kind of each difference.
+
+Key order and whitespace are not differences, and numbers compare as JSON numbers (`1` equals
+`1.0`), but `true` is not `1`: Python's own `==` would say it is, so the comparison walks the
+documents itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    VALUE_MISMATCH = "value_mismatch"
+    MISSING_IN_SHADOW = "missing_in_shadow"
+    EXTRA_IN_SHADOW = "extra_in_shadow"
+    SHADOW_ERROR = "shadow_error"
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def documents_equal(a: bytes, b: bytes) -> bool:
+    if a == b:
+        return True  # the common case costs one memcmp
+    try:
+        return json_equal(json.loads(a), json.loads(b))
+    except ValueError:
+        return False
+
+
+def compare_values(primary: bytes | None, shadow: bytes | None) -> Kind | None:
+    """Get: absent on one side, or a different document."""
+    if primary is None:
+        return None if shadow is None else Kind.EXTRA_IN_SHADOW
+    if shadow is None:
+        return Kind.MISSING_IN_SHADOW
+    return None if documents_equal(primary, shadow) else Kind.VALUE_MISMATCH
+
+
+def compare_presence(primary: bool, shadow: bool) -> Kind | None:
+    """Has and Delete's `existed`."""
+    if primary == shadow:
+        return None
+    return Kind.MISSING_IN_SHADOW if primary else Kind.EXTRA_IN_SHADOW
+
+
+@dataclass(frozen=True, slots=True)
+class KeySetDifference:
+    missing: int  # in the primary's listing, not in the shadow's
+    extra: int
+    missing_sample: tuple[str, ...]
+    extra_sample: tuple[str, ...]
+
+    @property
+    def kind(self) -> Kind | None:
+        if self.missing:
+            return Kind.MISSING_IN_SHADOW
+        return Kind.EXTRA_IN_SHADOW if self.extra else None
+
+
+def compare_key_sets(primary: Iterable[str], shadow: Iterable[str], sample: int = 10) -> KeySetDifference:
+    """Keys, compared as sets, with counts and bounded samples of each side's surplus."""
+    primary_set, shadow_set = set(primary), set(shadow)
+    missing = primary_set - shadow_set
+    extra = shadow_set - primary_set
+    return KeySetDifference(len(missing), len(extra), tuple(sorted(missing)[:sample]), tuple(sorted(extra)[:sample]))

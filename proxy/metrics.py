@@ -1,0 +1,105 @@
+"""Shadow-mode and proxy metrics (the plan's ShadowModeMetrics), rendered as Prometheus text.
+
+Recording is a dict increment and, for latency, one bisect into fixed log-spaced buckets, so it can
+sit on every call; quantiles (p50/p95/p99) are read from the buckets only when someone asks.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+
+#: Latency bucket upper bounds in seconds: 10 µs to ~80 s, 8 buckets per doubling (~9 % wide).
+_BOUNDS = [10e-6 * 2 ** (i / 8) for i in range(8 * 23)]
+
+
+class LatencyHistogram:
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding the q-th observation (0 when empty)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return _BOUNDS[min(index, len(_BOUNDS) - 1)]
+        return _BOUNDS[-1]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.operations: Counter[tuple[str, str]] = Counter()  # (op, route)
+        self.errors: Counter[tuple[str, str]] = Counter()  # (backend, op)
+        self.latency: dict[tuple[str, str], LatencyHistogram] = {}  # (backend, op)
+
+    def operation(self, op: str, route: str) -> None:
+        self.operations[op, route] += 1
+
+    def backend_call(self, backend: str, op: str, seconds: float, failed: bool) -> None:
+        histogram = self.latency.get((backend, op))
+        if histogram is None:
+            histogram = self.latency[backend, op] = LatencyHistogram()
+        histogram.observe(seconds)
+        if failed:
+            self.errors[backend, op] += 1
+
+    def backend_error_rate(self, backend: str) -> float:
+        calls = sum(h.count for (b, _), h in self.latency.items() if b == backend)
+        errors = sum(n for (b, _), n in self.errors.items() if b == backend)
+        return errors / calls if calls else 0.0
+
+
+def _labels(**labels: str) -> str:
+    body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + body + "}" if body else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Exposition:
+    """Builds the Prometheus text format, one metric family at a time."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]],
+               suffixed: Iterable[tuple[str, dict[str, str], float]] = ()) -> None:
+        """One family; `suffixed` adds samples such as a summary's `_sum` and `_count`."""
+        self._lines.append(f"# HELP {name} {help_text}")
+        self._lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            self._lines.append(f"{name}{_labels(**labels)} {value:.9g}")
+        for suffix, labels, value in suffixed:
+            self._lines.append(f"{name}{suffix}{_labels(**labels)} {value:.9g}")
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def render_latency(out: Exposition, metrics: Metrics) -> None:
+    samples: list[tuple[dict[str, str], float]] = []
+    for (backend, op), histogram in sorted(metrics.latency.items()):
+        for q in (0.5, 0.95, 0.99):
+            samples.append(({"backend": backend, "op": op, "quantile": str(q)}, histogram.quantile(q)))
+    totals: list[tuple[str, dict[str, str], float]] = []
+    for (backend, op), histogram in sorted(metrics.latency.items()):
+        totals.append(("_sum", {"backend": backend, "op": op}, histogram.total))
+        totals.append(("_count", {"backend": backend, "op": op}, histogram.count))
+    out.family("turnout_backend_latency_seconds", "summary", "Backend call latency by backend and operation.",
+               samples, totals)

@@ -1,0 +1,131 @@
+"""Spans (contract §4), set up once from the standard OTEL_* variables; the attribute names live here.
+
+Tracing is on when an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or OTEL_TRACES_EXPORTER=otlp, and off when OTEL_SDK_DISABLED=true
+or OTEL_TRACES_EXPORTER=none. When it is off, no span machinery runs at all. Sampling follows
+OTEL_TRACES_SAMPLER; the protocol follows OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / _PROTOCOL (grpc or
+http/protobuf). Spans leave through a batch processor on its own thread, so a collector that is
+down or slow never slows or fails a call: what its bounded queue cannot hold is dropped.
+
+A discrepancy must reach the exporter whatever the sampling: it is also emitted as its own span,
+`turnout.discrepancy`, by a tracer that samples everything, in the request's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+log = logging.getLogger(__name__)
+
+# The contract's attribute names (§4), in one place.
+ROUTE = "turnout.route"
+ROUTE_REASON = "turnout.route.reason"
+SHADOW = "turnout.shadow"
+DISCREPANCY = "turnout.discrepancy"
+DISCREPANCY_KIND = "turnout.discrepancy.kind"
+FLAGS_REVISION = "turnout.flags.revision"
+BACKEND = "turnout.backend"
+BACKEND_TYPE = "turnout.backend.type"
+KEY = "turnout.key"  # only with telemetry.record_keys: true
+
+SERVICE = "turnout.kv.v1.KeyValue"
+
+
+def tracing_configured(env: Mapping[str, str] = os.environ) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporters = env.get("OTEL_TRACES_EXPORTER", "").lower()
+    if exporters == "none":
+        return False
+    return bool(exporters == "otlp" or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def _exporter(env: Mapping[str, str]) -> SpanExporter:
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    if protocol != "grpc":
+        log.warning("OTLP protocol %r is not supported; using grpc", protocol)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    return GrpcExporter()
+
+
+class _MetadataGetter:
+    """Reads W3C trace context from gRPC invocation metadata."""
+
+    def get(self, carrier: Sequence[tuple[str, Any]], key: str) -> list[str] | None:
+        values = [v if isinstance(v, str) else v.decode() for k, v in carrier if k == key]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, Any]]) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _MetadataGetter()
+
+
+class Telemetry:
+    """The tracers of one proxy; `enabled` False means every method is a cheap no-op."""
+
+    def __init__(self, enabled: bool, record_keys: bool = False, exporter: SpanExporter | None = None) -> None:
+        self.enabled = enabled
+        self.record_keys = record_keys
+        self._providers: list[TracerProvider] = []
+        if not enabled:
+            return
+        env = os.environ
+        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "turnout")})
+        processor = BatchSpanProcessor(exporter or _exporter(env))
+        provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+        provider.add_span_processor(processor)
+        always = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+        always.add_span_processor(processor)
+        self._providers = [provider, always]
+        self.tracer = provider.get_tracer("turnout")
+        self._always = always.get_tracer("turnout")
+
+    @classmethod
+    def from_env(cls, record_keys: bool = False) -> Telemetry:
+        return cls(tracing_configured(), record_keys)
+
+    def server_span(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> trace.Span | None:
+        """The span of one call, continuing the caller's traceparent; None when tracing is off."""
+        if not self.enabled:
+            return None
+        parent = extract(list(metadata or ()), getter=_GETTER)  # type: ignore[arg-type]
+        return self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER)
+
+    def backend_span(self, parent: trace.Span | None, op: str, backend: str, backend_type: str) -> trace.Span | None:
+        if parent is None or not parent.is_recording():
+            return None
+        return self.tracer.start_span(
+            f"{backend}.{op}", context=trace.set_span_in_context(parent), kind=trace.SpanKind.CLIENT,
+            attributes={BACKEND: backend, BACKEND_TYPE: backend_type},
+        )
+
+    def discrepancy(self, parent: trace.Span | None, attributes: dict[str, Any]) -> None:
+        """Emit a discrepancy span in the request's trace, sampled or not."""
+        if not self.enabled:
+            return
+        ctx = trace.set_span_in_context(parent) if parent is not None else otel_context.Context()
+        span = self._always.start_span("turnout.discrepancy", context=ctx, attributes=attributes)
+        span.end()
+
+    def shutdown(self) -> None:
+        for provider in self._providers:
+            provider.shutdown()
