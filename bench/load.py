@@ -275,7 +275,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
                 if began >= stop_at:
                     return
                 try:
-                    await call(requests[i], timeout=10)  # type: ignore[operator]
+                    await call(requests[i], timeout=10)
                     failed = False
                 except grpc.aio.AioRpcError:
                     failed = True

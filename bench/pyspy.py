@@ -61,8 +61,25 @@ def top_frames(collapsed: str, count: int = 15) -> tuple[list[FrameShare], list[
     )
 
 
+def by_file(collapsed: str, count: int = 15) -> list[FrameShare]:
+    """Inclusive share of each source file, over the samples of the event-loop (main) thread only."""
+    files: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit() or "Thread.run (threading.py" in stack:
+            continue
+        total += int(samples)
+        for name in {frame.rpartition("(")[2].partition(":")[0] for frame in stack.split(";") if "(" in frame}:
+            files[name] += int(samples)
+    return [FrameShare(name, n / total) for name, n in files.most_common(count)] if total else []
+
+
 def print_top(title: str, collapsed: str, count: int = 15) -> None:
     own, inclusive = top_frames(collapsed, count)
+    print(f"\n{title}: source files, share of the event-loop thread's samples (native code has no frame)")
+    for share in by_file(collapsed, count):
+        print(f"  {share.share:6.1%}  {share.frame}")
     print(f"\n{title}: top frames by own samples")
     for share in own:
         print(f"  {share.share:6.1%}  {share.frame}")

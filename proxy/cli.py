@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "proxy.commands.kv",
     "proxy.commands.flags",
     "proxy.commands.operate",
+    "proxy.commands.discrepancies",
 )
 
 

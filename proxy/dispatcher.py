@@ -108,10 +108,11 @@ class Dispatcher:
 
     # -- the plumbing of one backend call ------------------------------------------------------
 
-    async def _call(self, route: Route, op: Op, call: Awaitable[T], parent: Call) -> T:
+    async def _call(self, route: Route, op: Op, call: Awaitable[T], parent: Call,
+                    span: trace.Span | None = None) -> T:
         """Await a backend call, keeping its health, latency metric and child span."""
-        backend = self.backends[route]
-        span = self.telemetry.backend_span(parent.span, op.value, route.value, backend.type_name)
+        if span is None:
+            span = self._backend_span(route, op, parent)
         health = self.health[route]
         health.calls += 1
         started = time.perf_counter()
@@ -132,6 +133,9 @@ class Dispatcher:
         if span is not None:
             span.end()
         return result
+
+    def _backend_span(self, route: Route, op: Op, parent: Call) -> trace.Span | None:
+        return self.telemetry.backend_span(parent.span, op.value, route.value, self.backends[route].type_name)
 
     def _decide(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
         router = self.routes.router
@@ -156,7 +160,11 @@ class Dispatcher:
             return None
         self.shadow.in_flight += 1
         self.shadow.calls += 1
-        task = asyncio.create_task(self._call(decision.secondary, op, run(self.backends[decision.secondary]), call))
+        # The span starts now: the task may first run after the caller's span has ended.
+        span = self._backend_span(decision.secondary, op, call)
+        task = asyncio.create_task(
+            self._call(decision.secondary, op, run(self.backends[decision.secondary]), call, span)
+        )
         task.add_done_callback(self._shadow_done)
         return task
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -126,6 +127,14 @@ class Telemetry:
         span = self._always.start_span("turnout.discrepancy", context=ctx, attributes=attributes)
         span.end()
 
-    def shutdown(self) -> None:
-        for provider in self._providers:
-            provider.shutdown()
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Flush what is queued, but never hold up shutdown for a collector that does not answer."""
+
+        def flush() -> None:
+            for provider in self._providers:
+                provider.shutdown()
+
+        if self._providers:
+            worker = threading.Thread(target=flush, name="telemetry-shutdown", daemon=True)
+            worker.start()
+            worker.join(timeout)

@@ -64,5 +64,5 @@ def test_percentiles_pick_the_nearest_rank(fraction: float, expected: float) -> 
 def test_top_frames_count_own_and_inclusive_samples() -> None:
     """A frame's own share counts the stacks it ends; its inclusive share every stack it is in."""
     own, inclusive = top_frames("main;get 3\nmain;set 1\n")
-    assert own[0].frame == "get" and own[0].share == 0.75
-    assert inclusive[0].frame == "main" and inclusive[0].share == 1.0
+    assert (own[0].frame, own[0].share) == ("get", 0.75)
+    assert (inclusive[0].frame, inclusive[0].share) == ("main", 1.0)

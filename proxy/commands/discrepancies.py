@@ -1,0 +1,81 @@
+"""`turnout discrepancies [--since T]`: what shadow mode found, from the log in state_dir.
+
+The log is read directly, so the report works with the proxy stopped; when the proxy answers, its
+count of compared operations gives the discrepancy rate too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.discrepancies import report_from_log
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Unix seconds from `1732400000`, `2026-11-24T09:00:00Z` or a relative `15m` / `2h` / `1d`."""
+    now = time.time() if now is None else now
+    relative = _RELATIVE.match(text)
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        message = f"--since: not a time: {text!r} (use 15m, 2h, unix seconds or ISO 8601)"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("discrepancies", help="what shadow mode found: totals, kinds, samples")
+    parser.add_argument("--since", type=parse_since, default=0.0, help="only from this time on (15m, 2h, ISO 8601)")
+    add_config_argument(parser)
+    add_json_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _compared(target: str) -> dict[str, int] | None:
+    try:
+        with urllib.request.urlopen(f"http://{target}/discrepancies.json", timeout=3) as reply:
+            live: dict[str, Any] = json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+    return {str(op): int(n) for op, n in live.get("compared_by_op", {}).items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(args)
+    report = report_from_log(config.state_dir, args.since)
+    compared = _compared(admin_target(config)) if not args.since else None
+    if compared is not None:
+        report.compared.update(compared)
+    doc = report.to_document()
+    doc["since"] = args.since
+    if compared is None:
+        doc["rate"] = None  # unknown: the compared count lives in the running proxy
+    lines = [f"{report.total} discrepancies" + (f" since {datetime.fromtimestamp(args.since).isoformat()}"
+                                                if args.since else "")]
+    if compared is not None:
+        lines[0] += f" in {sum(compared.values())} compared operations (rate {report.rate:.4%})"
+    lines += [f"  {kind}: {n}" for kind, n in sorted(report.by_kind.items())]
+    lines += [f"  op {op}: {n}" for op, n in sorted(report.by_op.items())]
+    for title, samples in (("first", report.first), ("latest", list(report.latest))):
+        if samples:
+            lines.append(f"{title}:")
+            lines += [f"  {datetime.fromtimestamp(d.time).isoformat(timespec='seconds')} {d.op} {d.key!r} {d.kind}: "
+                      f"primary({d.route})={d.primary} shadow={d.shadow} {d.detail} [flags {d.revision}]"
+                      for d in samples]
+    emit(args, doc, "\n".join(lines))
+    return 0
