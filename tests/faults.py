@@ -14,6 +14,7 @@ class SwitchableBackend:
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.type_name = inner.type_name
+        self.ordered_scan = inner.ordered_scan
         self.down = False
         self.calls = 0
 

@@ -113,7 +113,7 @@ def test_sampled_calls_carry_the_contract_attributes(tmp_path: Path, receiver: G
     with ProxyProcess(config, env) as proxy, grpc.insecure_channel(proxy.target) as channel:
         stub = kv_pb2_grpc.KeyValueStub(channel)
         stub.Get(kv_pb2.GetRequest(key="diff"),
-                 metadata=[("traceparent", f"00-{trace_id}-{parent_id}-01"), ("x-turnout-user", "checkout")])
+                 metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"), ("x-turnout-user", "checkout")))
         spans = receiver.spans.wait_for(lambda s: any(x.name == "turnout.kv.v1.KeyValue/Get" for x in s)
                                         and sum(x.attributes.get("turnout.backend") is not None for x in s) >= 2)
     server = next(s for s in spans if s.name == "turnout.kv.v1.KeyValue/Get")

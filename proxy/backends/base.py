@@ -24,6 +24,9 @@ class Backend(Protocol):
 
     #: The config's type name (`memory`, `jsonfile`, `jsondir`, `sqlite`, ...), shown on spans.
     type_name: str
+    #: True when keys() and scan() yield keys in ascending order (migration can then resume and
+    #: verify by merging two streams instead of holding one side in memory).
+    ordered_scan: bool
 
     async def get(self, key: Key) -> Value | None:
         """The stored document, or None when the key is absent (a stored `null` is b"null")."""

@@ -70,6 +70,7 @@ def decode_name(stem: str) -> Key:
 
 class JsonDirBackend:
     type_name = "jsondir"
+    ordered_scan = False  # folder order
 
     def __init__(self, folder: Path, lock: StoreLock) -> None:
         self.folder = folder

@@ -70,6 +70,7 @@ def render_store(data: dict[Key, Value]) -> bytes:
 
 class JsonFileBackend:
     type_name = "jsonfile"
+    ordered_scan = True
 
     def __init__(self, path: Path, lock: StoreLock, data: dict[Key, Value], sig: Signature, group_commit: bool) -> None:
         self.path = path

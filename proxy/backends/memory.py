@@ -9,6 +9,7 @@ from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 
 class MemoryBackend:
     type_name = "memory"
+    ordered_scan = True
 
     def __init__(self) -> None:
         self._data: dict[Key, Value] = {}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
+from proxy.durable import StoreLock
 from proxy.errors import BackendUnavailable
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
@@ -74,9 +75,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 class SqliteBackend:
     type_name = "sqlite"
+    ordered_scan = True
 
-    def __init__(self, path: Path, writer: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, writer: sqlite3.Connection, lock: StoreLock) -> None:
         self.path = path
+        self._lock = lock
         self._writer = writer
         self._writes: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
         self._local = threading.local()
@@ -91,16 +94,22 @@ class SqliteBackend:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
-        def prepare() -> sqlite3.Connection:
+        def prepare() -> tuple[sqlite3.Connection, StoreLock]:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with translated_errors(path):
-                connection = _connect(path)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=FULL")
-                connection.execute(SCHEMA)
-                return connection
+            # SQLite would let two processes write, but a migration must know no proxy writes meanwhile.
+            lock = StoreLock(path.with_name(path.name + ".lock"), f"sqlite {path}")
+            try:
+                with translated_errors(path):
+                    connection = _connect(path)
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=FULL")
+                    connection.execute(SCHEMA)
+                    return connection, lock
+            except BaseException:
+                lock.release()
+                raise
 
-        return cls(path, await asyncio.to_thread(prepare))
+        return cls(path, *await asyncio.to_thread(prepare))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -233,3 +242,4 @@ class SqliteBackend:
             for connection in self._readers:
                 connection.close()
         self._writer.close()
+        self._lock.release()
