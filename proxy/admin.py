@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +20,14 @@ from proxy.checksum import summarize
 from proxy.dispatcher import Dispatcher
 from proxy.flagwatch import FlagWatcher
 from proxy.metrics import Exposition, render_latency
+from proxy.migration.migrate import load_transform, migrate
+from proxy.migration.stores import Live, Stores
+from proxy.migration.verify import verify
+from proxy.progress import Progress
+from proxy.replication import QueueStats
 from proxy.router import Op, Override, Route, bucket
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +37,7 @@ class AdminState:
     watcher: FlagWatcher
     dispatcher: Dispatcher | None
     started: float
+    state_dir: Path
 
 
 def override_state(override: Override | None) -> admin_pb2.OverrideState:
@@ -54,11 +66,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
         dispatcher = self._state.dispatcher
         if dispatcher is not None:
-            stats = dispatcher.queue.stats()
-            response.replication.CopyFrom(admin_pb2.ReplicationState(
-                depth=stats.depth, oldest_age_seconds=stats.oldest_age_s, replayed=stats.replayed,
-                failures=stats.failures, last_error=stats.last_error or "",
-            ))
+            response.replication.CopyFrom(replication_state(dispatcher.queue.stats()))
+            response.writes.CopyFrom(pause_state(dispatcher))
             for route, backend in dispatcher.backends.items():
                 health = dispatcher.health[route]
                 response.backends.append(admin_pb2.BackendState(
@@ -73,10 +82,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"route: must be old or new, got {request.route!r}")
         override = Override(route=route, reason=request.reason or "operator override", since=time.time())
         self._state.watcher.set_override(override)
+        log.warning("override: everything to %s (%s)", route.value, override.reason)
+        self._event("turnout.override", {"turnout.route": route.value, "turnout.override.reason": override.reason})
         return override_state(override)
 
     async def ClearOverride(self, request: admin_pb2.ClearOverrideRequest, context: Any) -> admin_pb2.OverrideState:
         self._state.watcher.set_override(None)
+        log.warning("override cleared: the flag file decides again")
+        self._event("turnout.override.cleared", {})
         return override_state(None)
 
     async def Route(self, request: admin_pb2.RouteRequest, context: Any) -> admin_pb2.RouteResponse:
@@ -91,6 +104,77 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             bucket=bucket(request.key, router.flags.bucket_salt), flags_revision=router.flags.revision,
             shadow=decision.compare, secondary=decision.secondary.value,
         )
+
+
+    def _event(self, name: str, attributes: dict[str, Any]) -> None:
+        if self._state.dispatcher is not None:
+            self._state.dispatcher.telemetry.event(name, attributes)
+
+    def _dispatcher(self) -> Dispatcher:
+        if self._state.dispatcher is None:
+            raise RuntimeError("the backends are not open yet")
+        return self._state.dispatcher
+
+    def _stores(self) -> Stores:
+        dispatcher = self._dispatcher()
+        watcher = self._state.watcher
+        return Stores(dispatcher.backends[Route.OLD], dispatcher.backends[Route.NEW], watcher.router,
+                      Live(dispatcher.locks, dispatcher.queue, watcher))
+
+    async def PauseWrites(self, request: admin_pb2.PauseWritesRequest, context: Any) -> admin_pb2.PauseState:
+        dispatcher = self._dispatcher()
+        dispatcher.writes_paused = (request.reason or "paused by an operator") if request.paused else None
+        log.warning("writes %s: %s", "paused" if request.paused else "resumed", request.reason)
+        self._event("turnout.writes.paused" if request.paused else "turnout.writes.resumed",
+                    {"turnout.reason": request.reason})
+        return pause_state(dispatcher)
+
+    async def Drain(self, request: admin_pb2.DrainRequest, context: Any) -> admin_pb2.ReplicationState:
+        queue = self._dispatcher().queue
+        await queue.drain(request.timeout_seconds or 30.0)
+        return replication_state(queue.stats())
+
+    async def Migrate(self, request: admin_pb2.MigrateRequest, context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
+        stores = self._stores()
+        progress = Progress("migrate", None, enabled=False)
+        transform = load_transform(request.transform) if request.transform else None
+        job = asyncio.create_task(migrate(
+            stores, self._state.state_dir, Route(request.source or "old"), request.batch_size or 500,
+            request.concurrency or 16, request.rate or None, transform, request.restart, progress,
+        ))
+        async for update in _follow(job, progress):
+            yield update
+
+    async def Verify(self, request: admin_pb2.VerifyRequest, context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
+        progress = Progress("verify", None, enabled=False)
+        truth = Route(request.truth) if request.truth else None
+        job = asyncio.create_task(verify(self._stores(), request.repair, progress, truth))
+        async for update in _follow(job, progress):
+            yield update
+
+
+async def _follow(job: asyncio.Task[Any], progress: Progress) -> AsyncIterator[admin_pb2.JobUpdate]:
+    """Stream a job's progress every half second, then its result (or its error)."""
+    while not job.done():
+        await asyncio.wait([job], timeout=0.5)
+        if not job.done():
+            yield admin_pb2.JobUpdate(done=progress.done, total=progress.total or 0)
+    if job.exception() is not None:
+        yield admin_pb2.JobUpdate(done=progress.done, error=str(job.exception()))
+        return
+    yield admin_pb2.JobUpdate(done=progress.done, total=progress.total or 0,
+                              result_json=json.dumps(job.result().to_document()))
+
+
+def pause_state(dispatcher: Dispatcher) -> admin_pb2.PauseState:
+    paused = dispatcher.writes_paused
+    return admin_pb2.PauseState(paused=paused is not None, reason=paused or "")
+
+
+def replication_state(stats: QueueStats) -> admin_pb2.ReplicationState:
+    return admin_pb2.ReplicationState(depth=stats.depth, oldest_age_seconds=stats.oldest_age_s,
+                                      replayed=stats.replayed, failures=stats.failures,
+                                      last_error=stats.last_error or "")
 
 
 def build_admin_server(state: AdminState) -> grpc.aio.Server:

@@ -69,7 +69,7 @@ class Proxy:
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
         server = build_server(service, health_servicer, config.max_value_bytes)
         port = server.add_insecure_port(config.listen)
-        admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time())
+        admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
         admin = build_admin_server(admin_state)
         # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
         admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")

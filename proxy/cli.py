@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "proxy.commands.flags",
     "proxy.commands.operate",
     "proxy.commands.discrepancies",
+    "proxy.commands.migration",
 )
 
 

@@ -104,6 +104,8 @@ class Dispatcher:
         self.telemetry = telemetry or Telemetry(enabled=False)
         self.health = {route: BackendHealth() for route in backends}
         self.shadow = ShadowCounters()
+        #: An operator's write pause (the cutover window), above the flag file; None when writes flow.
+        self.writes_paused: str | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- the plumbing of one backend call ------------------------------------------------------
@@ -279,6 +281,8 @@ class Dispatcher:
         if router.flags.read_only:
             revision = router.flags.revision
             raise ReadOnly(f"writes are paused: the flag file says read_only: true (revision {revision!r})")
+        if self.writes_paused is not None:
+            raise ReadOnly(f"writes are paused by an operator: {self.writes_paused}")
         decision, router = self._decide(op, key, call)
         release = await self.locks.acquire(key)
         handed_off = False

@@ -74,6 +74,7 @@ class ReplicationQueue:
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._settled = asyncio.Event()  # replaced by a fresh one each time an intent is settled
         self._task: asyncio.Task[None] | None = None
         self.replayed = 0
         self.failures = 0
@@ -104,9 +105,21 @@ class ReplicationQueue:
             await self._store.delete(key)
             del self._pending[key]
             self._changed()
+            self._settled.set()
+            self._settled = asyncio.Event()
 
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
+
+    async def wait_settled(self, key: str, timeout: float) -> bool:
+        """Wait until key has no pending intent, at most timeout seconds; True when it has none."""
+        try:
+            async with asyncio.timeout(timeout):
+                while key in self._pending:
+                    await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def stats(self) -> QueueStats:
         oldest = min((i.since for i in self._pending.values()), default=None)

@@ -127,6 +127,11 @@ class Telemetry:
         span = self._always.start_span("turnout.discrepancy", context=ctx, attributes=attributes)
         span.end()
 
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """An operator event (override, write pause) as a span of its own, always exported."""
+        if self.enabled:
+            self._always.start_span(name, attributes=attributes).end()
+
     def shutdown(self, timeout: float = 2.0) -> None:
         """Flush what is queued, but never hold up shutdown for a collector that does not answer."""
 

@@ -56,6 +56,26 @@ class AdminStub:
                 request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RouteRequest.SerializeToString,
                 response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RouteResponse.FromString,
                 _registered_method=True)
+        self.PauseWrites = channel.unary_unary(
+                '/turnout.admin.v1.Admin/PauseWrites',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.PauseWritesRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.PauseState.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/turnout.admin.v1.Admin/Drain',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.ReplicationState.FromString,
+                _registered_method=True)
+        self.Migrate = channel.unary_stream(
+                '/turnout.admin.v1.Admin/Migrate',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_stream(
+                '/turnout.admin.v1.Admin/Verify',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -91,6 +111,34 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseWrites(self, request, context):
+        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Wait until the replication queue is empty, at most timeout_seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Migrate(self, request, context):
+        """Copy one store into the other inside the proxy, coordinated with live traffic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Compare the stores inside the proxy (re-checking differences after in-flight writes land).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +161,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RouteRequest.FromString,
                     response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RouteResponse.SerializeToString,
+            ),
+            'PauseWrites': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWrites,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.PauseWritesRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.PauseState.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.DrainRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.ReplicationState.SerializeToString,
+            ),
+            'Migrate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Migrate,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.MigrateRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.SerializeToString,
+            ),
+            'Verify': grpc.unary_stream_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +293,114 @@ class Admin:
             '/turnout.admin.v1.Admin/Route',
             turnout_dot_admin_dot_v1_dot_admin__pb2.RouteRequest.SerializeToString,
             turnout_dot_admin_dot_v1_dot_admin__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseWrites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/PauseWrites',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.PauseWritesRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.PauseState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Drain',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.ReplicationState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Migrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Migrate',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Verify',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
             options,
             channel_credentials,
             insecure,

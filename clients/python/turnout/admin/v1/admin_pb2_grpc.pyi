@@ -43,6 +43,14 @@ class AdminStub:
     """Clear the override: the flag file decides again."""
     Route: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RouteRequest, _admin_pb2.RouteResponse]
     """Which backend an operation on KEY goes to and why, under the flags and overrides in force."""
+    PauseWrites: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PauseWritesRequest, _admin_pb2.PauseState]
+    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+    Drain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.ReplicationState]
+    """Wait until the replication queue is empty, at most timeout_seconds."""
+    Migrate: _grpc.UnaryStreamMultiCallable[_admin_pb2.MigrateRequest, _admin_pb2.JobUpdate]
+    """Copy one store into the other inside the proxy, coordinated with live traffic."""
+    Verify: _grpc.UnaryStreamMultiCallable[_admin_pb2.VerifyRequest, _admin_pb2.JobUpdate]
+    """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -59,6 +67,14 @@ class AdminAsyncStub(AdminStub):
     """Clear the override: the flag file decides again."""
     Route: _aio.UnaryUnaryMultiCallable[_admin_pb2.RouteRequest, _admin_pb2.RouteResponse]  # type: ignore[assignment]
     """Which backend an operation on KEY goes to and why, under the flags and overrides in force."""
+    PauseWrites: _aio.UnaryUnaryMultiCallable[_admin_pb2.PauseWritesRequest, _admin_pb2.PauseState]  # type: ignore[assignment]
+    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+    Drain: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.ReplicationState]  # type: ignore[assignment]
+    """Wait until the replication queue is empty, at most timeout_seconds."""
+    Migrate: _aio.UnaryStreamMultiCallable[_admin_pb2.MigrateRequest, _admin_pb2.JobUpdate]  # type: ignore[assignment]
+    """Copy one store into the other inside the proxy, coordinated with live traffic."""
+    Verify: _aio.UnaryStreamMultiCallable[_admin_pb2.VerifyRequest, _admin_pb2.JobUpdate]  # type: ignore[assignment]
+    """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is for operators and the turnout command line only. It is served on `admin.listen`
@@ -96,5 +112,37 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RouteResponse, _abc.Awaitable[_admin_pb2.RouteResponse]]:
         """Which backend an operation on KEY goes to and why, under the flags and overrides in force."""
+
+    @_abc_1.abstractmethod
+    def PauseWrites(
+        self,
+        request: _admin_pb2.PauseWritesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PauseState, _abc.Awaitable[_admin_pb2.PauseState]]:
+        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _admin_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReplicationState, _abc.Awaitable[_admin_pb2.ReplicationState]]:
+        """Wait until the replication queue is empty, at most timeout_seconds."""
+
+    @_abc_1.abstractmethod
+    def Migrate(
+        self,
+        request: _admin_pb2.MigrateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.JobUpdate], _abc.AsyncIterator[_admin_pb2.JobUpdate]]:
+        """Copy one store into the other inside the proxy, coordinated with live traffic."""
+
+    @_abc_1.abstractmethod
+    def Verify(
+        self,
+        request: _admin_pb2.VerifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.JobUpdate], _abc.AsyncIterator[_admin_pb2.JobUpdate]]:
+        """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

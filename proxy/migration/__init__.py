@@ -1,0 +1,6 @@
+"""Migration tools: migrate, verify, validate, cutover, rollback, archive.
+
+Built on the Backend protocol only, so the same code runs offline (the command opens the stores
+itself and holds their locks) or inside a running proxy, where `Live` lets it coordinate with
+traffic: the per-key locks, the replication queue and the router in force.
+"""

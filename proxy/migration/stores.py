@@ -1,0 +1,80 @@
+"""The two stores a migration works on, and what coordinates it with live traffic when there is some."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.backends import open_backend
+from proxy.backends.base import Backend
+from proxy.backends.sqlite import SqliteBackend
+from proxy.config import Config
+from proxy.errors import BackendUnavailable
+from proxy.flagwatch import FlagWatcher
+from proxy.keylocks import KeyLocks
+from proxy.replication import ReplicationQueue
+from proxy.router import Op, Route, Router
+
+QUEUE_FILE = "replication.sqlite"
+
+
+@dataclass
+class Live:
+    """Inside a running proxy: writes of a key wait for its lock, and the queue says what is in flight."""
+
+    locks: KeyLocks
+    queue: ReplicationQueue
+    routes: FlagWatcher
+
+
+@dataclass
+class Stores:
+    old: Backend
+    new: Backend
+    router: Router  # which backend is each key's source of truth (its write primary)
+    live: Live | None = None
+
+    def backend(self, route: Route) -> Backend:
+        return self.old if route is Route.OLD else self.new
+
+    def truth(self, key: str) -> Route:
+        router = self.live.routes.router if self.live is not None else self.router
+        return router.route(Op.SET, key).primary
+
+
+@contextlib.asynccontextmanager
+async def open_offline(config: Config) -> AsyncIterator[Stores]:
+    """Open both stores (taking their locks, so no proxy writes meanwhile) and replay what a stopped
+    proxy left in the replication queue first, so the stores start from a consistent state."""
+    old = await open_backend(config.old)
+    try:
+        new = await open_backend(config.new)
+        try:
+            watcher = FlagWatcher(config.flags, config.state_dir)
+            watcher.load_initial()
+            await drain_leftovers(config.state_dir, old, new)
+            yield Stores(old, new, watcher.router)
+        finally:
+            await new.close()
+    finally:
+        await old.close()
+
+
+async def drain_leftovers(state_dir: Path, old: Backend, new: Backend) -> None:
+    path = state_dir / QUEUE_FILE
+    if not path.exists():
+        return
+    store = await SqliteBackend.open(path)
+    try:
+        queue = ReplicationQueue(store, {Route.OLD.value: old, Route.NEW.value: new}, KeyLocks())
+        if await queue.load():
+            queue.start()
+            drained = await queue.drain(60)
+            await queue.stop()
+            if not drained:
+                raise BackendUnavailable(f"{queue.stats().depth} replication intents could not be replayed: "
+                                   f"{queue.stats().last_error}")
+    finally:
+        await store.close()

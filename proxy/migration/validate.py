@@ -1,0 +1,147 @@
+"""Format compatibility: what the new store (and the wire contract) cannot hold, listed before migrating.
+
+The legacy JSON is read as it is on disk, so problems that a parser would hide are found: duplicate
+member names (a parser keeps the last one silently), NaN and Infinity (Python writes them, JSON
+has no such numbers), keys over 1024 UTF-8 bytes, keys that are not valid Unicode, documents over
+max_value_bytes, and bytes that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy.backends.base import Backend
+from proxy.backends.jsondir import SUFFIX, decode_name
+from proxy.config import MAX_KEY_BYTES, BackendSpec
+
+SAMPLES = 20
+
+
+@dataclass
+class ValidateResult:
+    checked: int = 0
+    by_problem: Counter[str] = field(default_factory=Counter)
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_problem
+
+    def problem(self, kind: str, key: str, detail: str = "") -> None:
+        self.by_problem[kind] += 1
+        if len(self.samples) < SAMPLES:
+            self.samples.append({"problem": kind, "key": key, "detail": detail})
+
+    def to_document(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "by_problem": dict(self.by_problem), "samples": self.samples}
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
+def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes: int) -> None:
+    result.checked += 1
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        result.problem("key_not_unicode", repr(key), "the key holds a lone surrogate escape")
+        return
+    if size > MAX_KEY_BYTES:
+        result.problem("key_too_long", key[:80], f"{size} bytes, at most {MAX_KEY_BYTES}")
+    if _non_finite(value):
+        result.problem("nan_or_infinity", key, "NaN and Infinity are not JSON numbers")
+        return
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        result.problem("value_not_unicode", key, "the document holds a lone surrogate escape")
+        return
+    if len(encoded) > max_value_bytes:
+        result.problem("value_too_large", key, f"{len(encoded)} bytes, at most {max_value_bytes}")
+
+
+def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any, list[str]] | None:
+    """Parse keeping duplicate member names visible; None when the bytes are not one JSON document."""
+    duplicates: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in items]
+        duplicates.extend(name for name, n in Counter(names).items() if n > 1)
+        return dict(items)
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        result.problem("invalid_utf8", where, f"{exc.reason} at byte {exc.start}")
+        text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text, object_pairs_hook=pairs), duplicates
+    except ValueError as exc:
+        result.problem("not_json", where, str(exc))
+        return None
+
+
+def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
+    result = ValidateResult()
+    parsed = _parse_document(path.read_bytes(), result, str(path))
+    if parsed is None:
+        return result
+    document, duplicates = parsed
+    for name in duplicates:
+        result.problem("duplicate_member", name, "a JSON parser keeps only the last of these")
+    if not isinstance(document, dict):
+        result.problem("not_an_object", str(path), "the legacy file must be one JSON object")
+        return result
+    for key, value in document.items():
+        _check_member(result, key, value, max_value_bytes)
+    return result
+
+
+def validate_jsondir(folder: Path, max_value_bytes: int) -> ValidateResult:
+    result = ValidateResult()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(SUFFIX):
+            continue
+        stem = path.name[: -len(SUFFIX)]
+        key = (folder / (stem + ".key")).read_text("utf-8") if stem.startswith("~") else decode_name(stem)
+        parsed = _parse_document(path.read_bytes(), result, key)
+        if parsed is None:
+            continue
+        document, duplicates = parsed
+        for name in duplicates:
+            result.problem("duplicate_member", key, f"member {name!r} appears twice")
+        _check_member(result, key, document, max_value_bytes)
+    return result
+
+
+async def validate_backend(backend: Backend, max_value_bytes: int) -> ValidateResult:
+    """Any other store: what a scan shows (its own parser has already hidden duplicates)."""
+    result = ValidateResult()
+    async for page in backend.scan():
+        for key, raw in page:
+            parsed = _parse_document(raw, result, key)
+            if parsed is not None:
+                _check_member(result, key, parsed[0], max_value_bytes)
+    return result
+
+
+async def validate(spec: BackendSpec, backend: Backend | None, max_value_bytes: int) -> ValidateResult:
+    if spec.type == "jsonfile" and spec.path is not None:
+        return validate_jsonfile(spec.path, max_value_bytes)
+    if spec.type == "jsondir" and spec.path is not None:
+        return validate_jsondir(spec.path, max_value_bytes)
+    if backend is None:
+        raise ValueError(f"validating a {spec.type} store needs it open")
+    return await validate_backend(backend, max_value_bytes)

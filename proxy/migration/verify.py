@@ -1,0 +1,205 @@
+"""Verify: which keys are missing from new, differ, or exist only in new, with a checksum of each side.
+
+Two ordered stores are compared by merging their scans, so neither side is held in memory; an
+unordered store (a jsondir folder) is read into memory first. Inside a running proxy, a key that
+differs is checked again once any write of it still being replicated has landed, under its lock,
+so live traffic raises no false alarm. `repair` copies each differing key from its source of truth
+(its current write primary) to the other store, then verifies again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from proxy.backends.base import Backend, Item
+from proxy.checksum import item_hash
+from proxy.compare import documents_equal
+from proxy.migration.stores import Stores
+from proxy.progress import Progress
+from proxy.replication import copy_key
+from proxy.router import Route
+
+SAMPLES = 10
+#: Keys remembered for re-checking and repair; beyond it only counts are kept.
+MAX_TRACKED = 1_000_000
+#: How long a live re-check waits for a key's pending replication.
+RECHECK_WAIT_S = 5.0
+
+_MASK = (1 << 64) - 1
+
+
+@dataclass
+class Side:
+    records: int = 0
+    checksum: int = 0
+
+    def add(self, key: str, value: bytes) -> None:
+        self.records += 1
+        self.checksum = (self.checksum + item_hash(key, value)) & _MASK
+
+
+@dataclass
+class VerifyResult:
+    old_records: int = 0
+    new_records: int = 0
+    old_checksum: str = ""
+    new_checksum: str = ""
+    missing: int = 0
+    different: int = 0
+    extra: int = 0
+    samples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra": []})
+    rechecked_clean: int = 0
+    repaired: int = 0
+    duration_s: float = 0.0
+    tracked: list[tuple[str, str]] = field(default_factory=list)  # (kind, key), for re-check and repair
+
+    @property
+    def clean(self) -> bool:
+        return self.missing == self.different == self.extra == 0
+
+    def note(self, kind: str, key: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.samples[kind]) < SAMPLES:
+            self.samples[kind].append(key)
+        if len(self.tracked) < MAX_TRACKED:
+            self.tracked.append((kind, key))
+
+    def to_document(self) -> dict[str, Any]:
+        doc = asdict(self)
+        del doc["tracked"]
+        doc["clean"] = self.clean
+        return doc
+
+
+async def _items(backend: Backend) -> AsyncIterator[Item]:
+    async for page in backend.scan():
+        for item in page:
+            yield item
+
+
+async def compare_stores(old: Backend, new: Backend, progress: Progress | None = None) -> VerifyResult:
+    result = VerifyResult()
+    old_side, new_side = Side(), Side()
+    if old.ordered_scan and new.ordered_scan:
+        await _merge(old, new, old_side, new_side, result, progress)
+    else:
+        await _in_memory(old, new, old_side, new_side, result, progress)
+    result.old_records, result.new_records = old_side.records, new_side.records
+    result.old_checksum, result.new_checksum = f"{old_side.checksum:016x}", f"{new_side.checksum:016x}"
+    return result
+
+
+async def _merge(old: Backend, new: Backend, old_side: Side, new_side: Side, result: VerifyResult,
+                 progress: Progress | None) -> None:
+    left, right = _items(old), _items(new)
+    a = await anext(left, None)
+    b = await anext(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            assert a is not None
+            old_side.add(*a)
+            result.note("missing", a[0])
+            a = await anext(left, None)
+        elif a is None or b[0] < a[0]:
+            new_side.add(*b)
+            result.note("extra", b[0])
+            b = await anext(right, None)
+        else:
+            old_side.add(*a)
+            new_side.add(*b)
+            if not documents_equal(a[1], b[1]):
+                result.note("different", a[0])
+            a, b = await anext(left, None), await anext(right, None)
+        if progress is not None:
+            progress.advance()
+
+
+async def _in_memory(old: Backend, new: Backend, old_side: Side, new_side: Side, result: VerifyResult,
+                     progress: Progress | None) -> None:
+    theirs: dict[str, bytes] = {}
+    async for key, value in _items(new):
+        theirs[key] = value
+        new_side.add(key, value)
+    async for key, value in _items(old):
+        old_side.add(key, value)
+        other = theirs.pop(key, None)
+        if other is None:
+            result.note("missing", key)
+        elif not documents_equal(value, other):
+            result.note("different", key)
+        if progress is not None:
+            progress.advance()
+    for key in sorted(theirs):
+        result.note("extra", key)
+
+
+async def _recheck(stores: Stores, result: VerifyResult) -> VerifyResult:
+    """Inside a proxy: a difference counts only if it is still there once in-flight writes have landed."""
+    live = stores.live
+    assert live is not None
+    confirmed = VerifyResult(old_records=result.old_records, new_records=result.new_records,
+                             old_checksum=result.old_checksum, new_checksum=result.new_checksum)
+    for _kind, key in result.tracked:
+        await live.queue.wait_settled(key, RECHECK_WAIT_S)
+        async with live.locks.hold(key):
+            old_value, new_value = await stores.old.get(key), await stores.new.get(key)
+        if old_value is None and new_value is None:
+            confirmed.rechecked_clean += 1
+        elif old_value is None:
+            confirmed.note("extra", key)
+        elif new_value is None:
+            confirmed.note("missing", key)
+        elif not documents_equal(old_value, new_value):
+            confirmed.note("different", key)
+        else:
+            confirmed.rechecked_clean += 1
+    # Counts beyond what was tracked cannot be re-checked: keep them as they were found.
+    for kind in ("missing", "different", "extra"):
+        untracked = getattr(result, kind) - sum(1 for k, _ in result.tracked if k == kind)
+        setattr(confirmed, kind, getattr(confirmed, kind) + untracked)
+    return confirmed
+
+
+async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | None = None) -> int:
+    """Copy every tracked difference from its source of truth (each key's write primary, unless one
+    store is named for all) to the other store."""
+    repaired = 0
+    for _, key in result.tracked:
+        truth = truth_for_all or stores.truth(key)
+        source, target = stores.backend(truth), stores.backend(truth.other)
+        if stores.live is None:
+            await copy_key(key, source, target)
+            repaired += 1
+            continue
+        async with stores.live.locks.hold(key):
+            # Holding the lock, no write interleaves; a write since the comparison is either still
+            # pending (the replayer will copy it) or has made the stores agree: both mean hands off.
+            if stores.live.queue.pending(key) is not None:
+                continue
+            source_value, target_value = await source.get(key), await target.get(key)
+            if source_value == target_value or (
+                source_value is not None and target_value is not None and documents_equal(source_value, target_value)
+            ):
+                continue
+            await copy_key(key, source, target)
+            repaired += 1
+    return repaired
+
+
+async def verify(stores: Stores, fix: bool = False, progress: Progress | None = None,
+                 truth: Route | None = None) -> VerifyResult:
+    started = time.monotonic()
+    result = await compare_stores(stores.old, stores.new, progress)
+    if stores.live is not None and not result.clean:
+        result = await _recheck(stores, result)
+    if fix and not result.clean:
+        repaired = await repair(stores, result, truth)
+        result = await compare_stores(stores.old, stores.new)
+        if stores.live is not None and not result.clean:
+            result = await _recheck(stores, result)
+        result.repaired = repaired
+    result.duration_s = time.monotonic() - started
+    return result
