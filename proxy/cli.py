@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "proxy.commands.operate",
     "proxy.commands.discrepancies",
     "proxy.commands.migration",
+    "proxy.commands.cutover",
 )
 
 

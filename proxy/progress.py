@@ -8,10 +8,11 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None, enabled: bool | None = None) -> None:
         self.label = label
         self.total = total
         self.done = 0
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self._stream = stream
         self._enabled = stream.isatty() if enabled is None else enabled
         self._started = time.monotonic()

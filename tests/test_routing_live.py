@@ -164,12 +164,14 @@ def test_invalid_flag_file_keeps_the_last_good_flags(live: Live, capsys: pytest.
 
 
 def test_rollback_override_stands_above_the_file_until_resume(live: Live, capsys: pytest.CaptureFixture[str]) -> None:
-    """`turnout rollback` sends everything to old over the file; `turnout resume` hands control back."""
+    """`turnout rollback` sends everything to old over the file, syncing back what only new had;
+    `turnout resume` hands control back to the file."""
     live.flags("use_new_storage: true\ntraffic_percentage: {read: 100}\n")
     eventually(lambda: live.served_by("user:1") == "new")
     assert live.cli("rollback", "--reason", "incident 7") == 0
-    assert live.served_by("user:1") == "old"
-    assert live.cli("route", "user:1", "--json") == 0
+    # Old now answers, and holds what new had (the seeded stores differed on every key).
+    assert legacy_contents(live.folder / "legacy.json")["user:1"] == {"from": "new"}
+    assert list((live.folder / "state" / "incidents").glob("*-rollback.json"))
     capsys.readouterr()
     assert live.cli("route", "user:1", "--json") == 0
     explained = json.loads(capsys.readouterr().out)

@@ -1,4 +1,4 @@
-"""`turnout status`, `turnout rollback` and `turnout resume`: an operator's view and hand on a running proxy."""
+"""`turnout status` and `turnout resume`: an operator's view and hand on a running proxy."""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ def register(subparsers: Any) -> None:
     add_config_argument(status)
     add_json_argument(status)
     status.set_defaults(func=show_status)
-
-    rollback = subparsers.add_parser("rollback", help="route everything to old above the flag file")
-    rollback.add_argument("--reason", default="operator rollback")
-    add_config_argument(rollback)
-    add_json_argument(rollback)
-    rollback.set_defaults(func=roll_back)
 
     resume = subparsers.add_parser("resume", help="clear an override: the flag file decides again")
     add_config_argument(resume)
@@ -80,13 +74,6 @@ def show_status(args: argparse.Namespace) -> int:
         lines.append(f"backend {backend.name}: {backend.type}, {state}")
     lines.append("effective flags: " + json.dumps(doc["flags"]))
     emit(args, doc, "\n".join(lines))
-    return 0
-
-
-def roll_back(args: argparse.Namespace) -> int:
-    reply = _call(args, "SetOverride", admin_pb2.SetOverrideRequest(route="old", reason=args.reason))
-    emit(args, MessageToDict(reply, preserving_proto_field_name=True),
-         f"override set: everything goes to old ({reply.reason}); `turnout resume` clears it")
     return 0
 
 

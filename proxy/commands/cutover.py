@@ -1,0 +1,86 @@
+"""`turnout cutover` and `turnout rollback`: switch a running proxy to new, or bring it back to old."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from proxy import statefile
+from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.commands.migration import admin_stub, follow
+from proxy.config import Config
+from proxy.errors import BackendUnavailable
+from proxy.flagwatch import OVERRIDE_FILE
+from proxy.migration import cutover as steps
+from proxy.migration.stores import open_offline
+from proxy.migration.verify import verify
+from proxy.router import Route
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "cutover", help="pause writes, sync, verify, switch to new, watch health; rolls back on failure"
+    )
+    parser.add_argument("--monitor", type=float, default=30.0, metavar="SECONDS", help="health watch after the switch")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and check every gate, change nothing")
+    parser.add_argument("--reason", default="cutover")
+    add_config_argument(parser)
+    add_json_argument(parser)
+    parser.set_defaults(func=run_cutover)
+
+    parser = subparsers.add_parser("rollback", help="everything to old, sync back what only new has, verify old")
+    parser.add_argument("--reason", default="operator rollback")
+    add_config_argument(parser)
+    add_json_argument(parser)
+    parser.set_defaults(func=run_rollback)
+
+
+def run_cutover(args: argparse.Namespace) -> int:
+    config = load(args)
+    found = admin_stub(config)
+    if found is None:
+        raise BackendUnavailable(f"cutover needs the running proxy; none answered at {admin_target(config)}")
+    stub, channel = found
+    with channel:
+        report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason)
+    if not args.dry_run and not report.ok:
+        steps.record_incident(config.state_dir, args.reason, report)
+    emit(args, report.to_document(), steps.summary(report))
+    return 0 if report.ok else 1
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    config = load(args)
+    found = admin_stub(config)
+    if found is not None:
+        stub, channel = found
+        with channel:
+            report = steps.rollback(stub, config.state_dir, follow, args.reason)
+    else:
+        report = asyncio.run(_rollback_offline(config, args.reason))
+    emit(args, report.to_document(), steps.summary(report))
+    return 0 if report.ok else 1
+
+
+async def _rollback_offline(config: Config, reason: str) -> steps.Report:
+    """No proxy running: persist the override for its next start, then sync old from new directly."""
+    report = steps.Report("rollback")
+    try:
+        with report.step("route everything to old (for the next start)"):
+            statefile.write_json(config.state_dir / OVERRIDE_FILE, {"route": "old", "reason": reason,
+                                                                    "since": time.time()})
+        async with open_offline(config) as stores:
+            with report.step("sync back what only new has") as step:
+                result = await verify(stores, fix=True, truth=Route.NEW)
+                step.detail = f"{result.repaired} keys copied from new"
+            with report.step("verify old") as step:
+                result = await verify(stores)
+                step.detail = f"{result.missing} missing, {result.different} different, {result.extra} extra"
+                if not result.clean:
+                    raise steps.StepFailed(step.detail)
+    except steps.StepFailed:
+        pass
+    steps.record_incident(config.state_dir, reason, report)
+    return report

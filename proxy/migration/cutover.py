@@ -1,0 +1,205 @@
+"""Cutover and rollback of a running proxy, step by step through its admin API.
+
+Cutover (the migration plan's sequence): check the gates, pause writes, drain replication, final
+sync, verify, switch everything to new (an override), resume writes, then watch health for the
+monitoring window. Any failure rolls back by itself: everything to old, writes resumed. No write is
+lost: while new is primary every write still reaches old through the replication queue.
+
+Rollback: everything to old (an override), drain replication, sync back what only new has (each
+difference copied from new, under the key's lock, unless a later write got there first), verify,
+and record the incident in state_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
+
+from proxy import statefile
+
+#: Gates a cutover must pass (and --dry-run checks).
+MAX_REPLICATION_DEPTH = 10_000
+MAX_REPLICATION_AGE_S = 60.0
+MAX_VERIFY_AGE_S = 24 * 3600.0
+DRAIN_TIMEOUT_S = 30.0
+
+Follow = Callable[[Any, str], dict[str, Any]]
+
+
+class StepFailed(Exception):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool = True
+    duration_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    action: str
+    ok: bool = True
+    steps: list[Step] = field(default_factory=list)
+    write_pause_s: float | None = None
+    rolled_back: bool = False
+    dry_run: bool = False
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        step = Step(name)
+        self.steps.append(step)
+        started = time.monotonic()
+        try:
+            yield step
+        except Exception as exc:
+            step.ok = False
+            step.detail = step.detail or str(exc)
+            self.ok = False
+            raise StepFailed(f"{name}: {step.detail}") from exc
+        finally:
+            step.duration_s = time.monotonic() - started
+
+    def to_document(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gates(stub: admin_pb2_grpc.AdminStub, state_dir: Path, report: Report) -> None:
+    """Replication lag, the last verify and health: each a step of its own."""
+    status: admin_pb2.StatusResponse = stub.Status(admin_pb2.StatusRequest(), timeout=5)
+    with report.step("gate: backends healthy") as step:
+        failing = [f"{b.name} ({b.error})" for b in status.backends if not b.healthy]
+        step.detail = "all healthy" if not failing else "failing: " + ", ".join(failing)
+        if failing:
+            raise StepFailed(step.detail)
+    with report.step("gate: replication lag") as step:
+        rep = status.replication
+        step.detail = f"{rep.depth} pending, oldest {rep.oldest_age_seconds:.1f}s"
+        if rep.depth > MAX_REPLICATION_DEPTH or rep.oldest_age_seconds > MAX_REPLICATION_AGE_S:
+            raise StepFailed(step.detail)
+    with report.step("gate: last verify clean") as step:
+        last = statefile.read_json(state_dir / "verify-last.json")
+        age = time.time() - (state_dir / "verify-last.json").stat().st_mtime if last else None
+        if last is None or age is None:
+            step.detail = "no verify on record: run `turnout verify` first"
+            raise StepFailed(step.detail)
+        step.detail = f"{'clean' if last.get('clean') else 'NOT clean'}, {age:.0f}s ago"
+        if not last.get("clean") or age > MAX_VERIFY_AGE_S:
+            raise StepFailed(step.detail)
+
+
+def cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, monitor_s: float,
+            dry_run: bool = False, reason: str = "cutover") -> Report:
+    report = Report("cutover", dry_run=dry_run)
+    paused_at: float | None = None
+    try:
+        gates(stub, state_dir, report)
+        if dry_run:
+            report.steps.append(Step("plan", detail="pause writes; drain replication; final sync; verify; "
+                                                    "switch to new; resume writes; watch health "
+                                                    f"{monitor_s:.0f}s"))
+            return report
+        with report.step("pause writes"):
+            stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=True, reason=reason), timeout=5)
+            paused_at = time.monotonic()
+        with report.step("drain replication") as step:
+            state = stub.Drain(admin_pb2.DrainRequest(timeout_seconds=DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 5)
+            step.detail = f"{state.depth} pending"
+            if state.depth:
+                raise StepFailed(f"{state.depth} writes still pending after {DRAIN_TIMEOUT_S:.0f}s")
+        with report.step("final sync") as step:
+            result = follow(stub.Migrate(admin_pb2.MigrateRequest(source="old", restart=True)), "final sync")
+            step.detail = f"{result['migrated']} copied, {result['skipped']} already there"
+            if result["error_count"]:
+                raise StepFailed(f"{result['error_count']} keys failed to copy")
+        with report.step("verify") as step:
+            result = follow(stub.Verify(admin_pb2.VerifyRequest()), "verify")
+            step.detail = f"{result['missing']} missing, {result['different']} different, {result['extra']} extra"
+            if not result["clean"]:
+                raise StepFailed(step.detail)
+        with report.step("switch to new"):
+            stub.SetOverride(admin_pb2.SetOverrideRequest(route="new", reason=reason), timeout=5)
+        with report.step("resume writes"):
+            stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason=f"{reason} done"), timeout=5)
+            report.write_pause_s = time.monotonic() - paused_at
+            paused_at = None
+        with report.step(f"watch health {monitor_s:.0f}s") as step:
+            watch(stub, monitor_s, step)
+    except StepFailed as failure:
+        if dry_run:
+            return report
+        report.rolled_back = True
+        with report.step("roll back (automatic)") as step:
+            stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=f"cutover failed: {failure}"), timeout=5)
+            stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="cutover rolled back"), timeout=5)
+            step.detail = "everything to old, writes resumed"
+        if paused_at is not None:
+            report.write_pause_s = time.monotonic() - paused_at
+    return report
+
+
+def watch(stub: admin_pb2_grpc.AdminStub, seconds: float, step: Step) -> None:
+    """Fail when new becomes unhealthy or its errors grow during the window."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status: admin_pb2.StatusResponse = stub.Status(admin_pb2.StatusRequest(), timeout=5)
+        new = next((b for b in status.backends if b.name == "new"), None)
+        if new is not None and not new.healthy:
+            step.detail = f"new backend failing: {new.error}"
+            raise StepFailed(step.detail)
+        if time.monotonic() >= deadline:
+            step.detail = "new backend healthy throughout"
+            return
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def rollback(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, reason: str) -> Report:
+    report = Report("rollback")
+    try:
+        with report.step("route everything to old"):
+            stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=reason), timeout=5)
+        with report.step("drain replication") as step:
+            state = stub.Drain(admin_pb2.DrainRequest(timeout_seconds=DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 5)
+            step.detail = f"{state.depth} pending"
+        with report.step("sync back what only new has") as step:
+            result = follow(stub.Verify(admin_pb2.VerifyRequest(repair=True, truth="new")), "sync back")
+            step.detail = f"{result['repaired']} keys copied from new"
+        with report.step("verify old") as step:
+            result = follow(stub.Verify(admin_pb2.VerifyRequest()), "verify")
+            step.detail = f"{result['missing']} missing, {result['different']} different, {result['extra']} extra"
+            if not result["clean"]:
+                raise StepFailed(step.detail)
+    except StepFailed:
+        pass
+    record_incident(state_dir, reason, report)
+    return report
+
+
+def record_incident(state_dir: Path, reason: str, report: Report) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = state_dir / "incidents" / f"{stamp}-{report.action}.json"
+    statefile.write_json(path, {"time": time.time(), "reason": reason, **report.to_document()})
+    return path
+
+
+def summary(report: Report) -> str:
+    verdict = "ok" if report.ok else ("ROLLED BACK" if report.rolled_back else "FAILED")
+    title = f"{report.action}{' (dry run)' if report.dry_run else ''}: {verdict}"
+    lines = [title]
+    lines += [f"  {'ok ' if s.ok else 'FAIL'} {s.name} ({s.duration_s:.2f}s) {s.detail}" for s in report.steps]
+    if report.write_pause_s is not None:
+        lines.append(f"  writes were paused for {report.write_pause_s:.3f}s")
+    return "\n".join(lines)
+
+
+def as_json(report: Report) -> str:
+    return json.dumps(report.to_document())
