@@ -8,7 +8,9 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self, label: str, total: int | None, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
         self.label = label
         self.total = total
         self.done = 0
