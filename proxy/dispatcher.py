@@ -113,7 +113,7 @@ class Dispatcher:
     async def _call(self, route: Route, op: Op, call: Awaitable[T], parent: Call,
                     span: trace.Span | None = None) -> T:
         """Await a backend call, keeping its health, latency metric and child span."""
-        if span is None:
+        if span is None and parent.span is not None:
             span = self._backend_span(route, op, parent)
         health = self.health[route]
         health.calls += 1
@@ -121,7 +121,7 @@ class Dispatcher:
         try:
             result = await call
         except BaseException as exc:
-            self.metrics.backend_call(route.value, op.value, time.perf_counter() - started, failed=True)
+            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=True)
             if isinstance(exc, BackendUnavailable):
                 health.errors += 1
                 health.consecutive_errors += 1
@@ -130,7 +130,7 @@ class Dispatcher:
                 span.set_status(trace.StatusCode.ERROR, str(exc))
                 span.end()
             raise
-        self.metrics.backend_call(route.value, op.value, time.perf_counter() - started, failed=False)
+        self.metrics.backend_call(route, op, time.perf_counter() - started, failed=False)
         health.consecutive_errors = 0
         if span is not None:
             span.end()
@@ -142,7 +142,7 @@ class Dispatcher:
     def _decide(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
         router = self.routes.router
         decision = router.route(op, key, call.caller)
-        self.metrics.operation(op.value, decision.primary.value)
+        self.metrics.operation(op, decision.primary)  # StrEnum members are their own str values
         span = call.span
         if span is not None and span.is_recording():
             span.set_attribute(attr.ROUTE, decision.primary.value)

@@ -5,9 +5,8 @@ errors to status codes in one place. No routing and no storage logic lives here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,23 +41,6 @@ def status_for(exc: TurnoutError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class AbortWith(Exception):
-    """Carries the status a handler must end with out of the synchronous error mapper."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@contextmanager
-def map_errors() -> Iterator[None]:
-    try:
-        yield
-    except TurnoutError as exc:
-        raise AbortWith(status_for(exc), str(exc)) from exc
-
-
 def caller_of(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     for name, value in metadata or ():
         if name == USER_METADATA:
@@ -77,7 +59,7 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
     def _ready(self) -> Dispatcher:
         dispatcher = self._dispatcher()
         if dispatcher is None:
-            raise AbortWith(grpc.StatusCode.UNAVAILABLE, "turnout is starting: backends not open yet")
+            raise BackendUnavailable("turnout is starting: backends not open yet")
         return dispatcher
 
     def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
@@ -85,22 +67,23 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
         return Call(caller_of(metadata), self._telemetry.server_span(method, metadata))
 
     @staticmethod
-    def _end(call: Call, error: AbortWith | None = None) -> None:
+    async def _fail(call: Call, context: grpc.aio.ServicerContext[Any, Any], error: TurnoutError) -> NoReturn:
+        """The one place an expected error becomes a status code (and an error on the call's span)."""
+        code = status_for(error)
         if call.span is not None:
-            if error is not None:
-                call.span.set_status(trace.StatusCode.ERROR, f"{error.code.name}: {error.message}")
+            call.span.set_status(trace.StatusCode.ERROR, f"{code.name}: {error}")
             call.span.end()
+        await context.abort(code, str(error))
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
         call = self._call("Get", context)
         try:
-            with map_errors():
-                check_key(request.key)
-                value = await self._ready().get(request.key, call)
-        except AbortWith as exc:
-            self._end(call, exc)
-            await context.abort(exc.code, exc.message)
-        self._end(call)
+            check_key(request.key)
+            value = await self._ready().get(request.key, call)
+        except TurnoutError as exc:
+            await self._fail(call, context, exc)
+        if call.span is not None:
+            call.span.end()
         if value is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(found=True, value=value)
@@ -108,26 +91,24 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
     async def Set(self, request: kv_pb2.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
         call = self._call("Set", context)
         try:
-            with map_errors():
-                check_key(request.key)
-                check_value(request.value, self._max_value_bytes)
-                await self._ready().set(request.key, request.value, call)
-        except AbortWith as exc:
-            self._end(call, exc)
-            await context.abort(exc.code, exc.message)
-        self._end(call)
+            check_key(request.key)
+            check_value(request.value, self._max_value_bytes)
+            await self._ready().set(request.key, request.value, call)
+        except TurnoutError as exc:
+            await self._fail(call, context, exc)
+        if call.span is not None:
+            call.span.end()
         return kv_pb2.SetResponse()
 
     async def Has(self, request: kv_pb2.HasRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
         call = self._call("Has", context)
         try:
-            with map_errors():
-                check_key(request.key)
-                found = await self._ready().has(request.key, call)
-        except AbortWith as exc:
-            self._end(call, exc)
-            await context.abort(exc.code, exc.message)
-        self._end(call)
+            check_key(request.key)
+            found = await self._ready().has(request.key, call)
+        except TurnoutError as exc:
+            await self._fail(call, context, exc)
+        if call.span is not None:
+            call.span.end()
         return kv_pb2.HasResponse(found=found)
 
     async def Delete(
@@ -135,13 +116,12 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
     ) -> kv_pb2.DeleteResponse:
         call = self._call("Delete", context)
         try:
-            with map_errors():
-                check_key(request.key)
-                existed = await self._ready().delete(request.key, call)
-        except AbortWith as exc:
-            self._end(call, exc)
-            await context.abort(exc.code, exc.message)
-        self._end(call)
+            check_key(request.key)
+            existed = await self._ready().delete(request.key, call)
+        except TurnoutError as exc:
+            await self._fail(call, context, exc)
+        if call.span is not None:
+            call.span.end()
         return kv_pb2.DeleteResponse(existed=existed)
 
     async def Keys(
@@ -149,13 +129,12 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
     ) -> AsyncIterator[kv_pb2.KeysResponse]:
         call = self._call("Keys", context)
         try:
-            with map_errors():
-                async for page in self._ready().keys(request.prefix, call):
-                    yield kv_pb2.KeysResponse(keys=page)
-        except AbortWith as exc:
-            self._end(call, exc)
-            await context.abort(exc.code, exc.message)
-        self._end(call)
+            async for page in self._ready().keys(request.prefix, call):
+                yield kv_pb2.KeysResponse(keys=page)
+        except TurnoutError as exc:
+            await self._fail(call, context, exc)
+        if call.span is not None:
+            call.span.end()
 
 
 def build_server(

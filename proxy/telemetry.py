@@ -49,11 +49,15 @@ def tracing_configured(env: Mapping[str, str] = os.environ) -> bool:
     exporters = env.get("OTEL_TRACES_EXPORTER", "").lower()
     if exporters == "none":
         return False
-    return bool(exporters == "otlp" or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return bool(exporters in ("otlp", "console") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                 or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def _exporter(env: Mapping[str, str]) -> SpanExporter:
+    if env.get("OTEL_TRACES_EXPORTER", "").lower() == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
@@ -99,6 +103,8 @@ class Telemetry:
         self._providers = [provider, always]
         self.tracer = provider.get_tracer("turnout")
         self._always = always.get_tracer("turnout")
+        # With sampling off, calls get no span at all (discrepancy spans are still exported).
+        self._calls_traced = env.get("OTEL_TRACES_SAMPLER", "").lower() != "always_off"
 
     @classmethod
     def from_env(cls, record_keys: bool = False) -> Telemetry:
@@ -106,9 +112,11 @@ class Telemetry:
 
     def server_span(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> trace.Span | None:
         """The span of one call, continuing the caller's traceparent; None when tracing is off."""
-        if not self.enabled:
+        if not self.enabled or not self._calls_traced:
             return None
-        parent = extract(list(metadata or ()), getter=_GETTER)  # type: ignore[arg-type]
+        carrier = list(metadata or ())
+        # Parsing trace context costs; most calls from untraced callers carry none.
+        parent = extract(carrier, getter=_GETTER) if any(k == "traceparent" for k, _ in carrier) else None  # type: ignore[arg-type]
         return self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER)
 
     def backend_span(self, parent: trace.Span | None, op: str, backend: str, backend_type: str) -> trace.Span | None:
