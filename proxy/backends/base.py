@@ -57,3 +57,12 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Flush pending writes, release locks and files. Idempotent."""
         ...
+
+
+async def get_many(backend: Backend, keys: Sequence[Key]) -> list[Value | None]:
+    """Many gets at once: one query where the backend offers `get_many`, else one get per key."""
+    bulk = getattr(backend, "get_many", None)
+    if bulk is not None:
+        values: list[Value | None] = await bulk(keys)
+        return values
+    return [await backend.get(key) for key in keys]

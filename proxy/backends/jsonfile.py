@@ -109,6 +109,11 @@ class JsonFileBackend:
         self._check_open()
         return self._data.get(key)
 
+    async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
+        self._check_open()
+        data = self._data
+        return [data.get(key) for key in keys]
+
     async def has(self, key: Key) -> bool:
         self._check_open()
         return key in self._data

@@ -20,6 +20,9 @@ class MemoryBackend:
     async def set(self, key: Key, value: Value) -> None:
         self._data[key] = value
 
+    async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
+        return [self._data.get(key) for key in keys]
+
     async def has(self, key: Key) -> bool:
         return key in self._data
 

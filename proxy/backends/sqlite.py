@@ -136,6 +136,15 @@ class SqliteBackend:
         rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
+    async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value in await self._read(f"SELECT key, value FROM kv WHERE key IN ({marks})", tuple(chunk)):
+                found[str(key)] = bytes(value)  # type: ignore[call-overload]
+        return [found.get(key) for key in keys]
+
     async def has(self, key: Key) -> bool:
         return bool(await self._read("SELECT 1 FROM kv WHERE key = ?", (key,)))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import statefile
-from proxy.backends.base import Backend, Item
+from proxy.backends.base import Backend, Item, get_many
 from proxy.compare import documents_equal
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
@@ -140,7 +140,7 @@ async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend,
         await asyncio.gather(*(_copy_live(stores, source, src, dst, key, transform, slots, result)
                                for key, _ in page))
         return
-    existing = await asyncio.gather(*(_bounded(slots, dst.get(key)) for key, _ in page))
+    existing = await get_many(dst, [key for key, _ in page])
     writes: list[Item] = []
     for (key, value), current in zip(page, existing, strict=True):
         try:
@@ -160,7 +160,7 @@ async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend,
         for key, _ in writes:
             _error(result, key, f"write failed: {exc}")
         return
-    read_back = await asyncio.gather(*(_bounded(slots, dst.get(key)) for key, _ in writes))
+    read_back = await get_many(dst, [key for key, _ in writes])
     for (key, wanted), stored in zip(writes, read_back, strict=True):
         if stored is None or not documents_equal(stored, wanted):
             _error(result, key, "read-back differs from what was written")

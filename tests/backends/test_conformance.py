@@ -190,3 +190,12 @@ async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener,
     assert missing == []
     for key in acknowledged:
         assert json.loads(items[key])["i"] == int(key.split(":")[1])
+
+
+async def test_get_many_matches_single_gets(backend: Backend) -> None:
+    """The bulk read used by migration gives what one get per key gives, absent keys included."""
+    from proxy.backends.base import get_many
+
+    await backend.set_many([(f"g{i}", str(i).encode()) for i in range(1200)])
+    keys = [f"g{i}" for i in range(0, 1300, 7)]
+    assert await get_many(backend, keys) == [await backend.get(key) for key in keys]

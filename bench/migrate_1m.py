@@ -1,0 +1,120 @@
+"""Migrate and verify rates (keys/s) and peak memory for a large legacy JSON file into SQLite, beside
+the raw SQLite bulk-insert rate of the same rows, measured in the same run.
+
+    .venv/bin/python bench/migrate_1m.py [--keys 1000000] [--json bench/results/migrate.json]
+
+Each phase runs in a child process of its own, so its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import Figure, print_table, save, with_ratio
+from proxy.backends.jsonfile import JsonFileBackend
+from proxy.backends.sqlite import SCHEMA, SqliteBackend
+from proxy.flags import Flags
+from proxy.migration.migrate import migrate
+from proxy.migration.stores import Stores
+from proxy.migration.verify import verify
+from proxy.router import Router
+
+
+def document(i: int) -> dict[str, object]:
+    return {"id": i, "name": f"user {i}", "email": f"user{i}@example.test", "tags": ["a", "b"], "visits": i % 97}
+
+
+def build_legacy(path: Path, keys: int) -> None:
+    path.write_text(json.dumps({f"user:{i:08}": document(i) for i in range(keys)}))
+
+
+def raw_insert(folder: Path, keys: int) -> float:
+    connection = sqlite3.connect(folder / "raw.sqlite", isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute(SCHEMA)
+    rows = ((f"user:{i:08}", json.dumps(document(i), separators=(",", ":")).encode()) for i in range(keys))
+    started = time.perf_counter()
+    connection.execute("BEGIN")
+    connection.executemany("INSERT INTO kv (key, value) VALUES (?, ?)", rows)
+    connection.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return elapsed
+
+
+async def run_phase(phase: str, folder: Path) -> float:
+    old = await JsonFileBackend.open(folder / "legacy.json")
+    new = await SqliteBackend.open(folder / "new.sqlite")
+    stores = Stores(old, new, Router(Flags()))
+    try:
+        started = time.perf_counter()
+        if phase == "migrate":
+            result = await migrate(stores, folder / "state", batch_size=2000, restart=True)
+            assert result.error_count == 0, result.errors[:3]
+        else:
+            checked = await verify(stores)
+            assert checked.clean, checked.to_document()
+        return time.perf_counter() - started
+    finally:
+        await old.close()
+        await new.close()
+
+
+def child(phase: str, folder: Path, keys: int) -> None:
+    elapsed = raw_insert(folder, keys) if phase == "raw" else asyncio.run(run_phase(phase, folder))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"phase": phase, "seconds": elapsed, "peak_mib": peak_mib}))
+
+
+def measure(phase: str, folder: Path, keys: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--folder", str(folder), "--keys", str(keys)],
+                         capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        child(args.phase, args.folder, args.keys)
+        return
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        build_legacy(folder / "legacy.json", args.keys)
+        raw = measure("raw", folder, args.keys)
+        migrated = measure("migrate", folder, args.keys)
+        verified = measure("verify", folder, args.keys)
+    baseline = Figure("raw SQLite bulk insert", args.keys / raw["seconds"], "keys/s",
+                      extra={"peak_mib": raw["peak_mib"]})
+    figures = [
+        baseline,
+        with_ratio(Figure("turnout migrate jsonfile -> sqlite", args.keys / migrated["seconds"], "keys/s",
+                          extra={"peak_mib": migrated["peak_mib"]}), baseline),
+        with_ratio(Figure("turnout verify jsonfile vs sqlite", args.keys / verified["seconds"], "keys/s",
+                          extra={"peak_mib": verified["peak_mib"]}), baseline),
+    ]
+    print_table(f"migration of {args.keys:,} keys", figures)
+    for figure in figures:
+        print(f"  {figure.case}: peak memory {figure.extra['peak_mib']:,.0f} MiB")
+    save(args.json, "migrate_1m", figures)
+
+
+if __name__ == "__main__":
+    main()
