@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,3 +215,34 @@ def test_shadow_mode_writes_both_at_once(live: Live) -> None:
     eventually(both, timeout=5)
     eventually(lambda: live.status().replication.depth == 0)
     assert live.status().replication.replayed == 0
+
+
+def test_reloads_never_fail_a_call_in_flight(live: Live) -> None:
+    """Flipping the flag file back and forth under steady traffic fails no call."""
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with SyncClient(live.proxy.target, timeout=5) as client:
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.set(f"t:{i % 50}", {"i": i})
+                    client.get(f"t:{i % 50}")
+                except Exception as exc:
+                    errors.append(exc)
+                i += 1
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        for n in range(8):
+            live.flags(f"revision: flip-{n}\nuse_new_storage: true\ntraffic_percentage: {{read: {50 * (n % 3)}, "
+                       f"write: {50 * ((n + 1) % 3)}}}\nshadow_mode_enabled: {'true' if n % 2 else 'false'}\n")
+            eventually(lambda n=n: live.revision() == f"flip-{n}")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert errors == []
