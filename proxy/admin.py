@@ -68,6 +68,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if dispatcher is not None:
             response.replication.CopyFrom(replication_state(dispatcher.queue.stats()))
             response.writes.CopyFrom(pause_state(dispatcher))
+            report = dispatcher.discrepancies.report
+            response.shadow_json = json.dumps({
+                "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
+                "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
+                "skipped": dispatcher.shadow.skipped, "failures": dispatcher.shadow.failures,
+            })
             for route, backend in dispatcher.backends.items():
                 health = dispatcher.health[route]
                 response.backends.append(admin_pb2.BackendState(
@@ -192,6 +198,7 @@ async def admin_page(state: AdminState, path: str, query: str) -> tuple[int, str
         status = await AdminService(state).Status(admin_pb2.StatusRequest(), None)
         doc = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         doc["flags"] = json.loads(doc.pop("flags_json"))
+        doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
         return 200, "application/json", json.dumps(doc).encode()
     if path == "/discrepancies.json":
         report = state.dispatcher.discrepancies.report.to_document() if state.dispatcher else {}

@@ -204,6 +204,10 @@ class Dispatcher:
         else:
             kind = judge(primary, shadow.result())
             shadow_shown = show(shadow.result())
+            if kind is not None and op is Op.KEYS:
+                diff = compare_key_sets(primary, shadow.result())
+                detail = (f"missing in shadow: {diff.missing} {list(diff.missing_sample)}; "
+                          f"extra in shadow: {diff.extra} {list(diff.extra_sample)}")
         if kind is None:
             return
         self._record(op, key, kind, decision, router, call, trim(show(primary)), trim(shadow_shown), detail)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +64,13 @@ class Writer:
                 await asyncio.sleep(0.002)
 
 
-async def turnout(config: Path, *args: str) -> dict[str, Any]:
+async def turnout(config: Path, *args: str, expect: int = 0) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy.cli", *args, "--json", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, f"turnout {' '.join(args)} exited {process.returncode}:\n{out.decode()}{err.decode()}"
+    assert process.returncode == expect, f"turnout {' '.join(args)} exited {process.returncode}:\n{out.decode()}{err.decode()}"
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -126,3 +127,34 @@ async def test_migrate_verify_cutover_rollback_under_writes(tmp_path: Path) -> N
             continue
         assert old.get(key) == expected.get(key), key
     assert sum(len(w.acknowledged) for w in writers) > 100
+
+
+async def test_cutover_rolls_back_by_itself_when_verify_fails(tmp_path: Path) -> None:
+    """A key only new holds makes the cutover's verify fail: everything goes back to old, writes resume."""
+    (tmp_path / "legacy.json").write_text(json.dumps({f"k{i}": i for i in range(100)}))
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    (tmp_path / "flags.yaml").write_text("use_new_storage: true\n")
+    with ProxyProcess(config) as proxy:
+        dry = await turnout(config, "cutover", "--dry-run", expect=1)  # no verify on record yet: a gate fails
+        assert not dry["ok"]
+        assert dry["steps"][-1]["name"] == "gate: last verify clean"
+        await turnout(config, "migrate")
+        assert (await turnout(config, "verify"))["clean"]
+        assert (await turnout(config, "cutover", "--dry-run"))["ok"]
+        connection = sqlite3.connect(tmp_path / "new.sqlite")  # a write that bypassed the proxy
+        with connection:
+            connection.execute("INSERT INTO kv (key, value) VALUES ('stray', '1')")
+        connection.close()
+        report = await turnout(config, "cutover", "--monitor", "1", expect=1)
+        assert report["rolled_back"]
+        failed = [s for s in report["steps"] if not s["ok"]]
+        assert failed[0]["name"] == "verify"
+        assert "1 extra" in failed[0]["detail"]
+        assert report["write_pause_s"] is not None
+        status = await turnout(config, "status")
+        assert status["override"]["route"] == "old"
+        assert not status["writes"]["paused"]
+        async with AsyncClient(proxy.target) as client:
+            await client.set("after", 1)  # writes flow again
+        assert list((tmp_path / "state" / "incidents").glob("*-cutover.json"))

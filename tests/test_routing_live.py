@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -240,7 +241,7 @@ def test_reloads_never_fail_a_call_in_flight(live: Live) -> None:
         for n in range(8):
             live.flags(f"revision: flip-{n}\nuse_new_storage: true\ntraffic_percentage: {{read: {50 * (n % 3)}, "
                        f"write: {50 * ((n + 1) % 3)}}}\nshadow_mode_enabled: {'true' if n % 2 else 'false'}\n")
-            eventually(lambda n=n: live.revision() == f"flip-{n}")
+            eventually(functools.partial(lambda wanted: live.revision() == wanted, f"flip-{n}"))
     finally:
         stop.set()
         for worker in workers:

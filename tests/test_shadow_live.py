@@ -101,6 +101,10 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         assert report["by_op"] == {"get": 3, "has": 1, "set": 1}
         assert report["compared"] >= 7
         assert 0 < report["rate"] < 1
+        status = json.loads(subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--json", "--config",
+                                            str(config)], capture_output=True, text=True, timeout=30).stdout)
+        assert status["shadow"]["discrepancies"] == 5
+        assert status["shadow"]["by_kind"]["extra_in_shadow"] == 2
         first = report["first"][0]
         assert (first["key"], first["kind"], first["primary"], first["shadow"]) == ("diff", "value_mismatch", "1", "2")
 

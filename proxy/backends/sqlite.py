@@ -51,6 +51,13 @@ class _Write:
 _STOP = object()
 
 
+def _blob(value: object) -> bytes:
+    """A stored value as bytes: turnout writes BLOBs, but another writer may have stored TEXT."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
 def prefix_upper_bound(prefix: str) -> str | None:
     """The least string greater than every string starting with prefix (None: no bound exists).
 
@@ -134,7 +141,7 @@ class SqliteBackend:
 
     async def get(self, key: Key) -> Value | None:
         rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
-        return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
+        return _blob(rows[0][0]) if rows else None
 
     async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
         found: dict[str, bytes] = {}
@@ -142,7 +149,7 @@ class SqliteBackend:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, value in await self._read(f"SELECT key, value FROM kv WHERE key IN ({marks})", tuple(chunk)):
-                found[str(key)] = bytes(value)  # type: ignore[call-overload]
+                found[str(key)] = _blob(value)
         return [found.get(key) for key in keys]
 
     async def has(self, key: Key) -> bool:
@@ -154,7 +161,7 @@ class SqliteBackend:
 
     async def scan(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Item]]:
         async for page in self._pages("SELECT key, value FROM kv", prefix, page_size):
-            yield [(str(row[0]), bytes(row[1])) for row in page]  # type: ignore[call-overload]
+            yield [(str(row[0]), _blob(row[1])) for row in page]
 
     async def _pages(self, select: str, prefix: str, page_size: int) -> AsyncIterator[list[tuple[object, ...]]]:
         # Keyset pagination over the primary key: only one page is ever in memory, and a key

@@ -52,6 +52,7 @@ def show_status(args: argparse.Namespace) -> int:
     reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest())
     doc = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     doc["flags"] = json.loads(doc.pop("flags_json"))
+    doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
     lines = [
         f"turnout {reply.version}, up {time.time() - reply.started_unix:.0f}s",
         f"flags: revision {reply.reload.revision!r} from {reply.reload.path}",
@@ -69,6 +70,12 @@ def show_status(args: argparse.Namespace) -> int:
     last = f" (last: {rep.last_error})" if rep.last_error else ""
     lines.append(f"replication: {rep.depth} pending, oldest {rep.oldest_age_seconds:.1f}s, "
                  f"{rep.replayed} replayed, {rep.failures} failures{last}")
+    shadow = doc["shadow"]
+    if shadow.get("compared"):
+        lines.append(f"shadow: {shadow['discrepancies']} discrepancies in {shadow['compared']} compared "
+                     f"(rate {shadow['rate']:.4%}) {shadow['by_kind']}")
+    if reply.writes.paused:
+        lines.append(f"WRITES PAUSED: {reply.writes.reason}")
     for backend in reply.backends:
         state = "healthy" if backend.healthy else f"FAILING: {backend.error}"
         lines.append(f"backend {backend.name}: {backend.type}, {state}")

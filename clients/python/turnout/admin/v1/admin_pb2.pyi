@@ -326,10 +326,13 @@ class StatusResponse(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
+    SHADOW_JSON_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     flags_json: _builtins.str
     """the effective flags, as JSON"""
     started_unix: _builtins.float
+    shadow_json: _builtins.str
+    """shadow comparison: compared, discrepancies by kind and op, rate"""
     @_builtins.property
     def reload(self) -> Global___ReloadState: ...
     @_builtins.property
@@ -351,10 +354,11 @@ class StatusResponse(_message.Message):
         backends: _abc.Iterable[Global___BackendState] | None = ...,
         started_unix: _builtins.float = ...,
         writes: Global___PauseState | None = ...,
+        shadow_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "override", b"override", "reload", b"reload", "replication", b"replication", "started_unix", b"started_unix", "version", b"version", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
