@@ -16,9 +16,13 @@ from proxy.backends.base import Backend
 _MASK = (1 << 64) - 1
 
 
+_canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_decode = json.JSONDecoder().decode
+
+
 def canonical(value: bytes) -> bytes:
     try:
-        return json.dumps(json.loads(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _canonical_encoder.encode(_decode(value.decode("utf-8"))).encode()
     except ValueError:
         return value  # not JSON: hash the bytes as they are
 

@@ -167,21 +167,21 @@ class SqliteBackend:
         # Keyset pagination over the primary key: only one page is ever in memory, and a key
         # written or deleted meanwhile cannot make another key appear twice. `substr` (not LIKE)
         # so that `%` and `_` in a prefix are plain characters.
+        # Each page starts with a plain range on the key, so every page is an index seek: a
+        # disjunction here would make SQLite scan from the start of the table for every page.
         upper = prefix_upper_bound(prefix)
         bound = "" if upper is None else " AND key < ?"
-        sql = f"{select} WHERE key >= ? AND (? OR key > ?) AND substr(key, 1, ?) = ?{bound} ORDER BY key LIMIT ?"
-        last = ""
-        first = True
+        tail = f" AND substr(key, 1, ?) = ?{bound} ORDER BY key LIMIT ?"
+        extra: tuple[object, ...] = (len(prefix), prefix, *(() if upper is None else (upper,)), page_size)
+        sql, start = f"{select} WHERE key >= ?{tail}", prefix
         while True:
-            args: tuple[object, ...] = (prefix, first, last, len(prefix), prefix)
-            rows = await self._read(sql, (*args, *(() if upper is None else (upper,)), page_size))
+            rows = await self._read(sql, (start, *extra))
             if not rows:
                 return
             yield rows
             if len(rows) < page_size:
                 return
-            last = str(rows[-1][0])
-            first = False
+            sql, start = f"{select} WHERE key > ?{tail}", str(rows[-1][0])
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ class VerifyResult:
 
 
 async def _items(backend: Backend) -> AsyncIterator[Item]:
-    async for page in backend.scan():
+    async for page in backend.scan("", 2000):
         for item in page:
             yield item
 
@@ -92,27 +92,49 @@ async def compare_stores(old: Backend, new: Backend, progress: Progress | None =
     return result
 
 
+class _Cursor:
+    """Walks a store's scan item by item, awaiting only when a page runs out (items are the hot loop)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._pages = backend.scan("", 2000)
+        self._page: list[Item] = []
+        self._index = 0
+        self.item: Item | None = None
+
+    async def advance(self) -> None:
+        if self._index >= len(self._page):
+            self._page = await anext(self._pages, [])
+            self._index = 0
+            if not self._page:
+                self.item = None
+                return
+        self.item = self._page[self._index]
+        self._index += 1
+
+
 async def _merge(old: Backend, new: Backend, old_side: Side, new_side: Side, result: VerifyResult,
                  progress: Progress | None) -> None:
-    left, right = _items(old), _items(new)
-    a = await anext(left, None)
-    b = await anext(right, None)
-    while a is not None or b is not None:
+    left, right = _Cursor(old), _Cursor(new)
+    await left.advance()
+    await right.advance()
+    while left.item is not None or right.item is not None:
+        a, b = left.item, right.item
         if b is None or (a is not None and a[0] < b[0]):
             assert a is not None
             old_side.add(*a)
             result.note("missing", a[0])
-            a = await anext(left, None)
+            await left.advance()
         elif a is None or b[0] < a[0]:
             new_side.add(*b)
             result.note("extra", b[0])
-            b = await anext(right, None)
+            await right.advance()
         else:
             old_side.add(*a)
             new_side.add(*b)
-            if not documents_equal(a[1], b[1]):
+            if a[1] != b[1] and not documents_equal(a[1], b[1]):
                 result.note("different", a[0])
-            a, b = await anext(left, None), await anext(right, None)
+            await left.advance()
+            await right.advance()
         if progress is not None:
             progress.advance()
 
