@@ -291,7 +291,10 @@ class Dispatcher:
         release = await self.locks.acquire(key)
         handed_off = False
         try:
-            await self.queue.record(key, decision.primary.value, decision.secondary.value)
+            # Under the kill switch a write stays on old, unless an earlier write of this key is
+            # still on its way between the stores: then its direction must follow this write.
+            if decision.replicate or self.queue.pending(key) is not None:
+                await self.queue.record(key, decision.primary.value, decision.secondary.value)
             shadow = self._shadow_task(decision, op, apply, call)
             try:
                 result = await self._call(decision.primary, op, apply(self.backends[decision.primary]), call)

@@ -55,6 +55,9 @@ class Decision:
     secondary: Route
     compare: bool  # shadow mode: run on secondary too and compare
     reason: Reason
+    #: Writes must reach the secondary too. Only the kill switch says no: with it, new is out of
+    #: use (no shadow calls, no replication) until the switch is turned back.
+    replicate: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,9 @@ class Router:
         self._decisions = {
             (route, reason): Decision(route, route.other, compare, reason) for route in Route for reason in Reason
         }
+        self._decisions[Route.OLD, Reason.KILL_SWITCH] = Decision(
+            Route.OLD, Route.NEW, compare=False, reason=Reason.KILL_SWITCH, replicate=False
+        )
         self._fixed: Decision | None = None
         if override is not None:
             self._fixed = self._decisions[override.route, Reason.OVERRIDE]

@@ -46,6 +46,9 @@ def test_kill_switch_wins_over_everything() -> None:
     for op in Op:
         decision = Router(flags).route(op, "k", "u")
         assert (decision.primary, decision.reason) == (Route.OLD, Reason.KILL_SWITCH)
+        assert not decision.compare  # new is out of use: no shadow calls ...
+        assert not decision.replicate  # ... and no replication
+    assert Router(Flags(use_new_storage=True)).route(Op.SET, "k").replicate
 
 
 def test_disabled_key_wins_over_user_pattern_and_percentage() -> None:
