@@ -10,7 +10,6 @@ operations.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from proxy.background import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class DiscrepancyLog:
         self.report = Report()
         self.dropped = 0  # lines that could not be written (counted, never silent)
         self._buffer: list[Discrepancy] = []
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = BackgroundTask(self._flush_forever, "discrepancy-log")
 
     def compared(self, op: str) -> None:
         self.report.compared[op] += 1
@@ -112,15 +113,10 @@ class DiscrepancyLog:
         self._buffer.append(discrepancy)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_forever(), name="discrepancy-log")
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         await self.flush()
 
     async def _flush_forever(self) -> None:

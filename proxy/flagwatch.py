@@ -15,7 +15,6 @@ file is broken comes back with the flags it had, not with the defaults.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy import statefile
+from proxy.background import BackgroundTask
 from proxy.durable import replace_file
 from proxy.errors import ConfigError
 from proxy.flags import Flags, LoadedFlags, load_flags
@@ -69,7 +69,7 @@ class FlagWatcher:
         self._last_success = 0.0
         self._failures = 0
         self._last_error = ""
-        self._task: asyncio.Task[None] | None = None
+        self._poller = BackgroundTask(self._poll, "flag-watcher")
 
     # -- start-up and polling ------------------------------------------------------------------
 
@@ -87,15 +87,10 @@ class FlagWatcher:
                 log.error("the last good flags are unreadable too: %s", exc)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._poll(), name="flag-watcher")
+        self._poller.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poller.stop()
 
     async def _poll(self) -> None:
         while True:

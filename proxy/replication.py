@@ -11,7 +11,6 @@ never interleaves with a write of the same key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy.backends.base import Backend
+from proxy.background import BackgroundTask
 from proxy.keylocks import KeyLocks
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class ReplicationQueue:
         self._empty = asyncio.Event()
         self._empty.set()
         self._settled = asyncio.Event()  # replaced by a fresh one each time an intent is settled
-        self._task: asyncio.Task[None] | None = None
+        self._replayer = BackgroundTask(self._replay_forever, "replication-replayer")
         self.replayed = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -132,8 +132,7 @@ class ReplicationQueue:
         )
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._replay_forever(), name="replication-replayer")
+        self._replayer.start()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is pending, at most timeout seconds; True when drained."""
@@ -144,11 +143,7 @@ class ReplicationQueue:
         return True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._replayer.stop()
 
     def _changed(self) -> None:
         if self._pending:
