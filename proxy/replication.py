@@ -76,6 +76,9 @@ class ReplicationQueue:
         self._empty.set()
         self._settled = asyncio.Event()  # replaced by a fresh one each time an intent is settled
         self._replayer = BackgroundTask(self._replay_forever, "replication-replayer")
+        self._forget: dict[str, Intent] = {}  # settled, their durable records not yet removed
+        self._forget_wakeup = asyncio.Event()
+        self._forgetter = BackgroundTask(self._forget_forever, "replication-forget")
         self.replayed = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -94,19 +97,55 @@ class ReplicationQueue:
         current = self._pending.get(key)
         if current is not None and (current.source, current.target) == (source, target):
             return  # already durably pending with the same direction: nothing new to say
+        stored = self._forget.pop(key, None)
+        if current is None and stored is not None and (stored.source, stored.target) == (source, target):
+            # Settled, but its durable record is still there: it says exactly this again.
+            self._pending[key] = Intent(key, source, target, self._clock())
+            self._changed()
+            return
         intent = Intent(key, source, target, current.since if current else self._clock())
         await self._store.set(key, intent.encode())
         self._pending[key] = intent
         self._changed()
 
     async def settle(self, key: str) -> None:
-        """Forget key's intent once its target holds the source's state. Call holding the key's lock."""
-        if key in self._pending:
-            await self._store.delete(key)
-            del self._pending[key]
+        """Forget key's intent once its target holds the source's state. Call holding the key's lock.
+
+        The durable record is removed later, in batches: until then a crash merely replays a copy
+        that was already made, which is harmless, and a write no longer pays a second fsync.
+        """
+        intent = self._pending.pop(key, None)
+        if intent is not None:
+            self._forget[key] = intent
+            self._forget_wakeup.set()
             self._changed()
             self._settled.set()
             self._settled = asyncio.Event()
+
+    async def _forget_forever(self) -> None:
+        while True:
+            await self._forget_wakeup.wait()
+            self._forget_wakeup.clear()
+            await self._forget_settled()
+
+    async def _forget_settled(self) -> None:
+        """Remove the durable records of settled intents. An entry leaves `_forget` only once its record
+        is gone (or reused), so a failure or a cancellation leaves it for the next pass."""
+
+        async def remove(key: str, intent: Intent) -> None:
+            # Under the key's lock, so a write recording a new intent for the key cannot interleave.
+            async with self._locks.hold(key):
+                if self._forget.get(key) is not intent:
+                    return  # reused by a new write of the key, or settled again since
+                if key not in self._pending:
+                    await self._store.delete(key)
+                del self._forget[key]
+
+        results = await asyncio.gather(*(remove(k, i) for k, i in list(self._forget.items())), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            log.warning("could not remove %d settled intents from the queue store (will retry): %s",
+                        len(failures), failures[0])
 
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
@@ -133,6 +172,7 @@ class ReplicationQueue:
 
     def start(self) -> None:
         self._replayer.start()
+        self._forgetter.start()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is pending, at most timeout seconds; True when drained."""
@@ -144,6 +184,8 @@ class ReplicationQueue:
 
     async def stop(self) -> None:
         await self._replayer.stop()
+        await self._forgetter.stop()
+        await self._forget_settled()
 
     def _changed(self) -> None:
         if self._pending:

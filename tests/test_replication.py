@@ -133,3 +133,37 @@ def test_concurrent_writes_and_replay_converge(ops: list[tuple[str, int | None]]
         assert await contents(new) == await contents(old)
 
     asyncio.run(scenario())
+
+
+class CountingStore(MemoryBackend):
+    """A real in-memory store that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    async def set(self, key: str, value: bytes) -> None:
+        self.writes += 1
+        await super().set(key, value)
+
+    async def delete(self, key: str) -> bool:
+        self.writes += 1
+        return await super().delete(key)
+
+
+async def test_settled_records_are_removed_in_the_background_and_reused_meanwhile() -> None:
+    """A hot key settled and written again reuses its durable record; the record goes once it stays settled."""
+    store = CountingStore()
+    locks = KeyLocks()
+    queue = ReplicationQueue(store, {"old": MemoryBackend(), "new": MemoryBackend()}, locks)
+    await queue.record("hot", "old", "new")
+    await queue.settle("hot")
+    await queue.record("hot", "old", "new")  # its record is still stored: no second write
+    assert store.writes == 1
+    assert queue.pending("hot") is not None
+    await queue.settle("hot")
+    queue.start()
+    await queue.stop()  # stopping removes what was settled
+    assert await contents(store) == {}
+    await queue.record("hot", "new", "old")  # another direction is a new durable record
+    assert store.writes == 3
