@@ -307,8 +307,11 @@ class Dispatcher:
             if shadow is not None:
                 judge = compare_presence if op is Op.DELETE else _no_difference
                 self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
-                self._finish_shadow_write(key, shadow, release, settle=True)
-                handed_off = True
+                if not shadow.done():
+                    self._finish_shadow_write(key, shadow, release, settle=True)
+                    handed_off = True
+                elif not shadow.cancelled() and shadow.exception() is None:
+                    await self.queue.settle(key)  # both stores hold this write already
             return result
         finally:
             if not handed_off:
