@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import trace
@@ -81,7 +81,6 @@ class ShadowCounters:
     skipped: int = 0
     in_flight: int = 0
     keys_not_compared: int = 0
-    failures_by_backend: dict[str, int] = field(default_factory=dict)
 
 
 class Dispatcher:

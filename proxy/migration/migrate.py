@@ -168,11 +168,6 @@ async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend,
             result.migrated += 1
 
 
-async def _bounded(slots: asyncio.Semaphore, call: Any) -> Any:
-    async with slots:
-        return await call
-
-
 async def _copy_live(stores: Stores, source: Route, src: Backend, dst: Backend, key: str,
                      transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult) -> None:
     live = stores.live
