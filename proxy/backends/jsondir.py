@@ -4,7 +4,9 @@ A key's file name keeps only `a-z`, `0-9`, `_` and `-` as they are and writes ev
 as `%xx` (lower-case hex). So no name holds a separator, a dot or NUL, none starts with a dot (temp
 and lock files do), and no name holds an upper-case letter: two keys never share a file, even on a
 case-insensitive file system. A name that would be longer than MAX_NAME is replaced by
-`~<sha256 of the key>.json`, with the key itself in `~<sha256>.key` beside it.
+`~<sha256 of the key>.json`, with the key itself in `~<sha256>.key` beside it, made durable before
+the value file appears. Listing accepts only the exact names encode_name gives, so each key is
+listed once and every listed key is found by get.
 
 Each write replaces its file atomically; concurrent writes share one fsync of the folder.
 """
@@ -52,7 +54,11 @@ def encode_name(key: Key) -> str:
 
 
 def decode_name(stem: str) -> Key:
-    """The key of a readable (not hashed) stem; raises ValueError for a name we did not write."""
+    """The key of a readable (not hashed) stem; raises ValueError for a name encode_name never writes.
+
+    Only the one spelling encode_name gives is accepted: `%61` or `%4A` would otherwise list a key
+    whose file is elsewhere, or one key twice.
+    """
     out = bytearray()
     i = 0
     while i < len(stem):
@@ -65,7 +71,10 @@ def decode_name(stem: str) -> Key:
             i += 1
         else:
             raise ValueError(f"not an encoded key: {stem!r}")
-    return out.decode("utf-8")
+    key = out.decode("utf-8")
+    if encode_name(key) != stem:
+        raise ValueError(f"not an encoded key: {stem!r}")
+    return key
 
 
 class JsonDirBackend:
@@ -138,11 +147,18 @@ class JsonDirBackend:
                         (self.folder / (stem + KEY_SUFFIX)).unlink()
                 continue
             if stem.startswith(HASHED):
-                # The key first: a value file is never there without the key that names it.
-                replace_file(self.folder / (stem + KEY_SUFFIX), key.encode("utf-8"), sync_folder=False)
+                self._write_key_file(stem, key)
             replace_file(path, value, sync_folder=False)
         fsync_dir(self.folder)  # one folder fsync makes every rename and unlink of the batch durable
         return existed
+
+    def _write_key_file(self, stem: str, key: Key) -> None:
+        """Put a hashed name's key beside it, durably, before its value file can appear."""
+        key_path = self.folder / (stem + KEY_SUFFIX)
+        if _read_or_none(key_path) == key.encode("utf-8"):
+            return  # an overwrite: the key is already there
+        # Its own folder fsync: a crash must never leave a value file whose key is lost.
+        replace_file(key_path, key.encode("utf-8"))
 
     async def keys(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Key]]:
         # os.scandir streams the folder, so only one page of names is held at a time.
@@ -156,32 +172,46 @@ class JsonDirBackend:
     def _next_keys(self, entries: Iterator[os.DirEntry[str]], prefix: str, page_size: int) -> list[Key]:
         page: list[Key] = []
         for entry in entries:
-            name = entry.name
-            if name.startswith(".") or not name.endswith(SUFFIX):
-                continue  # temp files, the lock, sidecars
-            stem = name[: -len(SUFFIX)]
-            if stem.startswith(HASHED):
-                try:
-                    key = (self.folder / (stem + KEY_SUFFIX)).read_bytes().decode("utf-8")
-                except FileNotFoundError:
-                    continue  # deleted meanwhile
-            else:
-                try:
-                    key = decode_name(stem)
-                except (ValueError, UnicodeDecodeError):
-                    continue  # not a file of ours
-            if key.startswith(prefix):
+            key = self._key_of(entry.name)
+            if key is not None and key.startswith(prefix):
                 page.append(key)
                 if len(page) >= page_size:
                     break
         return page
 
+    def _key_of(self, name: str) -> Key | None:
+        """The key whose value file is `name`, or None for anything else (temp files, the lock, sidecars)."""
+        if name.startswith(".") or not name.endswith(SUFFIX):
+            return None
+        stem = name[: -len(SUFFIX)]
+        try:
+            if not stem.startswith(HASHED):
+                return decode_name(stem)
+            key = (self.folder / (stem + KEY_SUFFIX)).read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return None  # deleted since the folder was read
+        except ValueError:  # UnicodeDecodeError included
+            return None  # a name encode_name never gives: not a file of ours
+        # A sidecar naming another key would list a key whose get looks elsewhere.
+        return key if encode_name(key) == stem else None
+
     async def scan(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Item]]:
         async for keys in self.keys(prefix, page_size):
-            values = await asyncio.gather(*(self.get(key) for key in keys))
-            page = [(key, value) for key, value in zip(keys, values, strict=True) if value is not None]
+            page = await self._io(self._read_items, keys)
             if page:
                 yield page
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
+        return await self._io(self._read_values, keys)
+
+    def _read_values(self, keys: Sequence[Key]) -> list[Value | None]:
+        # One trip to a worker thread for the whole page, not one per key.
+        return [_read_or_none(self._value_path(key)) for key in keys]
+
+    def _read_items(self, keys: Sequence[Key]) -> list[Item]:
+        # A key deleted since it was listed is left out rather than yielded without a value.
+        values = self._read_values(keys)
+        return [(key, value) for key, value in zip(keys, values, strict=True) if value is not None]
 
     def _check_open(self) -> None:
         if self._closed:

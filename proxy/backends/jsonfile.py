@@ -8,7 +8,12 @@ contents, rewrites the file once, and answers every writer of the batch.
 Reads are served from memory: the committed contents, each value kept as its compact JSON text, so
 a read never parses and a rewrite never re-serializes a value. The old application may still write
 the file itself; a poll notices a changed file (inode, mtime, size) and serves the new contents,
-and every flush checks first, so turnout never writes over a change it has not seen.
+and every flush checks first, so turnout never writes over a change it has not seen. A flush that
+fails changes nothing in memory: readers keep seeing exactly what is on disk.
+
+Loading follows JSON parsers: a repeated member name keeps its last value. A value is compacted
+on load unless Python would change it (a number beyond a float, like 1e400, or beyond its int
+conversion limit); then every value keeps the text the old application wrote.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.groupcommit import GroupCommit
-from proxy.durable import StoreLock, replace_file
+from proxy.durable import StoreLock, fsync_dir, replace_file, temp_name
 from proxy.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,18 +49,124 @@ def signature(stat: os.stat_result) -> Signature:
 
 def compact(document: object) -> bytes:
     # allow_nan keeps what an old writer may have put there (Python's json writes NaN by default).
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode()
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (`"\ud800"` in the file) has no UTF-8 form: keep it escaped, as written.
+        return json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
+
+
+def encode_key(key: Key) -> bytes:
+    text = json.dumps(key, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(key).encode()
+
+
+class _BeyondPython(Exception):
+    """The file holds a number Python's json cannot carry unchanged (1e400, an int of 5000 digits)."""
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise _BeyondPython(text)
+    return number
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _INT_DIGITS:
+        raise _BeyondPython(text)
+    return int(text)
+
+
+_INT_DIGITS = 4000  # below Python's limit on int <-> str conversion (4300 digits)
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def parse_store(raw: bytes, path: Path) -> dict[Key, Value]:
     """The members of the file's object; a repeated member name keeps its last value, as JSON parsers do."""
     try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+        try:
+            document = json.loads(raw, parse_float=_finite_float, parse_int=_bounded_int)
+        except _BeyondPython:
+            return raw_members(raw.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
         raise BackendUnavailable(f"jsonfile {path}: not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise BackendUnavailable(f"jsonfile {path}: the top level must be a JSON object")
     return {key: compact(value) for key, value in document.items()}
+
+
+def raw_members(text: str) -> dict[Key, Value]:
+    """The object's members with each value's text exactly as written, for numbers a float would change.
+
+    Slower than json.loads (a Python loop per member), so only taken when the fast path cannot.
+    """
+    # Numbers parse as their text: only the extent of each value matters here, and this way no
+    # number is too large to scan.
+    decoder = json.JSONDecoder(parse_float=str, parse_int=str)
+
+    def skip(i: int) -> int:
+        match = _SPACE.match(text, i)
+        assert match is not None  # `*` matches the empty string
+        return match.end()
+
+    def expect(char: str, i: int) -> int:
+        if text[i : i + 1] != char:
+            raise ValueError(f"expected {char!r} at char {i}")
+        return skip(i + 1)
+
+    data: dict[Key, Value] = {}
+    i = expect("{", skip(0))
+    if text[i : i + 1] == "}":
+        i = skip(i + 1)
+    else:
+        while True:
+            if text[i : i + 1] != '"':
+                raise ValueError(f"expected a member name at char {i}")
+            key, i = decoder.raw_decode(text, i)
+            i = expect(":", skip(i))
+            _, end = decoder.raw_decode(text, i)
+            data[key] = text[i:end].encode()
+            i = skip(end)
+            if text[i : i + 1] == "}":
+                i = skip(i + 1)
+                break
+            i = expect(",", i)
+    if i != len(text):
+        raise ValueError(f"extra data at char {i}")
+    return data
+
+
+def read_store(path: Path) -> tuple[dict[Key, Value], Signature]:
+    """The file's members and the signature of the very file read.
+
+    The signature comes from the open descriptor, not a second stat: the old application may
+    replace the file between the two, and we must never pair old contents with a new signature.
+    """
+    with path.open("rb") as file:
+        sig = signature(os.fstat(file.fileno()))
+        raw = file.read()
+    return parse_store(raw, path), sig
+
+
+def create_empty_store(path: Path) -> None:
+    """Create path holding `{}`, whole and durable, but never over a file that appeared meanwhile.
+
+    A link, unlike a rename, fails when the name exists: the old application may be creating its
+    file at this very moment, and its contents win.
+    """
+    staged = temp_name(path).with_suffix(".new")
+    replace_file(staged, b"{}\n", sync_folder=False)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.link(staged, path)
+    finally:
+        staged.unlink()
+    fsync_dir(path.parent)
 
 
 def render_store(data: dict[Key, Value]) -> bytes:
@@ -61,7 +174,7 @@ def render_store(data: dict[Key, Value]) -> bytes:
     for i, (key, value) in enumerate(data.items()):
         if i:
             parts.append(b",\n")
-        parts.append(json.dumps(key, ensure_ascii=False).encode())
+        parts.append(encode_key(key))
         parts.append(b":")
         parts.append(value)
     parts.append(b"}\n")
@@ -90,9 +203,8 @@ class JsonFileBackend:
             lock = StoreLock(path.with_name(path.name + ".lock"), f"jsonfile {path}")
             try:
                 if not path.exists():
-                    replace_file(path, b"{}\n")
-                raw = path.read_bytes()
-                return lock, parse_store(raw, path), signature(path.stat())
+                    create_empty_store(path)
+                return lock, *read_store(path)
             except BaseException:
                 lock.release()
                 raise
@@ -147,7 +259,10 @@ class JsonFileBackend:
         return await self._commits.submit(ops)
 
     async def _flush(self, ops: list[Op]) -> list[bool]:
-        data, sig, existed = await asyncio.to_thread(self._apply_and_write, ops)
+        # Catch up with the disk first, in its own step: if the rewrite then fails, we still serve
+        # (and next time build on) the old application's change, never the contents it replaced.
+        self._adopt(await asyncio.to_thread(self._read_if_changed))
+        data, sig, existed = await asyncio.to_thread(self._apply_and_write, self._data, ops)
         # Only now, with the file on disk, do readers see the new contents.
         self._data, self._sig = data, sig
         return existed
@@ -157,51 +272,63 @@ class JsonFileBackend:
         """Rewrites of the file so far: lets tests and benchmarks see group commit at work."""
         return self._commits.flushes
 
-    def _apply_and_write(self, ops: list[Op]) -> tuple[dict[Key, Value], Signature, list[bool]]:
+    def _apply_and_write(self, base: dict[Key, Value], ops: list[Op]) -> tuple[dict[Key, Value], Signature, list[bool]]:
+        data = dict(base)
+        existed = []
+        for key, value in ops:
+            existed.append(key in data)
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
         try:
-            base = self._reload_if_changed() or self._data
-            data = dict(base)
-            existed = []
-            for key, value in ops:
-                existed.append(key in data)
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
             stat = replace_file(self.path, render_store(data))
         except OSError as exc:
             raise BackendUnavailable(f"jsonfile {self.path}: write failed: {exc.strerror or exc}") from exc
         return data, signature(stat), existed
 
-    def _reload_if_changed(self) -> dict[Key, Value] | None:
-        """The file's contents if someone else changed it since we last read or wrote it."""
+    def _read_if_changed(self) -> tuple[dict[Key, Value], Signature] | None:
+        """The file's contents and signature if someone else changed it since we last read or wrote it.
+
+        Runs in a worker thread and changes nothing, so a failure half-way leaves the state whole.
+        """
         try:
             current = signature(self.path.stat())
         except FileNotFoundError:
             return None  # deleted under us: our next rewrite puts it back whole
+        except OSError as exc:
+            raise BackendUnavailable(f"jsonfile {self.path}: cannot check for changes: {exc.strerror or exc}") from exc
         if current == self._sig:
             return None
-        data = parse_store(self.path.read_bytes(), self.path)
-        self._sig = current
+        try:
+            return read_store(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendUnavailable(f"jsonfile {self.path}: cannot read: {exc.strerror or exc}") from exc
+
+    def _adopt(self, changed: tuple[dict[Key, Value], Signature] | None) -> None:
+        if changed is None:
+            return
+        self._data, self._sig = changed
         self.reloads += 1
-        log.info("jsonfile %s changed on disk; serving its new contents (%d keys)", self.path, len(data))
-        return data
+        log.info("jsonfile %s changed on disk; serving its new contents (%d keys)", self.path, len(self._data))
 
     async def _poll(self) -> None:
+        refused = ""  # the last warning, so a file left broken is reported once, not ten times a second
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
             if self._commits.lock.locked():
                 continue  # a flush is checking for itself
             try:
                 async with self._commits.lock:
-                    data = await asyncio.to_thread(self._reload_if_changed)
-                    if data is not None:
-                        self._data = data
+                    self._adopt(await asyncio.to_thread(self._read_if_changed))
+                refused = ""
             except BackendUnavailable as exc:
                 # A half-written file from a non-atomic writer: keep serving what we have, retry.
-                log.warning("%s", exc)
-            except OSError as exc:
-                log.warning("jsonfile %s: cannot check for changes: %s", self.path, exc)
+                if str(exc) != refused:
+                    refused = str(exc)
+                    log.warning("%s; still serving the last contents read", exc)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -3,7 +3,8 @@
 WAL with synchronous=FULL, so a write is durable when acknowledged. Writes are group-committed: one
 writer thread takes every queued write, applies them in one transaction and resolves each caller's
 future after the COMMIT, so sixteen concurrent writers cost one fsync, not sixteen. Reads run on
-their own connections in a small thread pool, so neither reads nor writes ever stall the event loop.
+their own connections in a small thread pool, so neither reads nor writes ever stall the event loop;
+concurrent gets are batched too, one thread hop for all the gets queued while the last batch ran.
 """
 
 from __future__ import annotations
@@ -31,11 +32,17 @@ MAX_BATCH = 2048
 
 @contextlib.contextmanager
 def translated_errors(path: Path) -> Iterator[None]:
-    """sqlite3's errors become BackendUnavailable at the boundary, naming the file."""
+    """sqlite3's errors become BackendUnavailable at the boundary, naming the file.
+
+    UnicodeEncodeError too: a key holding a lone surrogate (a legacy JSON file may spell one as
+    `\\ud800`) cannot be bound as SQLite TEXT, so this store can neither hold nor find it.
+    """
     try:
         yield
     except sqlite3.Error as exc:
         raise BackendUnavailable(f"sqlite {path}: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise BackendUnavailable(f"sqlite {path}: key is not valid UTF-8: {exc}") from exc
 
 
 @dataclass(slots=True)
@@ -46,6 +53,40 @@ class _Write:
     value: Value | None
     items: Sequence[Item] | None
     done: Future[bool]
+
+    def unstorable_key(self) -> Key | None:
+        """A key of this write that SQLite cannot bind, found before the batch's transaction starts.
+
+        Checked up front so that one such write fails alone instead of failing (or, for set_many,
+        half-applying) the whole batch it was grouped with.
+        """
+        keys = [key for key, _ in self.items] if self.items is not None else [self.key or ""]
+        for key in keys:
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                return key
+        return None
+
+    def settle(self, result: bool | BaseException) -> None:
+        if self.done.cancelled():
+            return
+        if isinstance(result, BaseException):
+            self.done.set_exception(result)
+        else:
+            self.done.set_result(result)
+
+
+Rows = list[tuple[object, ...]]
+
+
+@dataclass(slots=True)
+class _PointRead:
+    """One queued get or has: answered with its rows, in a batch with the reads queued beside it."""
+
+    sql: str
+    args: tuple[object, ...]
+    done: asyncio.Future[Rows]
 
 
 _STOP = object()
@@ -59,9 +100,11 @@ def _blob(value: object) -> bytes:
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
-    """The least string greater than every string starting with prefix (None: no bound exists).
+    """The least string greater than every string starting with prefix (None: no bound is needed).
 
-    SQLite compares TEXT as UTF-8 bytes, which orders like code points, as Python does.
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points, as Python does. None comes
+    back only for "" and for a prefix made of U+10FFFF alone, which every string at or above it
+    starts with.
     """
     chars = list(prefix)
     while chars:
@@ -93,6 +136,9 @@ class SqliteBackend:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sqlite-read")
+        self._queued_reads: list[_PointRead] = []
+        self._read_batches = 0  # point-read batches handed to the pool and not yet answered
+        self._reads_drained: asyncio.Future[None] | None = None
         self._thread = threading.Thread(target=self._write_loop, name="sqlite-write", daemon=True)
         self._closed = False
         #: Transactions committed so far: lets tests and benchmarks see group commit at work.
@@ -108,9 +154,13 @@ class SqliteBackend:
             try:
                 with translated_errors(path):
                     connection = _connect(path)
-                    connection.execute("PRAGMA journal_mode=WAL")
-                    connection.execute("PRAGMA synchronous=FULL")
-                    connection.execute(SCHEMA)
+                    try:
+                        connection.execute("PRAGMA journal_mode=WAL")
+                        connection.execute("PRAGMA synchronous=FULL")
+                        connection.execute(SCHEMA)
+                    except BaseException:
+                        connection.close()
+                        raise
                     return connection, lock
             except BaseException:
                 lock.release()
@@ -129,18 +179,69 @@ class SqliteBackend:
                 self._readers.append(connection)
         return connection
 
-    async def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+    async def _read(self, sql: str, args: tuple[object, ...]) -> Rows:
+        """One read on a reader thread: for scans and bulk reads, which are worth a thread hop each."""
         if self._closed:
             raise BackendUnavailable(f"sqlite {self.path}: closed")
 
-        def run() -> list[tuple[object, ...]]:
+        def run() -> Rows:
             with translated_errors(self.path):
                 return self._reader().execute(sql, args).fetchall()
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
+    async def _point_read(self, sql: str, args: tuple[object, ...]) -> Rows:
+        """A small read, batched: concurrent gets share one thread hop and one event-loop wake-up.
+
+        A hop per get costs several times the lookup itself; under load the reads that queue while
+        a batch runs go together in the next one, so the cost per get falls as the load rises.
+        """
+        if self._closed:
+            raise BackendUnavailable(f"sqlite {self.path}: closed")
+        loop = asyncio.get_running_loop()
+        read = _PointRead(sql, args, loop.create_future())
+        self._queued_reads.append(read)
+        if self._read_batches < READ_THREADS:
+            self._dispatch_reads(loop)
+        return await read.done
+
+    def _dispatch_reads(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._queued_reads = self._queued_reads, []
+        self._read_batches += 1
+        self._pool.submit(self._run_reads, loop, batch)
+
+    def _run_reads(self, loop: asyncio.AbstractEventLoop, batch: list[_PointRead]) -> None:
+        """On a reader thread: run the batch, then answer all of it with one call into the loop."""
+        outcomes: list[Rows | BackendUnavailable] = []
+        for read in batch:
+            try:
+                with translated_errors(self.path):
+                    outcomes.append(self._reader().execute(read.sql, read.args).fetchall())
+            except BackendUnavailable as exc:
+                outcomes.append(exc)
+            except Exception as exc:  # a read left unanswered would hang its caller
+                outcomes.append(BackendUnavailable(f"sqlite {self.path}: read failed: {exc!r}"))
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for the answers
+            loop.call_soon_threadsafe(self._deliver_reads, loop, batch, outcomes)
+
+    def _deliver_reads(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_PointRead], outcomes: list[Rows | BackendUnavailable]
+    ) -> None:
+        self._read_batches -= 1
+        for read, outcome in zip(batch, outcomes, strict=True):
+            if read.done.done():
+                continue  # the caller gave up (cancelled)
+            if isinstance(outcome, BackendUnavailable):
+                read.done.set_exception(outcome)
+            else:
+                read.done.set_result(outcome)
+        if self._queued_reads:
+            self._dispatch_reads(loop)
+        elif self._read_batches == 0 and self._reads_drained is not None and not self._reads_drained.done():
+            self._reads_drained.set_result(None)
+
     async def get(self, key: Key) -> Value | None:
-        rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        rows = await self._point_read("SELECT value FROM kv WHERE key = ?", (key,))
         return _blob(rows[0][0]) if rows else None
 
     async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
@@ -153,7 +254,7 @@ class SqliteBackend:
         return [found.get(key) for key in keys]
 
     async def has(self, key: Key) -> bool:
-        return bool(await self._read("SELECT 1 FROM kv WHERE key = ?", (key,)))
+        return bool(await self._point_read("SELECT 1 FROM kv WHERE key = ?", (key,)))
 
     async def keys(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Key]]:
         async for page in self._pages("SELECT key FROM kv", prefix, page_size):
@@ -165,14 +266,12 @@ class SqliteBackend:
 
     async def _pages(self, select: str, prefix: str, page_size: int) -> AsyncIterator[list[tuple[object, ...]]]:
         # Keyset pagination over the primary key: only one page is ever in memory, and a key
-        # written or deleted meanwhile cannot make another key appear twice. `substr` (not LIKE)
-        # so that `%` and `_` in a prefix are plain characters.
-        # Each page starts with a plain range on the key, so every page is an index seek: a
-        # disjunction here would make SQLite scan from the start of the table for every page.
+        # written or deleted meanwhile cannot make another key appear twice. The prefix is a
+        # range [prefix, upper) on the key, not LIKE (where `%` and `_` are wildcards) nor
+        # substr (which stops at a NUL inside a key), and every page is an index seek.
         upper = prefix_upper_bound(prefix)
-        bound = "" if upper is None else " AND key < ?"
-        tail = f" AND substr(key, 1, ?) = ?{bound} ORDER BY key LIMIT ?"
-        extra: tuple[object, ...] = (len(prefix), prefix, *(() if upper is None else (upper,)), page_size)
+        tail = " ORDER BY key LIMIT ?" if upper is None else " AND key < ? ORDER BY key LIMIT ?"
+        extra: tuple[object, ...] = (page_size,) if upper is None else (upper, page_size)
         sql, start = f"{select} WHERE key >= ?{tail}", prefix
         while True:
             rows = await self._read(sql, (start, *extra))
@@ -220,10 +319,23 @@ class SqliteBackend:
                 batch.append(more)
             self._commit([w for w in batch if isinstance(w, _Write)])
 
-    def _commit(self, batch: list[_Write]) -> None:
+    def _commit(self, writes: list[_Write]) -> None:
+        """Apply a batch in one transaction and answer each write after the COMMIT.
+
+        Catches every Exception, not only sqlite3's: an error escaping here would end the writer
+        thread and leave every later write waiting forever.
+        """
+        batch: list[_Write] = []
+        for write in writes:
+            if (key := write.unstorable_key()) is not None:
+                write.settle(BackendUnavailable(f"sqlite {self.path}: key {key!r} is not valid UTF-8"))
+            else:
+                batch.append(write)
+        if not batch:
+            return
         results: list[bool] = []
-        cursor = self._writer.cursor()
         try:
+            cursor = self._writer.cursor()
             cursor.execute("BEGIN IMMEDIATE")
             for write in batch:
                 if write.items is not None:
@@ -233,27 +345,35 @@ class SqliteBackend:
                     cursor.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (write.key, write.value))
                     results.append(True)
                 else:
+                    # Evaluated in queue order inside the batch, so set-then-delete of one key
+                    # answers True even though neither was committed before.
                     cursor.execute("DELETE FROM kv WHERE key = ?", (write.key,))
                     results.append(cursor.rowcount > 0)
             cursor.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                cursor.execute("ROLLBACK")
-            error = BackendUnavailable(f"sqlite {self.path}: {exc}")
+        except Exception as exc:
+            if self._writer.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
+            error = BackendUnavailable(f"sqlite {self.path}: write failed: {exc}")
             for write in batch:
-                write.done.set_exception(error)
+                write.settle(error)
             return
         for write, result in zip(batch, results, strict=True):
-            write.done.set_result(result)
+            write.settle(result)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._writes.put(_STOP)
+        # Both joins block, so they run off the event loop: pending writes commit, running reads end.
         await asyncio.to_thread(self._thread.join)
-        self._pool.shutdown(wait=True)
+        if self._read_batches:
+            # Answer the point reads already queued before the pool stops taking work.
+            self._reads_drained = asyncio.get_running_loop().create_future()
+            await self._reads_drained
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()

@@ -7,11 +7,14 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from proxy.backends import open_backend
 from proxy.backends.base import Backend
+from proxy.errors import StoreLocked
 from tests.backends.conftest import DURABLE_TYPES, Opener, spec_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,17 +67,21 @@ async def test_every_json_kind_round_trips(backend: Backend) -> None:
         assert json.loads(await backend.get(f"k{i}") or b"") == json.loads(doc)
 
 
-async def test_prefix_listing(backend: Backend) -> None:
-    """keys and scan return exactly the keys with the prefix; "" lists everything; % and _ are plain characters."""
-    keys = ["a", "ab", "abc", "b", "a%c", "a_c", "aé", "a\U0001f600", "A"]
-    await backend.set_many([(k, b"1") for k in keys])
-    assert sorted(await all_keys(backend)) == sorted(keys)
-    assert sorted(await all_keys(backend, "a")) == sorted(k for k in keys if k.startswith("a"))
-    assert sorted(await all_keys(backend, "a%")) == ["a%c"]
-    assert sorted(await all_keys(backend, "a_")) == ["a_c"]
-    assert sorted(await all_keys(backend, "aé")) == ["aé"]
-    assert await all_keys(backend, "zzz") == []
-    assert sorted(await all_items(backend, "ab")) == ["ab", "abc"]
+PREFIX_KEYS = ["a", "ab", "abc", "b", "a%c", "a_c", "a%", "aé", "aéz", "a\U0001f600", "A", "nul", "nul\x00a", "nul\x00b",
+               "nul\x01", "z\U0010ffff", "z\U0010ffffx", "\U0010ffff", "\U0010ffff\U0010ffff", "\ud7ffx", "\ue000"]
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "ab", "a%", "a_", "aé", "a\U0001f600", "nul", "nul\x00", "nul\x00b",
+                                    "z\U0010ffff", "\U0010ffff", "\ud7ff", "zzz"])
+async def test_prefix_listing(backend: Backend, prefix: str) -> None:
+    """keys and scan return exactly the keys with the prefix: "" is all, % and _ are plain characters, NUL and top code points work."""
+    await backend.set_many([(k, json.dumps(k).encode()) for k in PREFIX_KEYS])
+    expected = sorted(k for k in PREFIX_KEYS if k.startswith(prefix))
+    assert sorted(await all_keys(backend, prefix)) == expected
+    items = await all_items(backend, prefix)
+    assert sorted(items) == expected
+    assert all(json.loads(value) == key for key, value in items.items())
+    assert sorted(await all_keys(backend, prefix, page_size=1)) == expected
 
 
 async def test_pages_hold_every_key_exactly_once(backend: Backend) -> None:
@@ -103,17 +110,31 @@ async def test_large_value(backend: Backend) -> None:
     """A 4 MiB document is stored and read back whole."""
     doc = json.dumps({"blob": "x" * (4 * 1024 * 1024 - 20)}).encode()
     await backend.set("big", doc)
-    assert await backend.get("big") == doc or json.loads(await backend.get("big") or b"") == json.loads(doc)
+    assert json.loads(await backend.get("big") or b"") == json.loads(doc)
+    assert json.loads((await all_items(backend))["big"]) == json.loads(doc)
 
 
+@pytest.mark.slow
 async def test_many_keys(backend: Backend) -> None:
-    """Five thousand keys written in bulk and one by one are all there."""
+    """Five thousand keys written in bulk and five thousand by concurrent single sets are all there."""
     await backend.set_many([(f"bulk:{i}", str(i).encode()) for i in range(5000)])
-    await asyncio.gather(*(backend.set(f"one:{i}", str(i).encode()) for i in range(500)))
-    items = await all_items(backend)
-    assert len(items) == 5500
-    assert items["bulk:4999"] == b"4999"
-    assert items["one:499"] == b"499"
+    await asyncio.gather(*(backend.set(f"one:{i}", str(i).encode()) for i in range(5000)))
+    items = await all_items(backend, page_size=333)
+    assert len(items) == 10_000
+    assert all(items[f"bulk:{i}"] == items[f"one:{i}"] == str(i).encode() for i in range(5000))
+    assert len(await all_keys(backend, "one:")) == 5000
+
+
+async def test_writes_issued_together_apply_in_order(backend: Backend) -> None:
+    """Concurrent writes to one key take effect in the order they were issued, and each delete reports what it found."""
+    answers = await asyncio.gather(
+        backend.delete("k"), backend.set("k", b"1"), backend.delete("k"), backend.delete("k"),
+        backend.set("k", b"2"), backend.set_many([("k", b"3"), ("other", b"4")]), backend.delete("k"),
+        backend.set("k", b"5"),
+    )
+    assert answers == [False, None, True, False, None, None, True, None]
+    assert await backend.get("k") == b"5"
+    assert await backend.get("other") == b"4"
 
 
 async def test_concurrent_writers(backend: Backend) -> None:
@@ -144,6 +165,37 @@ async def test_close_is_idempotent(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize("kind", DURABLE_TYPES)
+async def test_opening_a_missing_path_creates_the_store(kind: str, tmp_path: Path) -> None:
+    """A store whose path and parent folders do not exist yet is created empty, and holds what is written to it."""
+    spec = spec_for(kind, tmp_path / "not" / "yet")
+    backend = await open_backend(spec)
+    try:
+        assert await all_keys(backend) == []
+        await backend.set("k", b"1")
+    finally:
+        await backend.close()
+    assert spec.path is not None
+    assert spec.path.exists()
+    again = await open_backend(spec)
+    try:
+        assert await again.get("k") == b"1"
+    finally:
+        await again.close()
+
+
+@pytest.mark.parametrize("kind", DURABLE_TYPES)
+async def test_a_store_open_elsewhere_is_refused_until_closed(opener: Opener) -> None:
+    """A second open of a store in use fails with StoreLocked, and succeeds once the first is closed."""
+    first = await opener()
+    with pytest.raises(StoreLocked):
+        await opener()
+    await first.set("k", b"1")
+    await first.close()
+    second = await opener()
+    assert await second.get("k") == b"1"
+
+
+@pytest.mark.parametrize("kind", DURABLE_TYPES)
 async def test_durable_across_close_and_reopen(opener: Opener) -> None:
     """What was written before close is there after reopening; what was deleted stays deleted."""
     first = await opener()
@@ -159,6 +211,18 @@ async def test_durable_across_close_and_reopen(opener: Opener) -> None:
     assert items["null"] == b"null"
 
 
+@pytest.mark.parametrize("kind", DURABLE_TYPES)
+async def test_close_flushes_writes_under_way(opener: Opener) -> None:
+    """Writes already started when close is called are completed, acknowledged and kept."""
+    first = await opener()
+    writes = [asyncio.create_task(first.set(f"k{i}", str(i).encode())) for i in range(50)]
+    await asyncio.sleep(0)  # let every write start and queue before close
+    await first.close()
+    assert await asyncio.wait_for(asyncio.gather(*writes), 10) == [None] * 50
+    second = await opener()
+    assert await all_items(second) == {f"k{i}": str(i).encode() for i in range(50)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", DURABLE_TYPES)
 async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener, tmp_path: Path) -> None:
@@ -169,6 +233,9 @@ async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener,
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert writer.stdout is not None
+    # Bounds the test if the writer hangs: a killed writer closes its stdout, which ends every read below.
+    watchdog = threading.Timer(30, writer.kill)
+    watchdog.start()
     acknowledged: list[str] = []
     try:
         assert writer.stdout.readline().strip() == "ready"
@@ -180,10 +247,13 @@ async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener,
         writer.wait(10)
         acknowledged.extend(line.strip() for line in writer.stdout)  # acknowledged before the kill landed
     finally:
+        watchdog.cancel()
         if writer.poll() is None:
             writer.kill()
             writer.wait()
         writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL, "the writer ended before it was killed"
+    assert len(acknowledged) >= 200
     backend = await opener()
     items = await all_items(backend)
     missing = [key for key in acknowledged if key not in items]

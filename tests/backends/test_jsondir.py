@@ -77,6 +77,46 @@ async def test_foreign_files_are_not_listed(tmp_path: Path) -> None:
     await backend.close()
 
 
+@pytest.mark.parametrize("name", ["%6b.json", "%4B.json", "%4.json", "% 4b.json", "%ff.json", "~x.json", "~.json"])
+async def test_names_encode_name_never_gives_are_not_listed(tmp_path: Path, name: str) -> None:
+    """A name that only looks encoded (another spelling of a key, a bad escape) never lists a key twice or wrongly."""
+    (tmp_path / name).write_text("1")
+    backend = await JsonDirBackend.open(tmp_path)
+    await backend.set("k", b"2")
+    assert [key async for page in backend.keys() for key in page] == ["k"]
+    assert [item async for page in backend.scan() for item in page] == [("k", b"2")]
+    await backend.close()
+
+
+async def test_long_keys_are_named_by_hash_with_their_key_beside(tmp_path: Path) -> None:
+    """A key too long for a readable name gets a hashed file plus a key file; a key file naming another key is ignored."""
+    key = "long/" + "é" * 300
+    backend = await JsonDirBackend.open(tmp_path)
+    await backend.set(key, b"1")
+    stem = encode_name(key)
+    assert stem.startswith("~")
+    assert (tmp_path / f"{stem}.key").read_text() == key
+    assert [k async for page in backend.keys() for k in page] == [key]
+    await backend.set(key, b"2")
+    assert await backend.get(key) == b"2"
+    # A key file that does not hash to its name (copied by hand, say) lists nothing.
+    (tmp_path / f"{stem}.key").write_text("other")
+    assert [k async for page in backend.keys() for k in page] == []
+    await backend.close()
+
+
+async def test_keys_stream_in_pages_each_key_once(tmp_path: Path) -> None:
+    """Listing a folder in small pages yields every key once and no page above its size."""
+    backend = await JsonDirBackend.open(tmp_path)
+    keys = [f"user:{i}" for i in range(25)] + ["other"]
+    await backend.set_many([(key, b"1") for key in keys])
+    pages = [page async for page in backend.keys("user:", page_size=4)]
+    assert all(0 < len(page) <= 4 for page in pages)
+    assert sorted(key for page in pages for key in page) == sorted(keys[:-1])
+    assert await backend.get_many(["user:3", "nope"]) == [b"1", None]
+    await backend.close()
+
+
 async def test_second_open_of_the_same_folder_is_refused(tmp_path: Path) -> None:
     """Two turnout backends never write one folder at once."""
     backend = await JsonDirBackend.open(tmp_path)

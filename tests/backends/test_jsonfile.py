@@ -143,3 +143,70 @@ async def test_a_failed_rewrite_changes_nothing_and_says_so(tmp_path: Path) -> N
     await backend.set("later", b"3")
     assert json.loads(path.read_text()) == {"kept": 1, "later": 3}
     await backend.close()
+
+
+async def test_a_failed_rewrite_keeps_the_external_change_it_had_caught_up_with(tmp_path: Path) -> None:
+    """An external change seen just before a failed rewrite is served and kept by the next write."""
+    path = tmp_path / "legacy.json"
+    backend = await JsonFileBackend.open(path)
+    await backend.set("mine", b"1")
+    path.write_text('{"mine": 1, "theirs": 22}')
+    blocker = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    blocker.mkdir()
+    with pytest.raises(BackendUnavailable, match="write failed"):
+        await backend.set("lost", b"2")
+    blocker.rmdir()
+    assert await backend.get("theirs") == b"22"
+    assert await backend.get("lost") is None
+    await backend.set("later", b"3")
+    assert json.loads(path.read_text()) == {"mine": 1, "theirs": 22, "later": 3}
+    await backend.close()
+
+
+async def test_a_broken_external_file_is_never_overwritten(tmp_path: Path) -> None:
+    """While the old application's file is not valid JSON, writes fail and reads keep the last good contents."""
+    path = tmp_path / "legacy.json"
+    backend = await JsonFileBackend.open(path)
+    await backend.set("mine", b"1")
+    path.write_text('{"mine": 1, "half')
+    with pytest.raises(BackendUnavailable, match="not valid JSON"):
+        await backend.set("next", b"2")
+    assert path.read_text() == '{"mine": 1, "half'
+    assert await backend.get("mine") == b"1"
+    replace_file(path, b'{"mine": 1, "whole": true}')
+    await backend.set("next", b"2")
+    assert json.loads(path.read_text()) == {"mine": 1, "whole": True, "next": 2}
+    await backend.close()
+
+
+def _no_constants(name: str) -> object:
+    raise AssertionError(f"{name} is not JSON")
+
+
+async def test_values_python_cannot_carry_unchanged_are_kept_as_written(tmp_path: Path) -> None:
+    """Numbers a float or int conversion would change (1e400, 5000 digits) and lone surrogates survive a rewrite."""
+    path = tmp_path / "legacy.json"
+    huge = "9" * 5000
+    path.write_text(f'{{"big": [1e400, 2.50], "huge": {huge}, "s": "\\ud800", "k": 1}}')
+    backend = await JsonFileBackend.open(path)
+    assert await backend.get("big") == b"[1e400, 2.50]"
+    assert await backend.get("huge") == huge.encode()
+    assert await backend.get("s") == b'"\\ud800"'
+    await backend.set("k", b"2")
+    text = path.read_text()
+    assert "1e400" in text
+    assert huge in text
+    # Still valid JSON: no Infinity written (numbers read as text, so 5000 digits parse).
+    json.loads(text, parse_constant=_no_constants, parse_int=str, parse_float=str)
+    await backend.close()
+
+
+async def test_lone_surrogates_survive_a_rewrite_of_a_compacted_file(tmp_path: Path) -> None:
+    """A string the old application wrote as an escaped lone surrogate stays escaped, in a value and in a key."""
+    path = tmp_path / "legacy.json"
+    path.write_text('{"s": ["\\ud800"], "\\udc00": 1}')
+    backend = await JsonFileBackend.open(path)
+    assert await backend.get("s") == b'["\\ud800"]'
+    await backend.set("k", b"2")
+    assert json.loads(path.read_text()) == {"s": ["\ud800"], "\udc00": 1, "k": 2}
+    await backend.close()
