@@ -133,3 +133,102 @@ async def test_override_survives_a_restart_until_cleared(tmp_path: Path) -> None
     assert again.override == Override(Route.OLD, "incident 42", 1.0)
     again.set_override(None)
     assert FlagWatcher(path, tmp_path / "state").override is None
+
+
+async def test_default_poll_picks_up_a_change_within_two_seconds(tmp_path: Path) -> None:
+    """With the shipped poll interval, a renamed-over file is in force within the contract's 2 s."""
+    path = tmp_path / "flags.yaml"
+    path.write_text("revision: d1\n")
+    watcher = FlagWatcher(path, tmp_path / "state")
+    watcher.load_initial()
+    watcher.start()
+    try:
+        temp = tmp_path / "flags.yaml.tmp"
+        temp.write_text("revision: d2\n")
+        os.replace(temp, path)
+        assert await wait_for_revision(watcher, "d2") < 2.0
+    finally:
+        await watcher.stop()
+
+
+def stepped(tmp_path: Path, text: str) -> tuple[FlagWatcher, Path]:
+    """A watcher driven poll by poll through check(), with no background task."""
+    path = tmp_path / "flags.yaml"
+    path.write_text(text)
+    watcher = FlagWatcher(path, tmp_path / "state")
+    watcher.load_initial()
+    return watcher, path
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace the file's contents and make sure its stat differs even on a coarse clock."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+async def test_a_failed_read_is_retried_before_it_counts(tmp_path: Path) -> None:
+    """An unparsable file is read once more on the next poll; only then is the failure declared."""
+    watcher, path = stepped(tmp_path, "revision: s1\n")
+    rewrite(path, "revision: s2\ntraffic_percentage: {read:")
+    await watcher.check()  # changed: wait for it to settle
+    await watcher.check()  # settled: read, fails, retry due
+    assert (watcher.status().failures, watcher.router.flags.revision) == (0, "s1")
+    await watcher.check()  # the retry fails too: refused
+    assert (watcher.status().failures, watcher.router.flags.revision) == (1, "s1")
+    await watcher.check()  # nothing changed since: no further attempt, no further failure
+    assert watcher.status().failures == 1
+
+
+async def test_a_file_completed_during_the_retry_window_is_taken_without_failure(tmp_path: Path) -> None:
+    """A half-written file that becomes whole before the retry is swapped in and no failure is counted."""
+    watcher, path = stepped(tmp_path, "revision: s1\n")
+    rewrite(path, "revision: s2\ntraffic_percentage: {read:")
+    await watcher.check()
+    await watcher.check()  # read half-written: retry due
+    rewrite(path, "revision: s2\ntraffic_percentage: {read: 5}\n")
+    await watcher.check()  # changed again: settle first
+    await watcher.check()
+    assert watcher.router.flags.revision == "s2"
+    assert watcher.router.flags.read_percentage == 5
+    assert (watcher.status().failures, watcher.status().last_error) == (0, "")
+
+
+async def test_a_touch_does_not_rebuild_the_router(tmp_path: Path) -> None:
+    """A changed stat with the same bytes keeps the same router object (the content hash decides)."""
+    watcher, path = stepped(tmp_path, "revision: t1\n")
+    router = watcher.router
+    rewrite(path, "revision: t1\n")
+    await watcher.check()
+    await watcher.check()
+    assert watcher.router is router
+    assert watcher.status().last_success > 0
+
+
+async def test_a_deleted_file_keeps_the_last_good_flags(tmp_path: Path) -> None:
+    """A flag file that disappears is a failure to read, and the flags in force stay."""
+    watcher, path = stepped(tmp_path, "revision: g1\nuse_new_storage: true\n")
+    path.unlink()
+    for _ in range(3):
+        await watcher.check()
+    assert watcher.router.flags.revision == "g1"
+    assert "cannot read flag file" in watcher.status().last_error
+
+
+async def test_set_override_rebuilds_the_router_above_the_file(tmp_path: Path) -> None:
+    """An override routes everything to its backend with reason override; clearing it restores the file's rules."""
+    from proxy.router import Op, Reason
+
+    watcher, path = stepped(tmp_path, "revision: o1\nuse_new_storage: true\nenabled_for_users: [u]\n")
+    assert watcher.router.route(Op.GET, "k", "u").primary == Route.NEW
+    watcher.set_override(Override(Route.OLD, "incident", 1.0))
+    decision = watcher.router.route(Op.GET, "k", "u")
+    assert (decision.primary, decision.reason) == (Route.OLD, Reason.OVERRIDE)
+    assert watcher.router.flags.revision == "o1"
+    rewrite(path, "revision: o2\nuse_new_storage: true\nenabled_for_users: [u]\n")
+    await watcher.check()
+    await watcher.check()
+    assert watcher.router.flags.revision == "o2"
+    assert watcher.router.route(Op.GET, "k", "u").reason == Reason.OVERRIDE  # the override outlives a reload
+    watcher.set_override(None)
+    assert watcher.router.route(Op.GET, "k", "u").reason == Reason.USER

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from proxy.cli import main
 from proxy.flags import Flags
-from proxy.router import Op, Override, Reason, Route, Router, bucket
+from proxy.router import BUCKETS, Op, Override, Reason, Route, Router, bucket, threshold
 
 READS = (Op.GET, Op.HAS, Op.KEYS)
 WRITES = (Op.SET, Op.DELETE)
@@ -27,7 +27,10 @@ def reference_bucket(key: str, salt: str) -> int:
 
 def test_bucket_known_values() -> None:
     """bucket() gives the values computed by hand from the formula, so a change of formula fails."""
-    assert bucket("user:1", "") == 5061
+    assert bucket("user:1", "") == 5061  # sha256(":user:1")[:8] = 2b0ef5c7a907c0c5
+    assert bucket("session:42", "") == 3482  # 3cc3071c8e3d478a
+    assert bucket("user:1", "v2") == 513  # sha256("v2:user:1")[:8] = f0b9d684c583c5b1
+    assert bucket("", "s") == 2920  # sha256("s:")[:8] = 05d8bd490f04e608
     assert bucket("user:1", "v2") == reference_bucket("user:1", "v2")
     assert bucket("", "") == reference_bucket("", "")
 
@@ -178,3 +181,111 @@ def test_route_command_explains_from_a_flag_file(tmp_path: Path, capsys: pytest.
         "new", "user", 5061, "r1")
     assert main(["route", "user:1", "--flags", str(flags), "--op", "set"]) == 0
     assert "set 'user:1' -> old (reason default, bucket 5061" in capsys.readouterr().out
+
+
+def test_thresholds_take_the_percentage_as_written() -> None:
+    """The bucket threshold is the decimal percentage times 100, rounded up, never skewed by binary floats."""
+    assert [threshold(p) for p in (0, 0.01, 1.1, 10, 12.5, 50.615, 99.99, 100)] == [
+        0, 1, 110, 1000, 1250, 5062, 9999, 10000]
+
+
+@given(st.text(), st.floats(0, 100), st.text(max_size=4))
+def test_percentage_rule_is_bucket_below_percentage_times_100(key: str, percentage: float, salt: str) -> None:
+    """Under the percentage rule alone, new exactly when bucket < percentage * 100 (as a decimal)."""
+    from decimal import Decimal
+
+    router = Router(Flags(use_new_storage=True, read_percentage=percentage, bucket_salt=salt))
+    expected = Decimal(bucket(key, salt)) < Decimal(repr(percentage)) * 100
+    assert (router.route(Op.GET, key).primary == Route.NEW) == expected
+
+
+def test_decision_carries_the_bucket_when_the_route_turned_on_it() -> None:
+    """Between 0 and 100 % the Decision holds bucket(key); the fast paths at 0 and 100 % hash nothing."""
+    between = Router(Flags(use_new_storage=True, read_percentage=50.62, bucket_salt=""))
+    decision = between.route(Op.GET, "user:1")
+    assert (decision.primary, decision.reason, decision.bucket) == (Route.NEW, Reason.PERCENTAGE, 5061)
+    assert between.route(Op.SET, "user:1").bucket is None  # write percentage 0: no hashing
+    assert between.route(Op.SET, "user:1").reason == Reason.DEFAULT
+    everything = Router(Flags(use_new_storage=True, read_percentage=100))
+    assert (everything.route(Op.HAS, "x").reason, everything.route(Op.HAS, "x").bucket) == (Reason.PERCENTAGE, None)
+
+
+def test_keys_is_routed_with_its_prefix_and_the_read_percentage() -> None:
+    """A Keys listing is routed like a read of a key equal to its prefix."""
+    router = Router(Flags(use_new_storage=True, enabled_for_keys=("^session:",), write_percentage=100))
+    assert router.route(Op.KEYS, "session:").reason == Reason.KEY_PATTERN
+    assert router.route(Op.KEYS, "").reason == Reason.DEFAULT  # reads are at 0 %
+    assert Op.KEYS.is_write is False
+
+
+def test_user_rule_needs_a_caller_in_the_list() -> None:
+    """No caller, or a caller not listed, does not take the user rule."""
+    router = Router(Flags(use_new_storage=True, enabled_for_users=("checkout",)))
+    assert router.route(Op.SET, "k", None).reason == Reason.DEFAULT
+    assert router.route(Op.SET, "k", "Checkout").reason == Reason.DEFAULT
+    assert router.route(Op.SET, "k", "checkout").reason == Reason.USER
+
+
+def test_decisions_name_the_other_backend_as_secondary() -> None:
+    """Every decision's secondary is the backend that is not its primary."""
+    flags = Flags(use_new_storage=True, shadow_mode_enabled=True, enabled_for_users=("u",),
+                  disabled_for_keys=("^b",), enabled_for_keys=("^e",), read_percentage=50)
+    router = Router(flags)
+    for key, caller in [("b1", None), ("x", "u"), ("e1", None), *((f"k{i}", None) for i in range(50))]:
+        decision = router.route(Op.GET, key, caller)
+        assert decision.secondary == decision.primary.other
+        assert decision.compare
+    for route in Route:
+        fixed = Router(flags, Override(route, "test", 0.0)).route(Op.SET, "k")
+        assert (fixed.primary, fixed.secondary, fixed.reason) == (route, route.other, Reason.OVERRIDE)
+
+
+def test_every_bucket_is_reachable_and_in_range() -> None:
+    """Over 100,000 keys, bucket() stays within 0..9999 and hits nearly every value in it."""
+    seen = {bucket(f"k{i}", "") for i in range(100_000)}
+    assert seen <= set(range(BUCKETS))
+    assert len(seen) >= 9_990  # about 0.5 of 10,000 is expected to stay empty
+
+
+def test_route_command_reads_the_flag_file_named_in_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With no --flags and no proxy answering, `turnout route` explains under the config's flag file."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on, so no proxy answers
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "flags.yaml").write_text("revision: r7\nuse_new_storage: true\ntraffic_percentage: {write: 50.62}\n")
+    config = tmp_path / "turnout.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\nflags: flags.yaml\nstate_dir: state\n"
+        f"backends: {{old: {{type: memory}}, new: {{type: memory}}}}\nadmin: {{listen: 127.0.0.1:{port}}}\n")
+    assert main(["route", "user:1", "--op", "delete", "--config", str(config), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["route"], result["reason"], result["bucket"], result["flags_revision"]) == (
+        "new", "percentage", 5061, "r7")
+    assert "flags.yaml" in result["source"]
+
+
+def test_route_command_refuses_an_invalid_flag_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`turnout route` under a broken flag file fails (exit 2) with the field and line."""
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("revision: r1\nuse_new_storage: maybe\n")
+    assert main(["route", "k", "--flags", str(flags)]) == 2
+    assert "flags.yaml:2: use_new_storage: must be true or false" in capsys.readouterr().err
+
+
+def test_router_benchmark_runs(tmp_path: Path) -> None:
+    """bench/router.py runs every case briefly and records a ratio to its dict-lookup baseline."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "router.json"
+    root = Path(__file__).resolve().parent.parent
+    finished = subprocess.run(
+        [sys.executable, str(root / "bench" / "router.py"), "--seconds", "0.01", "--rounds", "1", "--json", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 0, finished.stderr
+    figures = json.loads(out.read_text())["figures"]
+    assert figures[0]["case"] == "dict lookup (baseline)"
+    assert all(f["ratio"] > 0 for f in figures[1:])

@@ -46,9 +46,9 @@ def check_flags(args: argparse.Namespace) -> int:
 
 
 def explain_route(args: argparse.Namespace) -> int:
-    """Ask the running proxy (so overrides count); with --flags, or when no proxy answers, read the file."""
+    """Ask the running proxy, so that overrides count; with --flags, or when no proxy answers, read the
+    flag file (the config's `flags`, or the one given) and route under it with no override."""
     result: dict[str, Any] | None = None
-    source = ""
     if args.flags is None:
         config = load(args)
         try:
@@ -61,18 +61,24 @@ def explain_route(args: argparse.Namespace) -> int:
         flags_file = args.flags
         source = str(flags_file)
     if result is None:
-        router = Router(load_flags(flags_file).flags)
-        decision = router.route(Op(args.op), args.key, args.user)
-        result = {"route": decision.primary.value, "reason": decision.reason.value,
-                  "bucket": bucket(args.key, router.flags.bucket_salt), "flags_revision": router.flags.revision,
-                  "shadow": decision.compare, "secondary": decision.secondary.value}
+        result = explain(Router(load_flags(flags_file).flags), Op(args.op), args.key, args.user)
     result = {"key": args.key, "op": args.op, "user": args.user, **result, "source": source}
     emit(args, result, f"{args.op} {args.key!r} -> {result['route']} (reason {result['reason']}, bucket "
                        f"{result['bucket']}, flags revision {result['flags_revision']!r}; from {source})")
     return 0
 
 
+def explain(router: Router, op: Op, key: str, user: str | None) -> dict[str, Any]:
+    """Where one operation goes under router, and why: the same fields the admin API's Route returns."""
+    decision = router.route(op, key, user)
+    return {"route": decision.primary.value, "reason": decision.reason.value,
+            "bucket": decision.bucket if decision.bucket is not None else bucket(key, router.flags.bucket_salt),
+            "flags_revision": router.flags.revision, "shadow": decision.compare,
+            "secondary": decision.secondary.value}
+
+
 def _ask_proxy(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The running proxy's answer (admin API Route): its flags in force and any override."""
     with grpc.insecure_channel(target) as channel:
         reply = admin_pb2_grpc.AdminStub(channel).Route(
             admin_pb2.RouteRequest(key=args.key, user=args.user or "", op=args.op), timeout=3)
