@@ -1,48 +1,68 @@
-"""`turnout kv get|set|has|del|keys`: the KeyValue API from a shell, built on the Python client."""
+"""`turnout kv get|set|has|del|keys`: the KeyValue API from a shell, built on the Python client.
+
+Exit status: 0 when the thing asked for holds; 1 when `get` or `has` finds the key absent;
+2 when the call fails (the server's message goes to stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from turnout.client import KeyNotFound, SyncClient, TurnoutError
 
 from proxy.commands.common import add_config_argument, add_json_argument, emit, kv_target, load
 
+FAILED = 2
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
 
 def register(subparsers: Any) -> None:
-    kv = subparsers.add_parser("kv", help="get, set, has, del and list keys through a running proxy")
+    kv = subparsers.add_parser(
+        "kv", help="get, set, has, del and list keys through a running proxy",
+        description="Call the running proxy's KeyValue API. Exit 0 on success, 1 when get/has find "
+                    "the key absent, 2 when the call fails.",
+    )
     actions = kv.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_text in [("get", "print a key's document (exit 1 when absent)"),
                             ("set", "store a JSON document ('-' reads it from stdin)"),
                             ("has", "exit 0 when the key is present, 1 when absent"),
                             ("del", "delete a key"),
-                            ("keys", "list keys with a prefix")]:
-        parser = actions.add_parser(name, help=help_text)
+                            ("keys", "list the keys that start with PREFIX (all keys without it)")]:
+        parser = actions.add_parser(name, help=help_text, description=help_text)
         if name == "keys":
             parser.add_argument("prefix", nargs="?", default="")
         else:
             parser.add_argument("key")
         if name == "set":
             parser.add_argument("value", help="JSON text, or - for stdin")
-        parser.add_argument("--target", help="proxy address (default: listen from the config)")
+        parser.add_argument("--target", help="proxy address HOST:PORT (default: listen from the config)")
         parser.add_argument("--user", help="caller name sent as x-turnout-user")
-        parser.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+        parser.add_argument("--timeout", type=_seconds, default=5.0, help="deadline per call, seconds (default 5)")
         add_config_argument(parser)
         add_json_argument(parser)
         parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Only read the config when it is needed: with --target, no config file has to exist.
     target = args.target or kv_target(load(args))
     try:
         with SyncClient(target, user=args.user, timeout=args.timeout) as client:
             return _ACTIONS[args.action](client, args)
     except TurnoutError as exc:
         print(f"turnout kv {args.action}: {exc}", file=sys.stderr)
-        return 2
+        return FAILED
 
 
 def _get(client: SyncClient, args: argparse.Namespace) -> int:
@@ -51,14 +71,15 @@ def _get(client: SyncClient, args: argparse.Namespace) -> int:
     except KeyNotFound:
         emit(args, {"key": args.key, "found": False}, "")
         if not args.json:
-            print(f"{args.key}: not found", file=sys.stderr)
+            print(f"turnout kv get: {args.key}: not found", file=sys.stderr)
         return 1
     emit(args, {"key": args.key, "found": True, "value": value}, json.dumps(value, ensure_ascii=False))
     return 0
 
 
 def _set(client: SyncClient, args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.value == "-" else args.value
+    text: str = sys.stdin.read() if args.value == "-" else args.value
+    # The text goes as it is: the proxy is the one judge of what a valid document is.
     client.set_raw(args.key, text.encode())
     emit(args, {"key": args.key, "stored": True}, "")
     return 0
@@ -80,10 +101,18 @@ def _keys(client: SyncClient, args: argparse.Namespace) -> int:
     keys = client.keys(args.prefix)
     if args.json:
         emit(args, {"prefix": args.prefix, "keys": list(keys)}, "")
-    else:
+        return 0
+    try:
         for key in keys:
             print(key)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `turnout kv keys | head` closing the pipe early has what it wanted; that is no failure.
+        # Point stdout at devnull so the interpreter's final flush does not fail again on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
-_ACTIONS = {"get": _get, "set": _set, "has": _has, "del": _del, "keys": _keys}
+_ACTIONS: dict[str, Callable[[SyncClient, argparse.Namespace], int]] = {
+    "get": _get, "set": _set, "has": _has, "del": _del, "keys": _keys,
+}

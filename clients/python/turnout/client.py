@@ -1,8 +1,19 @@
 """A small typed client for the Turnout KeyValue API, async and sync, JSON in and out.
 
-Every call has a deadline. UNAVAILABLE is retried with exponential backoff and jitter within the
-deadline; nothing else is. Retrying a Set is safe (it is idempotent); a retried Delete may report
-`existed=False` when the first attempt had in fact removed the key.
+`AsyncClient` runs on grpc.aio, `SyncClient` on a plain grpc channel; both have the same methods.
+Values are JSON documents: `set` encodes a Python value, `get` decodes it; `get_raw`/`set_raw`
+carry the JSON text as bytes. A stored JSON null is a value (`get` returns None); an absent key
+raises `KeyNotFound`.
+
+Every call has a deadline (the client's `timeout`, or the call's own). UNAVAILABLE, and only
+UNAVAILABLE, is retried with full-jitter exponential backoff, for at most `RetryPolicy.attempts`
+attempts and never past the deadline. Retrying is safe for every method: Get, Has and Keys only
+read; Set is idempotent (storing the same document twice leaves the same state); a retried Delete
+removes the key all the same, though its `existed` may read False when an earlier attempt that
+failed in transit had in fact removed it. `Keys` is retried only before its first page arrives, so
+no key is ever yielded twice.
+
+This module depends on grpcio and protobuf only, so services can install it without the proxy.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,15 +31,19 @@ from grpc import aio
 
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
+#: The gRPC metadata that carries the caller's name; the proxy routes on it.
 USER_METADATA = "x-turnout-user"
 #: Values up to the server's default 4 MiB limit, plus room for the key and framing.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+#: The shortest deadline worth sending: gRPC refuses a zero or negative timeout outright.
+_MIN_ATTEMPT_S = 0.001
 
-T = TypeVar("T")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 class TurnoutError(Exception):
-    """A call failed; `code` is the gRPC status code."""
+    """A call failed; `code` is the gRPC status code, `message` the server's explanation."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
@@ -51,6 +66,10 @@ class DeadlineExceeded(TurnoutError):
 class KeyNotFound(KeyError):
     """`get` of a key that is not stored (a stored JSON null is found and returns None)."""
 
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
 
 _ERRORS: dict[grpc.StatusCode, type[TurnoutError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -59,51 +78,121 @@ _ERRORS: dict[grpc.StatusCode, type[TurnoutError]] = {
 }
 
 
+def _code_of(exc: grpc.RpcError) -> grpc.StatusCode:
+    # Every error a call raises is also a grpc.Call (sync) or an AioRpcError; a bare RpcError is not.
+    if isinstance(exc, grpc.Call | aio.AioRpcError):
+        code: grpc.StatusCode = exc.code()
+        return code
+    return grpc.StatusCode.UNKNOWN
+
+
 def error_from(exc: grpc.RpcError) -> TurnoutError:
     """The one mapping from gRPC errors to the client's exceptions."""
-    code = exc.code() if isinstance(exc, grpc.Call | aio.AioRpcError) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call | aio.AioRpcError) else str(exc)
+    code = _code_of(exc)
     return _ERRORS.get(code, TurnoutError)(code, details or "")
 
 
 def encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinities raise ValueError, as JSON has no such numbers."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How UNAVAILABLE is retried: at most `attempts` tries in all, backoff growing to `max_backoff`."""
+
     attempts: int = 5
     first_backoff: float = 0.05
     max_backoff: float = 1.0
     multiplier: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+        if self.first_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("RetryPolicy backoffs must not be negative and multiplier must be at least 1")
+
     def delays(self) -> Iterator[float]:
-        """Full-jitter exponential backoff between attempts."""
+        """Full-jitter exponential backoff: one delay before each attempt after the first."""
+        # Full jitter spreads the retries of many clients that failed together over the whole window.
         ceiling = self.first_backoff
         for _ in range(self.attempts - 1):
             yield random.uniform(0, ceiling)
             ceiling = min(ceiling * self.multiplier, self.max_backoff)
 
 
-def _options() -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+#: Retry only UNAVAILABLE; a single attempt is `RetryPolicy(attempts=1)`.
+DEFAULT_RETRY = RetryPolicy()
 
 
-class _Settings:
-    def __init__(self, user: str | None, timeout: float, retry: RetryPolicy) -> None:
-        self.metadata: tuple[tuple[str, str], ...] = ((USER_METADATA, user),) if user else ()
-        self.timeout = timeout
-        self.retry = retry
+class _Attempts:
+    """One call's budget: its deadline, and the backoff delays it has left."""
+
+    def __init__(self, budget: float, retry: RetryPolicy) -> None:
+        self._deadline = time.monotonic() + budget
+        self._delays = retry.delays()
+
+    def remaining(self) -> float:
+        return max(self._deadline - time.monotonic(), _MIN_ATTEMPT_S)
+
+    def delay_before_retry(self, exc: grpc.RpcError) -> float | None:
+        """How long to wait before trying again, or None when exc is final."""
+        if _code_of(exc) != grpc.StatusCode.UNAVAILABLE:
+            return None
+        delay = next(self._delays, None)
+        if delay is None or time.monotonic() + delay >= self._deadline:
+            return None
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class _CallSettings:
+    """What every call of one client sends: the caller's name and the default deadline."""
+
+    metadata: tuple[tuple[str, str], ...]
+    timeout: float
+    retry: RetryPolicy
+
+    @classmethod
+    def of(cls, user: str | None, timeout: float, retry: RetryPolicy) -> _CallSettings:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        return cls(((USER_METADATA, user),) if user else (), timeout, retry)
+
+    def attempts(self, timeout: float | None) -> _Attempts:
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        return _Attempts(self.timeout if timeout is None else timeout, self.retry)
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
 
 
 class AsyncClient:
-    """KeyValue over grpc.aio. Use as `async with AsyncClient(target) as kv:`."""
+    """KeyValue over grpc.aio. Use as `async with AsyncClient("host:port", user="checkout") as kv:`.
 
-    def __init__(self, target: str, *, user: str | None = None, timeout: float = 5.0,
-                 retry: RetryPolicy = RetryPolicy(), channel: aio.Channel | None = None) -> None:
-        self._channel = channel or aio.insecure_channel(target, options=_options())
+    `timeout` is the default deadline of each call in seconds (each method also takes its own);
+    `retry` says how UNAVAILABLE is retried. A `channel` passed in stays the caller's to close.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        user: str | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        channel: aio.Channel | None = None,
+    ) -> None:
+        self._settings = _CallSettings.of(user, timeout, retry)
+        self._owns_channel = channel is None
+        self._channel = channel or aio.insecure_channel(target, options=_channel_options())
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
-        self._settings = _Settings(user, timeout, retry)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -112,69 +201,102 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owns_channel:
+            await self._channel.close()
 
-    async def _unary(self, call: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        budget = self._settings.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        delays = self._settings.retry.delays()
+    async def _unary(
+        self,
+        method: aio.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Response:
+        attempts = self._settings.attempts(timeout)
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                return await call(request, timeout=max(remaining, 0.001), metadata=self._settings.metadata)
+                return await method(request, timeout=attempts.remaining(), metadata=self._settings.metadata)
             except aio.AioRpcError as exc:
-                delay = next(delays, None)
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or delay is None or time.monotonic() + delay >= deadline:
+                delay = attempts.delay_before_retry(exc)
+                if delay is None:
                     raise error_from(exc) from None
-                await asyncio.sleep(delay)
+            await asyncio.sleep(delay)
 
     async def get_raw(self, key: str, *, timeout: float | None = None) -> bytes | None:
         """The stored JSON text, or None when the key is absent."""
         reply = await self._unary(self._stub.Get, kv_pb2.GetRequest(key=key), timeout)
-        return bytes(reply.value) if reply.found else None
+        return reply.value if reply.found else None
 
     async def get(self, key: str, *, timeout: float | None = None) -> Any:
-        """The stored document, decoded; raises KeyNotFound when the key is absent."""
+        """The stored document, decoded (None for a stored null); raises KeyNotFound when absent."""
         raw = await self.get_raw(key, timeout=timeout)
         if raw is None:
             raise KeyNotFound(key)
         return json.loads(raw)
 
     async def set_raw(self, key: str, value: bytes, *, timeout: float | None = None) -> None:
+        """Store value, which must be the UTF-8 text of one JSON document (the proxy checks)."""
         await self._unary(self._stub.Set, kv_pb2.SetRequest(key=key, value=value), timeout)
 
     async def set(self, key: str, value: Any, *, timeout: float | None = None) -> None:
+        """Store value encoded as JSON; raises ValueError or TypeError when it cannot be encoded."""
         await self.set_raw(key, encode(value), timeout=timeout)
 
     async def has(self, key: str, *, timeout: float | None = None) -> bool:
+        """True when the key is stored (also when it holds null)."""
         reply = await self._unary(self._stub.Has, kv_pb2.HasRequest(key=key), timeout)
-        return bool(reply.found)
+        return reply.found
 
     async def delete(self, key: str, *, timeout: float | None = None) -> bool:
-        """Remove the key; True when it existed."""
+        """Remove the key; True when it existed (see the module docstring about retries)."""
         reply = await self._unary(self._stub.Delete, kv_pb2.DeleteRequest(key=key), timeout)
-        return bool(reply.existed)
+        return reply.existed
 
-    async def keys(self, prefix: str = "", *, timeout: float | None = None) -> AsyncIterator[str]:
-        """Every key starting with prefix, streamed page by page (not retried once started)."""
-        call = self._stub.Keys(kv_pb2.KeysRequest(prefix=prefix), metadata=self._settings.metadata,
-                               timeout=self._settings.timeout if timeout is None else timeout)
-        try:
-            async for page in call:
-                for key in page.keys:
-                    yield key
-        except aio.AioRpcError as exc:
-            raise error_from(exc) from None
+    async def keys(self, prefix: str = "", *, timeout: float | None = None) -> AsyncGenerator[str, None]:
+        """Every key starting with prefix, streamed page by page; the deadline covers the whole stream.
+
+        A caller that stops early should `aclose()` the generator (or use contextlib.aclosing), which
+        cancels the stream at once rather than when the generator is collected.
+        """
+        attempts = self._settings.attempts(timeout)
+        request = kv_pb2.KeysRequest(prefix=prefix)
+        while True:
+            call = self._stub.Keys(request, timeout=attempts.remaining(), metadata=self._settings.metadata)
+            paged = False
+            try:
+                async for page in call:
+                    paged = True
+                    for key in page.keys:
+                        yield key
+                return
+            except aio.AioRpcError as exc:
+                # Once a page is out, a fresh stream would repeat its keys: only retry before that.
+                delay = None if paged else attempts.delay_before_retry(exc)
+                if delay is None:
+                    raise error_from(exc) from None
+            finally:
+                # A caller that stops early must not leave the stream open on the server.
+                call.cancel()
+            await asyncio.sleep(delay)
 
 
 class SyncClient:
-    """KeyValue over a plain grpc channel. Use as `with SyncClient(target) as kv:`."""
+    """KeyValue over a plain grpc channel. Use as `with SyncClient("host:port") as kv:`.
 
-    def __init__(self, target: str, *, user: str | None = None, timeout: float = 5.0,
-                 retry: RetryPolicy = RetryPolicy(), channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(target, options=_options())
+    Same arguments and methods as AsyncClient, blocking.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        user: str | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._settings = _CallSettings.of(user, timeout, retry)
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=_channel_options())
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
-        self._settings = _Settings(user, timeout, retry)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -183,50 +305,72 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        if self._owns_channel:
+            self._channel.close()
 
-    def _unary(self, call: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        budget = self._settings.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        delays = self._settings.retry.delays()
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Response:
+        attempts = self._settings.attempts(timeout)
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                return call(request, timeout=max(remaining, 0.001), metadata=self._settings.metadata)
+                return method(request, timeout=attempts.remaining(), metadata=self._settings.metadata)
             except grpc.RpcError as exc:
-                delay = next(delays, None)
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code != grpc.StatusCode.UNAVAILABLE or delay is None or time.monotonic() + delay >= deadline:
+                delay = attempts.delay_before_retry(exc)
+                if delay is None:
                     raise error_from(exc) from None
-                time.sleep(delay)
+            time.sleep(delay)
 
     def get_raw(self, key: str, *, timeout: float | None = None) -> bytes | None:
+        """The stored JSON text, or None when the key is absent."""
         reply = self._unary(self._stub.Get, kv_pb2.GetRequest(key=key), timeout)
-        return bytes(reply.value) if reply.found else None
+        return reply.value if reply.found else None
 
     def get(self, key: str, *, timeout: float | None = None) -> Any:
+        """The stored document, decoded (None for a stored null); raises KeyNotFound when absent."""
         raw = self.get_raw(key, timeout=timeout)
         if raw is None:
             raise KeyNotFound(key)
         return json.loads(raw)
 
     def set_raw(self, key: str, value: bytes, *, timeout: float | None = None) -> None:
+        """Store value, which must be the UTF-8 text of one JSON document (the proxy checks)."""
         self._unary(self._stub.Set, kv_pb2.SetRequest(key=key, value=value), timeout)
 
     def set(self, key: str, value: Any, *, timeout: float | None = None) -> None:
+        """Store value encoded as JSON; raises ValueError or TypeError when it cannot be encoded."""
         self.set_raw(key, encode(value), timeout=timeout)
 
     def has(self, key: str, *, timeout: float | None = None) -> bool:
-        return bool(self._unary(self._stub.Has, kv_pb2.HasRequest(key=key), timeout).found)
+        """True when the key is stored (also when it holds null)."""
+        return self._unary(self._stub.Has, kv_pb2.HasRequest(key=key), timeout).found
 
     def delete(self, key: str, *, timeout: float | None = None) -> bool:
-        return bool(self._unary(self._stub.Delete, kv_pb2.DeleteRequest(key=key), timeout).existed)
+        """Remove the key; True when it existed (see the module docstring about retries)."""
+        return self._unary(self._stub.Delete, kv_pb2.DeleteRequest(key=key), timeout).existed
 
-    def keys(self, prefix: str = "", *, timeout: float | None = None) -> Iterator[str]:
-        call = self._stub.Keys(kv_pb2.KeysRequest(prefix=prefix), metadata=self._settings.metadata,
-                               timeout=self._settings.timeout if timeout is None else timeout)
-        try:
-            for page in call:
-                yield from page.keys
-        except grpc.RpcError as exc:
-            raise error_from(exc) from None
+    def keys(self, prefix: str = "", *, timeout: float | None = None) -> Generator[str, None, None]:
+        """Every key starting with prefix, streamed page by page; the deadline covers the whole stream.
+
+        `close()` on the generator cancels the stream when the caller stops early.
+        """
+        attempts = self._settings.attempts(timeout)
+        request = kv_pb2.KeysRequest(prefix=prefix)
+        while True:
+            call = self._stub.Keys(request, timeout=attempts.remaining(), metadata=self._settings.metadata)
+            paged = False
+            try:
+                for page in call:
+                    paged = True
+                    yield from page.keys
+                return
+            except grpc.RpcError as exc:
+                delay = None if paged else attempts.delay_before_retry(exc)
+                if delay is None:
+                    raise error_from(exc) from None
+            finally:
+                call.cancel()
+            time.sleep(delay)
