@@ -14,6 +14,7 @@ from proxy.backends.base import Backend
 from proxy.backends.jsondir import JsonDirBackend
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SqliteBackend
+from proxy.cli import main
 from proxy.flags import Flags
 from proxy.migration import archive as archives
 from proxy.migration.migrate import CHECKPOINT, migrate
@@ -21,6 +22,7 @@ from proxy.migration.stores import Stores
 from proxy.migration.validate import validate_jsonfile
 from proxy.migration.verify import verify
 from proxy.router import Router
+from tests.proxy_process import write_config
 
 
 async def contents(backend: Backend) -> dict[str, object]:
@@ -133,6 +135,10 @@ def test_validate_lists_what_the_new_store_cannot_hold(tmp_path: Path) -> None:
     assert dict(validate_jsonfile(path, 1000).by_problem) == {"invalid_utf8": 1}
     path.write_text('{"fine": [1, 2, {"x": null}]}')
     assert validate_jsonfile(path, 1000).ok
+    path.write_text('{"user:1": {"name": "a", "tags": [{"t": 1, "t": 2}]}, "user:2": {"x": 1}}')
+    nested = validate_jsonfile(path, 1000)
+    assert nested.samples == [{"problem": "duplicate_member", "key": "user:1",
+                               "detail": "member 't' appears more than once; a JSON parser keeps only the last"}]
 
 
 async def test_archive_and_restore_round_trip(stores: Stores, tmp_path: Path) -> None:
@@ -149,13 +155,49 @@ async def test_archive_and_restore_round_trip(stores: Stores, tmp_path: Path) ->
         await target.close()
 
 
+async def test_an_archive_keeps_documents_as_the_store_holds_them(tmp_path: Path) -> None:
+    """Numbers Python would change (extra digits, exponents, 1.0) and nested documents come back
+    byte for byte, not parsed and printed again."""
+    documents = {"precise": b'{"x": 0.10000000000000000555, "y": 1.0, "z": 1e2}',
+                 "pretty": b'{\n  "a": [1,\n 2],\n  "s": "line\\nbreak"\n}', "big": b"123456789012345678901234567890"}
+    source = await SqliteBackend.open(tmp_path / "source.sqlite")
+    target = await SqliteBackend.open(tmp_path / "target.sqlite")
+    try:
+        await source.set_many(list(documents.items()))
+        summary = await archives.archive(source, tmp_path / "a.tzst", "old:sqlite")
+        await archives.restore(tmp_path / "a.tzst", target)
+        assert await target.get("precise") == documents["precise"]
+        assert await target.get("big") == documents["big"]
+        assert json.loads(await target.get("pretty") or b"") == json.loads(documents["pretty"])
+        assert archives.check(tmp_path / "a.tzst").checksum == summary.checksum
+    finally:
+        await source.close()
+        await target.close()
+
+
+def test_restore_refuses_a_damaged_or_missing_archive_on_the_command_line(
+        stores: Stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`turnout restore` checks first: a flipped byte or a missing file is an error, not a traceback."""
+    (tmp_path / "damaged.tzst").write_bytes(zstandard.ZstdCompressor().compress(
+        b'{"format": "turnout-archive", "version": 2, "created": 0, "source": "x"}\n["k",1]\n'
+        b'{"trailer": true, "records": 1, "checksum": "0", "sha256": "0"}\n'))
+    config = write_config(tmp_path / "cli", old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    for name, message in (("damaged.tzst", "SHA-256 mismatch"), ("absent.tzst", "cannot read the archive")):
+        assert main(["restore", str(tmp_path / name), "--config", str(config)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "cli" / "new.sqlite").exists()
+
+
 async def test_a_damaged_archive_is_refused_before_anything_is_written(stores: Stores, tmp_path: Path) -> None:
     """A flipped byte or a truncated file fails the check, and the target store stays empty."""
     out = tmp_path / "old.tzst"
     await archives.archive(stores.old, out, "old:jsonfile")
     with out.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
         text = reader.read()
-    tampered = text.replace(b'"n": 150', b'"n": 151')
+    line = next(line for line in text.splitlines() if line.startswith(b'["user:150"'))
+    tampered = text.replace(line, line.replace(b"150}", b"151}"))
+    assert tampered != text
     damaged = tmp_path / "damaged.tzst"
     damaged.write_bytes(zstandard.ZstdCompressor().compress(tampered))
     truncated = tmp_path / "truncated.tzst"

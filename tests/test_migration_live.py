@@ -139,6 +139,10 @@ async def test_cutover_rolls_back_by_itself_when_verify_fails(tmp_path: Path) ->
         dry = await turnout(config, "cutover", "--dry-run", expect=1)  # no verify on record yet: a gate fails
         assert not dry["ok"]
         assert dry["steps"][-1]["name"] == "gate: last verify clean"
+        gated = await turnout(config, "cutover", expect=1)  # a failed gate changes nothing: no override
+        assert not gated["rolled_back"]
+        assert gated["write_pause_s"] is None
+        assert not (await turnout(config, "status"))["override"]["active"]
         await turnout(config, "migrate")
         assert (await turnout(config, "verify"))["clean"]
         assert (await turnout(config, "cutover", "--dry-run"))["ok"]
@@ -152,9 +156,33 @@ async def test_cutover_rolls_back_by_itself_when_verify_fails(tmp_path: Path) ->
         assert failed[0]["name"] == "verify"
         assert "1 extra" in failed[0]["detail"]
         assert report["write_pause_s"] is not None
+        assert report["steps"][-1]["detail"] == "writes resumed; routing was never changed"
         status = await turnout(config, "status")
-        assert status["override"]["route"] == "old"
+        assert not status["override"]["active"]  # routing was never switched: the flags still decide
         assert not status["writes"]["paused"]
         async with AsyncClient(proxy.target) as client:
             await client.set("after", 1)  # writes flow again
         assert list((tmp_path / "state" / "incidents").glob("*-cutover.json"))
+
+
+async def test_rollback_after_a_partial_migration_keeps_every_legacy_key(tmp_path: Path) -> None:
+    """Rollback syncs back what new holds and never deletes what only old holds (keys a partial
+    migration has not copied yet); it exits 0 because old holds everything new holds."""
+    legacy = {f"k{i:03}": {"i": i} for i in range(300)}
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    (tmp_path / "flags.yaml").write_text("use_new_storage: true\n")
+    with ProxyProcess(config) as proxy:
+        await turnout(config, "migrate", "--live")
+        connection = sqlite3.connect(tmp_path / "new.sqlite")  # as if the migration had stopped half way
+        with connection:
+            connection.execute("DELETE FROM kv WHERE key >= 'k150'")
+            connection.execute("UPDATE kv SET value = '{\"i\": \"newer\"}' WHERE key = 'k001'")
+        connection.close()
+        report = await turnout(config, "rollback", "--reason", "partial")
+        assert report["ok"], report
+        assert "150 only in old (left as they are)" in report["steps"][-1]["detail"]
+        async with AsyncClient(proxy.target) as client:
+            assert await client.get("k200") == {"i": 200}
+    assert legacy_contents(tmp_path / "legacy.json") == {**legacy, "k001": {"i": "newer"}}

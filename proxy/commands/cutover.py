@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -43,12 +44,21 @@ def run_cutover(args: argparse.Namespace) -> int:
     if found is None:
         raise BackendUnavailable(f"cutover needs the running proxy; none answered at {admin_target(config)}")
     stub, channel = found
-    with channel:
-        report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason)
+    # A SIGTERM mid-cutover must not leave writes paused: it rolls back like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with channel:
+            report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not args.dry_run and not report.ok:
         steps.record_incident(config.state_dir, args.reason, report)
     emit(args, report.to_document(), steps.summary(report))
     return 0 if report.ok else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_rollback(args: argparse.Namespace) -> int:
@@ -76,10 +86,7 @@ async def _rollback_offline(config: Config, reason: str) -> steps.Report:
                 result = await verify(stores, fix=True, truth=Route.NEW)
                 step.detail = f"{result.repaired} keys copied from new"
             with report.step("verify old") as step:
-                result = await verify(stores)
-                step.detail = f"{result.missing} missing, {result.different} different, {result.extra} extra"
-                if not result.clean:
-                    raise steps.StepFailed(step.detail)
+                steps.check_old_holds_new((await verify(stores)).to_document(), step)
     except steps.StepFailed:
         pass
     steps.record_incident(config.state_dir, reason, report)

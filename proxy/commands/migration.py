@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser("verify", help="missing, different and extra keys; exit 0 only when none")
     parser.add_argument("--repair", action="store_true", help="copy each difference from its source of truth")
-    parser.add_argument("--truth", choices=["old", "new"], help="with --repair: copy from this store for every key")
+    parser.add_argument("--truth", choices=["old", "new"],
+                        help="with --repair: copy what this store holds for every key (never deletes)")
     _mode_arguments(parser)
     parser.set_defaults(func=run_verify)
 
@@ -110,6 +111,9 @@ def follow(updates: Any, label: str) -> dict[str, Any]:
             if update.result_json:
                 result: dict[str, Any] = json.loads(update.result_json)
                 return result
+    except grpc.RpcError as exc:  # the proxy refused the job, failed it, or went away
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        raise BackendUnavailable(f"{label} failed in the proxy: {details}") from None
     finally:
         progress.close()
     raise BackendUnavailable(f"{label}: the proxy ended the job without a result")

@@ -4,6 +4,10 @@ The archive is one zstd stream of JSON lines: a header (format, version, time, s
 `[key, document]` line per record, and a trailer holding the record count, the content checksum
 (proxy/checksum.py) and the SHA-256 of every byte before the trailer. Restore reads the whole
 archive once to check the SHA-256 and the count before it writes anything.
+
+Since version 2 each document is written as the store holds it (line breaks, which JSON allows only
+as whitespace, become spaces), not parsed and printed again, so a number Python would change
+(0.10000000000000000555, 1e2) comes back as it was. Version 1 archives are still read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from proxy.errors import TurnoutError
 from proxy.progress import Progress
 
 FORMAT = "turnout-archive"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _MASK = (1 << 64) - 1
 RESTORE_BATCH = 1000
 
@@ -64,7 +69,8 @@ async def archive(backend: Backend, out: Path, source: str, progress: Progress |
              + b"\n")
         async for page in backend.scan():
             for key, value in page:
-                emit(json.dumps([key, json.loads(value)], ensure_ascii=False).encode() + b"\n")
+                flat = value.replace(b"\r", b" ").replace(b"\n", b" ").strip()
+                emit(b"[" + json.dumps(key, ensure_ascii=False).encode() + b"," + flat + b"]\n")
                 records += 1
                 checksum = (checksum + item_hash(key, value)) & _MASK
             if progress is not None:
@@ -82,6 +88,27 @@ def _lines(path: Path) -> Iterator[bytes]:
             yield from io.BufferedReader(reader)
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"{path}: not a readable zstd stream ({exc})") from None
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot read the archive ({exc.strerror or exc})") from None
+
+
+_decoder = json.JSONDecoder()
+
+
+def _record(line: bytes, version: int) -> tuple[str, bytes]:
+    """One record line as (key, document bytes); ValueError when it is not one."""
+    if version == 1:
+        key, value = json.loads(line)
+        return key, json.dumps(value, ensure_ascii=False).encode()
+    text = line.decode("utf-8").rstrip("\r\n")
+    if not (text.startswith("[") and text.endswith("]")):
+        raise ValueError("not a record")
+    key, end = _decoder.raw_decode(text, 1)
+    if not isinstance(key, str) or text[end:end + 1] != ",":
+        raise ValueError("not a record")
+    value = text[end + 1:-1].encode("utf-8")
+    json.loads(value)  # one JSON document, or a damaged line
+    return key, value
 
 
 def check(path: Path) -> ArchiveSummary:
@@ -94,24 +121,33 @@ def check(path: Path) -> ArchiveSummary:
     for line in _lines(path):
         if trailer is not None:
             raise ArchiveError(f"{path}: data after the trailer")
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            raise ArchiveError(f"{path}: a damaged line after {records} records") from None
+        damaged = ArchiveError(f"{path}: a damaged line after {records} records")
         if header is None:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise ArchiveError(f"{path}: not a turnout archive") from None
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ArchiveError(f"{path}: not a turnout archive")
-            if doc.get("version") != VERSION:
+            if doc.get("version") not in READABLE_VERSIONS:
                 raise ArchiveError(f"{path}: archive version {doc.get('version')} is not supported")
             header = doc
             digest.update(line)
-        elif isinstance(doc, dict) and doc.get("trailer"):
-            trailer = doc
+        elif line.startswith(b"{"):
+            try:
+                trailer = json.loads(line)
+            except ValueError:
+                raise damaged from None
+            if not isinstance(trailer, dict) or not trailer.get("trailer"):
+                raise damaged
         else:
             digest.update(line)
-            key, value = doc
+            try:
+                key, value = _record(line, int(header["version"]))
+            except (ValueError, TypeError):
+                raise damaged from None
             records += 1
-            checksum = (checksum + item_hash(key, json.dumps(value).encode())) & _MASK
+            checksum = (checksum + item_hash(key, value)) & _MASK
     if header is None or trailer is None:
         raise ArchiveError(f"{path}: truncated (no trailer)")
     if trailer.get("sha256") != digest.hexdigest():
@@ -125,16 +161,14 @@ def check(path: Path) -> ArchiveSummary:
 async def restore(path: Path, backend: Backend, progress: Progress | None = None) -> ArchiveSummary:
     summary = check(path)  # nothing is written unless the whole archive is sound
     batch: list[Item] = []
-    first = True
+    version = 0
     for line in _lines(path):
-        if first:
-            first = False
+        if not version:
+            version = int(json.loads(line)["version"])
             continue
-        doc = json.loads(line)
-        if isinstance(doc, dict):
+        if line.startswith(b"{"):
             break  # the trailer
-        key, value = doc
-        batch.append((key, json.dumps(value, ensure_ascii=False).encode()))
+        batch.append(_record(line, version))
         if len(batch) >= RESTORE_BATCH:
             await backend.set_many(batch)
             if progress is not None:

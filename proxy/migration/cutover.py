@@ -2,12 +2,14 @@
 
 Cutover (the migration plan's sequence): check the gates, pause writes, drain replication, final
 sync, verify, switch everything to new (an override), resume writes, then watch health for the
-monitoring window. Any failure rolls back by itself: everything to old, writes resumed. No write is
-lost: while new is primary every write still reaches old through the replication queue.
+monitoring window. Any failure (or an interrupt) rolls back by itself, undoing exactly what was
+done: once traffic was switched, everything back to old; writes resumed if they were paused; a
+failed gate changes nothing. No write is lost: while new is primary every write still reaches old
+through the replication queue.
 
-Rollback: everything to old (an override), drain replication, sync back what only new has (each
-difference copied from new, under the key's lock, unless a later write got there first), verify,
-and record the incident in state_dir.
+Rollback: everything to old (an override), drain replication, sync back what new holds (each
+difference copied from new, under the key's lock, unless a later write got there first; nothing is
+deleted from old), verify that old holds everything new holds, and record the incident in state_dir.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mon
             dry_run: bool = False, reason: str = "cutover") -> Report:
     report = Report("cutover", dry_run=dry_run)
     paused_at: float | None = None
+    switched = False
     try:
         gates(stub, state_dir, report)
         if dry_run:
@@ -109,8 +112,8 @@ def cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mon
                                                     f"{monitor_s:.0f}s"))
             return report
         with report.step("pause writes"):
+            paused_at = time.monotonic()  # set first: a pause that may have landed is undone too
             stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=True, reason=reason), timeout=5)
-            paused_at = time.monotonic()
         with report.step("drain replication") as step:
             state = stub.Drain(admin_pb2.DrainRequest(timeout_seconds=DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 5)
             step.detail = f"{state.depth} pending"
@@ -127,21 +130,36 @@ def cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mon
             if not result["clean"]:
                 raise StepFailed(step.detail)
         with report.step("switch to new"):
+            switched = True  # set first: a switch that may have landed is undone too
             stub.SetOverride(admin_pb2.SetOverrideRequest(route="new", reason=reason), timeout=5)
         with report.step("resume writes"):
             stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason=f"{reason} done"), timeout=5)
+            assert paused_at is not None
             report.write_pause_s = time.monotonic() - paused_at
             paused_at = None
         with report.step(f"watch health {monitor_s:.0f}s") as step:
             watch(stub, monitor_s, step)
-    except StepFailed as failure:
-        if dry_run:
-            return report
+    except (StepFailed, KeyboardInterrupt) as failure:
+        why = str(failure)
+        if isinstance(failure, KeyboardInterrupt):
+            why = "interrupted by a signal"
+            report.ok = False
+            if report.steps:  # the step that was running when the signal came
+                report.steps[-1].ok = False
+                report.steps[-1].detail = why
+        if dry_run or (paused_at is None and not switched):
+            return report  # nothing was changed: nothing to undo
         report.rolled_back = True
         with report.step("roll back (automatic)") as step:
-            stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=f"cutover failed: {failure}"), timeout=5)
-            stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="cutover rolled back"), timeout=5)
-            step.detail = "everything to old, writes resumed"
+            done = []
+            if switched:
+                stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=f"cutover failed: {why}"),
+                                 timeout=5)
+                done.append("everything to old")
+            if paused_at is not None:
+                stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="cutover rolled back"), timeout=5)
+                done.append("writes resumed")
+            step.detail = ", ".join(done) + ("" if switched else "; routing was never changed")
         if paused_at is not None:
             report.write_pause_s = time.monotonic() - paused_at
     return report
@@ -174,14 +192,19 @@ def rollback(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, re
             result = follow(stub.Verify(admin_pb2.VerifyRequest(repair=True, truth="new")), "sync back")
             step.detail = f"{result['repaired']} keys copied from new"
         with report.step("verify old") as step:
-            result = follow(stub.Verify(admin_pb2.VerifyRequest()), "verify")
-            step.detail = f"{result['missing']} missing, {result['different']} different, {result['extra']} extra"
-            if not result["clean"]:
-                raise StepFailed(step.detail)
+            check_old_holds_new(follow(stub.Verify(admin_pb2.VerifyRequest()), "verify"), step)
     except StepFailed:
         pass
     record_incident(state_dir, reason, report)
     return report
+
+
+def check_old_holds_new(result: dict[str, Any], step: Step) -> None:
+    """Rollback succeeds when old holds every document new holds; keys only old has are left alone."""
+    step.detail = (f"{result['extra']} only in new, {result['different']} different; "
+                   f"{result['missing']} only in old (left as they are)")
+    if result["extra"] or result["different"]:
+        raise StepFailed(step.detail)
 
 
 def record_incident(state_dir: Path, reason: str, report: Report) -> Path:

@@ -4,9 +4,14 @@ Offline (no proxy) a batch is copied as it was read. Live (inside the proxy) eac
 under its lock, from its current state, and only when no write of it is still being replicated: a
 backfill then never overwrites a newer live write and never brings back a deleted key.
 
+Up to `concurrency` batches (offline) or keys (live) are in flight at once; the checkpoint only
+ever names the last key of a run of batches that have all finished.
+
 Re-running is safe: a key whose target already holds an equal document is skipped, and a
 checkpoint in state_dir lets an interrupted run resume after the last key it finished (for stores
-whose scans are ordered) and a finished run return at once.
+whose scans are ordered) and a run that finished without errors return at once. A run that left
+errors is not complete: the next one scans again, skipping what is already there, so the keys that
+failed are tried again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +30,7 @@ from typing import Any
 from proxy import statefile
 from proxy.backends.base import Backend, Item, get_many
 from proxy.compare import documents_equal
+from proxy.errors import InvalidArgument
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
 from proxy.router import Route
@@ -50,13 +58,22 @@ class MigrateResult:
 
 
 def load_transform(spec: str) -> Transform:
-    """`module:function`, called as function(key, document) -> document."""
+    """`module:function`, called as function(key, document) -> document.
+
+    The module is looked up on sys.path and in the current folder (an installed `turnout` script
+    does not put it on sys.path, `python -m` does)."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
-        raise ValueError(f"--transform: expected module:function, got {spec!r}")
-    function = getattr(importlib.import_module(module_name), name)
-    if not callable(function):
-        raise ValueError(f"--transform: {spec} is not callable")
+        raise InvalidArgument(f"--transform: expected module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the module raises as it loads
+        raise InvalidArgument(f"--transform {spec}: cannot import {module_name}: {exc}") from None
+    function = getattr(module, name, None)
+    if function is None or not callable(function):
+        raise InvalidArgument(f"--transform {spec}: {module_name} has no function {name}")
     return function  # type: ignore[no-any-return]
 
 
@@ -99,22 +116,45 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
         progress.total = await count_keys(src)
     throttle = Throttle(rate)
     slots = asyncio.Semaphore(concurrency)
-    async for page in src.scan("", batch_size):
-        if resume_after is not None:
-            skipped_by_checkpoint = sum(1 for key, _ in page if key <= resume_after)
-            if progress is not None:
-                progress.advance(skipped_by_checkpoint)
-            page = [(key, value) for key, value in page if key > resume_after]
-            if not page:
-                continue
-        await throttle.take(len(page))
-        await _copy_batch(stores, source, src, dst, page, transform, slots, result)
-        result.total += len(page)
-        statefile.write_json(checkpoint_path, {"source": source.value, "last_key": page[-1][0], "complete": False,
-                                               "migrated": result.migrated, "errors": result.error_count})
+    # Offline, whole batches overlap (reading the next while earlier ones are written); inside a
+    # proxy each batch's keys are copied concurrently instead, under their locks.
+    window = max(1, concurrency) if stores.live is None else 1
+    in_flight: list[tuple[asyncio.Task[None], Sequence[Item]]] = []
+
+    async def finish_oldest() -> None:
+        task, done_page = in_flight.pop(0)
+        await task
+        result.total += len(done_page)
+        # Batches finish in the order they were started here, so every key up to this one is done.
+        statefile.write_json(checkpoint_path, {"source": source.value, "last_key": done_page[-1][0],
+                                               "complete": False, "migrated": result.migrated,
+                                               "errors": result.error_count})
         if progress is not None:
-            progress.advance(len(page))
-    statefile.write_json(checkpoint_path, {"source": source.value, "last_key": None, "complete": True,
+            progress.advance(len(done_page))
+
+    try:
+        async for page in src.scan("", batch_size):
+            if resume_after is not None:
+                skipped_by_checkpoint = sum(1 for key, _ in page if key <= resume_after)
+                if progress is not None:
+                    progress.advance(skipped_by_checkpoint)
+                page = [(key, value) for key, value in page if key > resume_after]
+                if not page:
+                    continue
+            await throttle.take(len(page))
+            task = asyncio.create_task(_copy_batch(stores, source, src, dst, page, transform, slots, result))
+            in_flight.append((task, page))
+            if len(in_flight) >= window:
+                await finish_oldest()
+        while in_flight:
+            await finish_oldest()
+    finally:
+        for task, _ in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
+    complete = result.error_count == 0
+    statefile.write_json(checkpoint_path, {"source": source.value, "last_key": None, "complete": complete,
                                            "migrated": result.migrated, "errors": result.error_count,
                                            "finished": time.time()})
     result.duration_s = time.monotonic() - started

@@ -56,7 +56,8 @@ def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes:
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
-        result.problem("key_not_unicode", repr(key), "the key holds a lone surrogate escape")
+        result.problem("key_not_unicode", key.encode("utf-8", "backslashreplace").decode(),
+                       "the key holds a lone surrogate escape")
         return
     if size > MAX_KEY_BYTES:
         result.problem("key_too_long", key[:80], f"{size} bytes, at most {MAX_KEY_BYTES}")
@@ -72,14 +73,36 @@ def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes:
         result.problem("value_too_large", key, f"{len(encoded)} bytes, at most {max_value_bytes}")
 
 
-def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any, list[str]] | None:
-    """Parse keeping duplicate member names visible; None when the bytes are not one JSON document."""
-    duplicates: list[str] = []
+class _Object(dict[str, Any]):
+    """A parsed JSON object that remembers the member names it had more than once."""
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        names = [name for name, _ in items]
-        duplicates.extend(name for name, n in Counter(names).items() if n > 1)
-        return dict(items)
+    duplicates: list[str]
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(items)
+    obj.duplicates = [name for name, n in Counter(name for name, _ in items).items() if n > 1]
+    return obj
+
+
+def _duplicates_within(value: Any) -> list[str]:
+    """Member names repeated in any object inside value."""
+    found: list[str] = []
+    if isinstance(value, _Object):
+        found += value.duplicates
+    if isinstance(value, dict):
+        for member in value.values():
+            found += _duplicates_within(member)
+    elif isinstance(value, list):
+        for member in value:
+            found += _duplicates_within(member)
+    return found
+
+
+def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any, list[str]] | None:
+    """Parse keeping duplicate member names visible; None when the bytes are not one JSON document.
+
+    The names returned are those repeated anywhere in the document."""
 
     try:
         text = raw.decode("utf-8")
@@ -87,7 +110,8 @@ def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any
         result.problem("invalid_utf8", where, f"{exc.reason} at byte {exc.start}")
         text = raw.decode("utf-8", errors="replace")
     try:
-        return json.loads(text, object_pairs_hook=pairs), duplicates
+        document = json.loads(text, object_pairs_hook=_pairs)
+        return document, _duplicates_within(document)
     except ValueError as exc:
         result.problem("not_json", where, str(exc))
         return None
@@ -98,13 +122,17 @@ def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
     parsed = _parse_document(path.read_bytes(), result, str(path))
     if parsed is None:
         return result
-    document, duplicates = parsed
-    for name in duplicates:
-        result.problem("duplicate_member", name, "a JSON parser keeps only the last of these")
+    document, _ = parsed
     if not isinstance(document, dict):
         result.problem("not_an_object", str(path), "the legacy file must be one JSON object")
         return result
+    for name in document.duplicates if isinstance(document, _Object) else []:
+        result.problem("duplicate_member", name, "the key appears more than once in the file; a JSON parser "
+                                                 "keeps only the last")
     for key, value in document.items():
+        for name in _duplicates_within(value):
+            result.problem("duplicate_member", key, f"member {name!r} appears more than once; a JSON parser "
+                                                    "keeps only the last")
         _check_member(result, key, value, max_value_bytes)
     return result
 

@@ -5,6 +5,11 @@ unordered store (a jsondir folder) is read into memory first. Inside a running p
 differs is checked again once any write of it still being replicated has landed, under its lock,
 so live traffic raises no false alarm. `repair` copies each differing key from its source of truth
 (its current write primary) to the other store, then verifies again.
+
+With one store named the truth for every key (rollback's sync back, `verify --repair --truth`),
+repair copies what that store holds and never deletes: a key only the other store holds is left
+as it is and still reported, because a bulk delete there could destroy data no other copy has
+(legacy keys a partial migration never copied).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from proxy.checksum import item_hash
 from proxy.compare import documents_equal
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
-from proxy.replication import copy_key
 from proxy.router import Route
 
 SAMPLES = 10
@@ -189,11 +193,16 @@ async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | No
     """Copy every tracked difference from its source of truth (each key's write primary, unless one
     store is named for all) to the other store."""
     repaired = 0
-    for _, key in result.tracked:
+    for kind, key in result.tracked:
         truth = truth_for_all or stores.truth(key)
+        if truth_for_all is not None and kind == ("missing" if truth is Route.NEW else "extra"):
+            continue  # only the target holds it: copying would delete it there (see the module doc)
         source, target = stores.backend(truth), stores.backend(truth.other)
         if stores.live is None:
-            await copy_key(key, source, target)
+            value = await source.get(key)
+            if value is None and truth_for_all is not None:
+                continue
+            await _copy_value(key, value, target)
             repaired += 1
             continue
         async with stores.live.locks.hold(key):
@@ -206,9 +215,19 @@ async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | No
                 source_value is not None and target_value is not None and documents_equal(source_value, target_value)
             ):
                 continue
-            await copy_key(key, source, target)
+            if source_value is None and truth_for_all is not None:
+                continue
+            await _copy_value(key, source_value, target)
             repaired += 1
     return repaired
+
+
+async def _copy_value(key: str, value: bytes | None, target: Backend) -> None:
+    """Make target hold value for key, or not hold key when value is None."""
+    if value is None:
+        await target.delete(key)
+    else:
+        await target.set(key, value)
 
 
 async def verify(stores: Stores, fix: bool = False, progress: Progress | None = None,
