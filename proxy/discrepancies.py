@@ -1,10 +1,15 @@
 """Every difference shadow mode finds: a durable, bounded JSONL log in state_dir and a running report.
 
-Recording never blocks a request: a discrepancy goes into a buffer that a background task appends
-to the log (and fsyncs) a few times a second. The log rotates at `max_bytes`, keeping `keep` old
-files, so it never fills the disk. The report (totals by operation and kind, the first and the
-latest samples) is what `turnout discrepancies` prints; the rate is discrepancies over compared
-operations.
+Recording never blocks a request: a discrepancy goes into a bounded buffer that a background task
+appends to the log (and fsyncs) a few times a second; what overflows the buffer is counted in
+`dropped`. The log rotates at `max_bytes`, keeping `keep` old files, so it never fills the disk.
+
+The rate is discrepancies over compared operations, so the log holds both: beside the discrepancy
+lines, a line `{"time": T, "compared": {"get": N, ...}}` carries the operations compared since the
+previous such line. A report read from the log alone (proxy stopped, restarted, or `--since T`)
+therefore counts the two over the same window, and its rate never mixes one run's discrepancies
+with another run's comparisons. The report (totals by operation and kind, the first and the latest
+samples) is what `turnout discrepancies` prints.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,6 +34,10 @@ LOG_NAME = "discrepancies.jsonl"
 TRIM = 200
 SAMPLES = 5
 FLUSH_INTERVAL_S = 0.2
+#: Compared-operation counts alone (no discrepancy to write) reach the log at most this often.
+COMPARED_INTERVAL_S = 1.0
+#: Discrepancies waiting for the flusher; beyond it (a stalled disk) they are counted as dropped.
+MAX_BUFFERED = 10_000
 
 
 def trim(text: str | None) -> str | None:
@@ -83,10 +93,12 @@ class Report:
         return self.total / compared if compared else 0.0
 
     def to_document(self) -> dict[str, Any]:
+        compared = sum(self.compared.values())
         return {
             "total": self.total,
-            "compared": sum(self.compared.values()),
-            "rate": self.rate,
+            "compared": compared,
+            # Unknown, not zero, when discrepancies were logged without their compared counts.
+            "rate": self.rate if compared or not self.total else None,
             "compared_by_op": dict(self.compared),
             "by_op": dict(self.by_op),
             "by_kind": dict(self.by_kind),
@@ -103,13 +115,19 @@ class DiscrepancyLog:
         self.report = Report()
         self.dropped = 0  # lines that could not be written (counted, never silent)
         self._buffer: list[Discrepancy] = []
+        self._compared: Counter[str] = Counter()  # compared since the last compared line
+        self._compared_written = 0.0  # monotonic time of the last compared line
         self._flusher = BackgroundTask(self._flush_forever, "discrepancy-log")
 
     def compared(self, op: str) -> None:
         self.report.compared[op] += 1
+        self._compared[op] += 1
 
     def record(self, discrepancy: Discrepancy) -> None:
         self.report.add(discrepancy)
+        if len(self._buffer) >= MAX_BUFFERED:
+            self.dropped += 1
+            return
         self._buffer.append(discrepancy)
 
     def start(self) -> None:
@@ -122,22 +140,31 @@ class DiscrepancyLog:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self.flush()
+            await self.flush(final=False)
 
-    async def flush(self) -> None:
-        if not self._buffer:
+    async def flush(self, final: bool = True) -> None:
+        """Append what is buffered; compared counts alone wait COMPARED_INTERVAL_S unless `final`."""
+        now = time.monotonic()
+        counts_due = bool(self._compared) and (final or self._buffer or now - self._compared_written
+                                               >= COMPARED_INTERVAL_S)
+        if not self._buffer and not counts_due:
             return
         batch, self._buffer = self._buffer, []
+        lines = [d.to_json() for d in batch]
+        if counts_due:
+            lines.append(json.dumps({"time": time.time(), "compared": dict(self._compared)}))
+            self._compared = Counter()
+            self._compared_written = now
         try:
-            await asyncio.to_thread(self._append, batch)
+            await asyncio.to_thread(self._append, lines)
         except OSError as exc:
             self.dropped += len(batch)
             log.warning("cannot write %d discrepancies to %s: %s", len(batch), self.path, exc)
 
-    def _append(self, batch: list[Discrepancy]) -> None:
+    def _append(self, lines: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as out:
-            out.write("".join(d.to_json() + "\n" for d in batch))
+            out.write("".join(line + "\n" for line in lines))
             out.flush()
             os.fsync(out.fileno())
             size = out.tell()
@@ -153,26 +180,44 @@ class DiscrepancyLog:
         self.path.with_name(f"{LOG_NAME}.{self.keep + 1}").unlink(missing_ok=True)
 
 
-def read_log(folder: Path, since: float = 0.0) -> Iterator[Discrepancy]:
-    """The logged discrepancies from `since` on, oldest first, across rotated files."""
-    paths = sorted(folder.glob(LOG_NAME + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-    for path in [*paths, folder / LOG_NAME]:
+def _log_lines(folder: Path, since: float) -> Iterator[dict[str, Any]]:
+    """Each well-formed line from `since` on, oldest first, across rotated files."""
+    rotated = [p for p in folder.glob(LOG_NAME + ".*") if p.suffix[1:].isdigit()]
+    for path in [*sorted(rotated, key=lambda p: -int(p.suffix[1:])), folder / LOG_NAME]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             continue
         for line in lines:
             try:
-                discrepancy = Discrepancy.from_json(line)
-            except (ValueError, TypeError):
+                doc = json.loads(line)
+            except ValueError:
                 continue  # a line torn by a crash mid-append
-            if discrepancy.time >= since:
-                yield discrepancy
+            if isinstance(doc, dict) and isinstance(doc.get("time"), int | float) and doc["time"] >= since:
+                yield doc
+
+
+def read_log(folder: Path, since: float = 0.0) -> Iterator[Discrepancy]:
+    """The logged discrepancies from `since` on, oldest first, across rotated files."""
+    for doc in _log_lines(folder, since):
+        if "compared" not in doc:
+            try:
+                yield Discrepancy(**doc)
+            except TypeError:
+                continue
 
 
 def report_from_log(folder: Path, since: float = 0.0) -> Report:
+    """The report of the logged window: discrepancies and the operations compared in it."""
     report = Report()
-    for discrepancy in read_log(folder, since):
-        report.add(discrepancy)
+    for doc in _log_lines(folder, since):
+        compared = doc.get("compared")
+        if isinstance(compared, dict):
+            report.compared.update({str(op): int(n) for op, n in compared.items() if isinstance(n, int)})
+            continue
+        try:
+            report.add(Discrepancy(**doc))
+        except TypeError:
+            continue
     return report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 #: Latency bucket upper bounds in seconds: 10 µs to ~80 s, 8 buckets per doubling (~9 % wide).
 _BOUNDS = [10e-6 * 2 ** (i / 8) for i in range(8 * 23)]
@@ -56,6 +57,20 @@ class Metrics:
         histogram.observe(seconds)
         if failed:
             self.errors[backend, op] += 1
+
+    def to_document(self) -> dict[str, Any]:
+        """The same figures for `turnout status --json`: operations by op and route, and latency
+        quantiles (seconds) by backend and op."""
+        operations: dict[str, dict[str, int]] = {}
+        for (op, route), n in sorted(self.operations.items()):
+            operations.setdefault(str(op), {})[str(route)] = n
+        latency: dict[str, dict[str, dict[str, float]]] = {}
+        for (backend, op), histogram in sorted(self.latency.items()):
+            latency.setdefault(str(backend), {})[str(op)] = {
+                "p50": histogram.quantile(0.5), "p95": histogram.quantile(0.95), "p99": histogram.quantile(0.99),
+                "count": histogram.count, "errors": self.errors[backend, op],
+            }
+        return {"operations": operations, "latency": latency}
 
     def backend_error_rate(self, backend: str) -> float:
         calls = sum(h.count for (b, _), h in self.latency.items() if b == backend)

@@ -85,3 +85,24 @@ def test_equality_agrees_with_a_type_aware_reference(a: Any, b: Any) -> None:
 
     left, right = json.dumps(a).encode(), json.dumps(b).encode()
     assert documents_equal(left, right) == documents_equal(right, left) == (tag(a) == tag(b))
+
+
+@given(st.integers(-(2**53), 2**53), documents)
+def test_an_integer_equals_its_float_spelling_anywhere_in_a_document(n: int, doc: Any) -> None:
+    """1 and 1.0 (and 1e0) are one JSON number, at the top level or nested."""
+    assert documents_equal(str(n).encode(), repr(float(n)).encode())
+    assert documents_equal(json.dumps([doc, {"n": n}]).encode(), json.dumps([doc, {"n": float(n)}]).encode())
+    assert not documents_equal(str(n).encode(), str(n + 1).encode())
+
+
+@given(st.sets(st.text(max_size=3)), st.sets(st.text(max_size=3)), st.integers(0, 5))
+def test_key_sets_count_each_sides_surplus_with_bounded_samples(primary: set[str], shadow: set[str],
+                                                                sample: int) -> None:
+    """Counts are the set differences, whatever the order or repetition; samples hold at most `sample` of them."""
+    diff = compare_key_sets(sorted(primary, reverse=True) * 2, sorted(shadow), sample)
+    assert (diff.missing, diff.extra) == (len(primary - shadow), len(shadow - primary))
+    assert set(diff.missing_sample) <= primary - shadow
+    assert set(diff.extra_sample) <= shadow - primary
+    assert len(diff.missing_sample) == min(sample, diff.missing)
+    assert len(diff.extra_sample) == min(sample, diff.extra)
+    assert (diff.kind is None) == (primary == shadow)

@@ -4,6 +4,7 @@ receiver, in `turnout discrepancies --json` and on /metrics, while callers get t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -65,10 +66,20 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         with pytest.raises(KeyNotFound):
             kv.get("only-new")
         assert not kv.has("only-new")
-        spans = receiver.spans.wait_for(lambda s: len(discrepancy_spans(s)) >= 3)
+        assert sorted(kv.keys("")) == ["diff", "num", "only-old", "same"]
+        spans = receiver.spans.wait_for(lambda s: len(discrepancy_spans(s)) >= 4)
         assert discrepancy_spans(spans) == {"diff": "value_mismatch", "only-old": "missing_in_shadow",
-                                            "only-new": "extra_in_shadow"}
+                                            "only-new": "extra_in_shadow", "": "missing_in_shadow"}
         assert all(s.name == "turnout.discrepancy" for s in spans)  # nothing else was sampled
+        admin = (tmp_path / "state" / "admin.address").read_text().strip()
+        with urllib.request.urlopen(f"http://{admin}/metrics?records=1", timeout=5) as reply:
+            counted = reply.read().decode()
+        assert 'turnout_backend_records{backend="old"} 4' in counted
+        assert 'turnout_backend_records{backend="new"} 4' in counted
+        checksums = re.findall(r'turnout_backend_checksum_info\{backend="(old|new)",checksum="([0-9a-f]{16})"\} 1',
+                               counted)
+        assert len(checksums) == 2
+        assert checksums[0][1] != checksums[1][1]
         shutil.rmtree(tmp_path / "new.d")
         kv.set("written", {"v": 1})  # the shadow write fails; the caller does not notice
         receiver.spans.wait_for(lambda s: discrepancy_spans(s).get("written") == "shadow_error")
@@ -78,11 +89,11 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         assert span.attributes["turnout.discrepancy"] is True
         (tmp_path / "new.d").mkdir()  # the store is back: the replication queue can deliver the write
 
-        admin = (tmp_path / "state" / "admin.address").read_text().strip()
         with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert 'turnout_discrepancies_total{kind="value_mismatch"} 1' in metrics
-        assert 'turnout_discrepancies_total{kind="missing_in_shadow"} 1' in metrics
+        assert 'turnout_discrepancies_total{kind="missing_in_shadow"} 2' in metrics
+        assert "turnout_backend_records" not in metrics  # counting a whole store only on request
         assert 'turnout_discrepancies_total{kind="shadow_error"} 1' in metrics
         assert 'turnout_operations_total{op="get",route="old"} 5' in metrics
         assert 'turnout_backend_latency_seconds{backend="old",op="get",quantile="0.99"}' in metrics
@@ -93,20 +104,24 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
             result = subprocess.run([sys.executable, "-m", "proxy.cli", "discrepancies", "--json", "--config",
                                      str(config)], capture_output=True, text=True, timeout=30)
             report: dict[str, Any] = json.loads(result.stdout)
-            if report["total"] >= 5 or time.monotonic() > deadline:
+            if report["total"] >= 6 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert report["by_kind"] == {"value_mismatch": 1, "missing_in_shadow": 1, "extra_in_shadow": 2,
+        assert report["by_kind"] == {"value_mismatch": 1, "missing_in_shadow": 2, "extra_in_shadow": 2,
                                      "shadow_error": 1}
-        assert report["by_op"] == {"get": 3, "has": 1, "set": 1}
-        assert report["compared"] >= 7
+        assert report["by_op"] == {"get": 3, "has": 1, "keys": 1, "set": 1}
+        assert report["compared"] >= 8
         assert 0 < report["rate"] < 1
         status = json.loads(subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--json", "--config",
                                             str(config)], capture_output=True, text=True, timeout=30).stdout)
-        assert status["shadow"]["discrepancies"] == 5
+        assert status["shadow"]["discrepancies"] == 6
         assert status["shadow"]["by_kind"]["extra_in_shadow"] == 2
         first = report["first"][0]
         assert (first["key"], first["kind"], first["primary"], first["shadow"]) == ("diff", "value_mismatch", "1", "2")
+        assert first["revision"] == "shadow-1"
+        assert first["time"] > 0
+        listing = next(d for d in report["first"] + report["latest"] if d["op"] == "keys")
+        assert "missing in shadow: 1 ['only-old']; extra in shadow: 1 ['only-new']" in listing["detail"]
 
 
 def test_sampled_calls_carry_the_contract_attributes(tmp_path: Path, receiver: GrpcReceiver) -> None:
