@@ -14,6 +14,8 @@ COPY config /etc/turnout
 RUN mkdir -p /data && chown turnout /data && \
     sed -i 's#\.\./data/#/data/#' /etc/turnout/turnout.yaml && \
     sed -i 's#^listen: 127.0.0.1:#listen: 0.0.0.0:#' /etc/turnout/turnout.yaml
+# Every other command (`docker exec ... turnout kv get k`, `turnout status`) finds the same config.
+ENV TURNOUT_CONFIG=/etc/turnout/turnout.yaml
 USER turnout
 EXPOSE 50051
 VOLUME ["/data"]

@@ -25,6 +25,7 @@ from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BackendSpec, Config
 from proxy.discrepancies import DiscrepancyLog
 from proxy.dispatcher import Dispatcher
+from proxy.errors import TurnoutError
 from proxy.flagwatch import FlagWatcher
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
@@ -43,6 +44,10 @@ QUEUE_FILE = "replication.sqlite"
 #: Where the proxy writes the addresses it listens on, for commands when the config asks for port 0.
 ADMIN_ADDRESS_FILE = "admin.address"
 LISTEN_ADDRESS_FILE = "listen.address"
+
+
+class CannotListen(TurnoutError):
+    """An address of the config cannot be listened on; the message names the field."""
 
 
 def announce(message: str) -> None:
@@ -68,21 +73,29 @@ class Proxy:
         await set_serving(health_servicer, False)
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
         server = build_server(service, health_servicer, config.max_value_bytes)
-        port = server.add_insecure_port(config.listen)
         admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
         admin = build_admin_server(admin_state)
         # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
         admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")
         front = AdminFront(("127.0.0.1", admin_grpc_port), lambda path, query: admin_page(admin_state, path, query))
-        await server.start()
-        await admin.start()
-        admin_host, _, admin_port = config.admin_listen.rpartition(":")
-        admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
-        (config.state_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
-        self._install_signal_handlers()
         queue: ReplicationQueue | None = None
         discrepancies = DiscrepancyLog(config.state_dir)
         try:
+            try:
+                port = server.add_insecure_port(config.listen)
+            except RuntimeError:
+                message = f"listen: cannot listen on {config.listen} (in use, or not an address here)"
+                raise CannotListen(message) from None
+            await server.start()
+            await admin.start()
+            admin_host, _, admin_port = config.admin_listen.rpartition(":")
+            try:
+                admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
+            except OSError as exc:
+                message = f"admin.listen: cannot listen on {config.admin_listen}: {exc.strerror or exc}"
+                raise CannotListen(message) from None
+            (config.state_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
+            self._install_signal_handlers()
             old = await self._open(config.old)
             new = await self._open(config.new)
             store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
@@ -99,6 +112,7 @@ class Proxy:
                 backends, watcher, queue, locks, discrepancies, Metrics(), telemetry
             )
             watcher.start()
+            # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)
             address = f"{config.listen.rpartition(':')[0]}:{port}"
             (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
@@ -147,3 +161,7 @@ def serve(config: Config) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(Proxy(config).run())
+    # Shut down already: every write is flushed and the stores are closed. A late second SIGTERM
+    # (a supervisor repeating itself) must not turn the clean exit into "killed by signal".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)

@@ -18,11 +18,15 @@ from proxy.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/turnout.yaml")
 DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
+#: The largest max_value_bytes accepted: a gRPC message carries at most 2 GiB, key and framing included.
+MAX_MAX_VALUE_BYTES = 1024 * 1024 * 1024
 MAX_KEY_BYTES = 1024
 
 #: Backend types whose store is a path on disk, and so take `path`.
 FILE_BACKENDS = frozenset({"jsonfile", "jsondir", "sqlite"})
 BACKEND_TYPES = frozenset({"memory"}) | FILE_BACKENDS
+#: The options each backend type takes besides `type` and `path` (none so far).
+BACKEND_OPTIONS: dict[str, frozenset[str]] = {kind: frozenset() for kind in BACKEND_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,8 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         raise ConfigError("max_value_bytes: must be an integer")
     if max_value_bytes <= 0:
         raise ConfigError("max_value_bytes: must be positive")
+    if max_value_bytes > MAX_MAX_VALUE_BYTES:
+        raise ConfigError(f"max_value_bytes: at most {MAX_MAX_VALUE_BYTES} (1 GiB), got {max_value_bytes}")
     record_keys = telemetry.get("record_keys", False)
     if not isinstance(record_keys, bool):
         raise ConfigError("telemetry.record_keys: must be true or false")
@@ -120,8 +126,10 @@ def _backend(raw: object, name: str, base: Path) -> BackendSpec:
         path = _path(_required(spec, "path", f"{name}."), f"{name}.path", base)
     elif "path" in spec:
         raise ConfigError(f"{name}.path: a {kind} backend takes no path")
-    if kind == "memory" and options:
-        raise ConfigError(f"{name}.{sorted(options)[0]}: unknown field for a memory backend")
+    unknown = sorted(set(options) - BACKEND_OPTIONS[kind])
+    if unknown:
+        # A misspelt option would otherwise be ignored without a word.
+        raise ConfigError(f"{name}.{unknown[0]}: unknown field for a {kind} backend")
     return BackendSpec(type=kind, path=path, options=options)
 
 

@@ -25,6 +25,19 @@ USER_METADATA = "x-turnout-user"
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KeyValue"].full_name
 #: Room for the key and the protobuf framing around the largest value.
 MESSAGE_OVERHEAD = 64 * 1024
+#: The transport takes requests well past max_value_bytes, so that an over-large value reaches
+#: check_value and is refused with INVALID_ARGUMENT and a message saying the limit, as the contract
+#: says; only a request past this ceiling is cut off by gRPC itself (RESOURCE_EXHAUSTED).
+RECEIVE_CEILING_FACTOR = 4
+MIN_RECEIVE_CEILING = 64 * 1024 * 1024
+#: gRPC's message lengths are 32-bit signed integers.
+MAX_GRPC_MESSAGE = 2**31 - 1
+
+
+def receive_limit(max_value_bytes: int) -> int:
+    """The largest request the transport accepts for a given max_value_bytes."""
+    ceiling = max(RECEIVE_CEILING_FACTOR * max_value_bytes, MIN_RECEIVE_CEILING) + MESSAGE_OVERHEAD
+    return min(ceiling, MAX_GRPC_MESSAGE)
 
 _STATUS: dict[type[TurnoutError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -140,11 +153,12 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
 def build_server(
     service: KeyValueService, health_servicer: health.aio.HealthServicer, max_value_bytes: int
 ) -> grpc.aio.Server:
-    limit = max_value_bytes + MESSAGE_OVERHEAD
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", receive_limit(max_value_bytes)),
+            # Sending is not limited: the old application may have stored a value past max_value_bytes
+            # in its own file, and Get must still return it (the caller's channel decides what it takes).
+            ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ]
     )

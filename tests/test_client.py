@@ -4,6 +4,7 @@ streams against a scripted gRPC server that fails or stalls on purpose."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,7 +29,7 @@ from turnout import (
 )
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
-from tests.proxy_process import ProxyProcess
+from tests.proxy_process import ProxyProcess, write_config
 
 FAST_RETRY = RetryPolicy(attempts=5, first_backoff=0.01, max_backoff=0.05)
 
@@ -81,6 +83,23 @@ async def test_invalid_input_raises_invalid_argument(client: AsyncClient) -> Non
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         await client.set("k", float("nan"))
     assert not await client.has("k")
+
+
+def test_values_past_four_mebibytes_go_both_ways(tmp_path: Path) -> None:
+    """The client sets no size limit of its own: a proxy configured for larger values takes them, a
+    large value the old application wrote is read back, and one over the proxy's limit is refused
+    by the proxy with its message."""
+    big = "x" * (6 * 1024 * 1024)
+    (tmp_path / "legacy.json").write_text(json.dumps({"legacy:big": big}))
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"}, new={"type": "memory"},
+                          max_value_bytes=8 * 1024 * 1024)
+    with ProxyProcess(config) as proxy, SyncClient(proxy.target, timeout=30) as kv:
+        assert kv.get("legacy:big") == big
+        kv.set("mine:big", [big])
+        assert kv.get("mine:big") == [big]
+        with pytest.raises(InvalidArgument, match="value: at most 8388608 bytes"):
+            kv.set("too:big", [big, big])
+        assert not kv.has("too:big")
 
 
 def test_sync_client_round_trip(memory_proxy: ProxyProcess) -> None:

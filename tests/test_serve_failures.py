@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,18 @@ def test_failing_primary_gives_unavailable_and_acknowledges_nothing(tmp_path: Pa
         assert client.get("kept") == 1
         with pytest.raises(KeyError):
             client.get("lost")
+
+
+@pytest.mark.parametrize("field", ["listen", "admin.listen"])
+def test_address_in_use_stops_start_up_naming_the_field(tmp_path: Path, field: str) -> None:
+    """A listen address already taken exits 2 with one line naming the field, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        extra = {"listen": address} if field == "listen" else {"admin": {"listen": address}}
+        config = write_config(tmp_path, old={"type": "memory"}, new={"type": "memory"}, **extra)
+        result = serve(config)
+    assert result.returncode == 2
+    assert f"turnout: {field}: cannot listen on {address}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
+import proxy.app
+from proxy.backends.base import Backend
+from proxy.config import BackendSpec, load_config
 from tests.proxy_process import ProxyProcess, write_config
 
 BIG = 8 * 1024 * 1024
@@ -121,13 +125,17 @@ async def test_four_mebibyte_value_round_trips(stub: kv_pb2_grpc.KeyValueAsyncSt
     assert (await stub.Get(kv_pb2.GetRequest(key="big"))).value == doc
 
 
-async def test_value_over_the_limit_is_refused(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
-    """A value one byte over max_value_bytes fails with INVALID_ARGUMENT, however it arrives."""
-    doc = json.dumps("x" * (4 * 1024 * 1024 - 1)).encode()
+@pytest.mark.parametrize("size", [4 * 1024 * 1024 + 1, 4 * 1024 * 1024 + 100 * 1024, 7 * 1024 * 1024])
+async def test_value_over_the_limit_is_refused(stub: kv_pb2_grpc.KeyValueAsyncStub, size: int) -> None:
+    """A value over max_value_bytes, by one byte or by megabytes, fails with INVALID_ARGUMENT and the
+    limit in its message (not gRPC's own RESOURCE_EXHAUSTED), and nothing is written."""
+    doc = json.dumps("x" * (size - 2)).encode()
+    assert len(doc) == size
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Set(kv_pb2.SetRequest(key="big", value=doc))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 4194304 bytes" in (err.value.details() or "")
+    assert f"at most 4194304 bytes, got {size}" in (err.value.details() or "")
+    assert not (await stub.Has(kv_pb2.HasRequest(key="big"))).found
 
 
 async def test_configured_max_value_bytes_is_enforced(tmp_path: Path) -> None:
@@ -141,6 +149,11 @@ async def test_configured_max_value_bytes_is_enforced(tmp_path: Path) -> None:
                 await stub.Set(kv_pb2.SetRequest(key="k", value=b"12345678901"))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (await stub.Get(kv_pb2.GetRequest(key="k"))).value == b"1234567890"
+            # Far past the limit too, the caller hears which limit it broke.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Set(kv_pb2.SetRequest(key="k", value=b"1" * 1_000_000))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "value: at most 10 bytes, got 1000000" in (err.value.details() or "")
 
 
 async def test_keys_streams_every_matching_key_once_in_pages(stub: kv_pb2_grpc.KeyValueAsyncStub) -> None:
@@ -213,8 +226,87 @@ async def test_sigterm_lets_in_flight_writes_finish(embedded_proxy: ProxyProcess
         assert embedded_proxy.process is not None
         embedded_proxy.process.send_signal(signal.SIGTERM)
         await asyncio.gather(*writers)
-    assert embedded_proxy.stop() == 0
+    assert embedded_proxy.process.wait(30) == 0  # exits by itself, cleanly, after one SIGTERM
     stored = json.loads((tmp_path / "legacy.json").read_text())
     missing = [key for key in acknowledged if key not in stored]
     assert missing == []
     assert len(acknowledged) >= 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_health_says_serving_only_once_both_backends_are_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a backend is still opening, health is NOT_SERVING and calls get UNAVAILABLE; then SERVING."""
+    config = load_config(write_config(tmp_path, old={"type": "memory"}, new={"type": "jsonfile", "path": "new.json"},
+                                      listen=f"127.0.0.1:{free_port()}"))
+    from proxy.backends import open_backend as real_open
+
+    gate = asyncio.Event()
+
+    async def slow_open(spec: BackendSpec) -> Backend:
+        backend = await real_open(spec)
+        if spec == config.new:
+            await gate.wait()
+        return backend
+
+    monkeypatch.setattr("proxy.app.open_backend", slow_open)
+    monkeypatch.setattr(proxy.app.Proxy, "_install_signal_handlers", lambda self: None)
+    running = proxy.app.Proxy(config)
+    task = asyncio.create_task(running.run())
+    try:
+        async with grpc.aio.insecure_channel(config.listen) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(service="turnout.kv.v1.KeyValue")
+            reply = await health.Check(check, wait_for_ready=True, timeout=20)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="early", value=b"1"))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "backends not open yet" in (err.value.details() or "")
+            gate.set()
+            for _ in range(200):
+                reply = await health.Check(check)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.05)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="later", value=b"1"))
+    finally:
+        gate.set()
+        running.stopping.set()
+        await asyncio.wait_for(task, 30)
+    assert json.loads((tmp_path / "new.json").read_text()) == {}  # nothing reached new before it was open
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish(memory_proxy: ProxyProcess) -> None:
+    """A Keys stream under way when SIGTERM arrives runs to its end; only new calls are turned away."""
+    key_size = 1000
+    async with grpc.aio.insecure_channel(memory_proxy.target) as channel:
+        stub = kv_pb2_grpc.KeyValueStub(channel)
+
+        async def fill(worker: int) -> None:
+            for i in range(worker, 4000, 40):
+                await stub.Set(kv_pb2.SetRequest(key=f"{i:04}".ljust(key_size, "k"), value=b"1"))
+
+        await asyncio.gather(*(fill(worker) for worker in range(40)))
+    # No flow-control window growth: the server can run only a little ahead of what this reader takes,
+    # so the stream is still in flight on the server when the signal arrives.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(memory_proxy.target, options=options) as channel:
+        stream = kv_pb2_grpc.KeyValueStub(channel).Keys(kv_pb2.KeysRequest())
+        pages = aiter(stream)
+        seen = list((await anext(pages)).keys)
+        assert memory_proxy.process is not None
+        memory_proxy.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        async for page in pages:
+            seen.extend(page.keys)
+            await asyncio.sleep(0.05)
+        assert len(seen) == len(set(seen)) == 4000
+    assert memory_proxy.process.wait(30) == 0  # exits by itself, cleanly, after one SIGTERM

@@ -1,7 +1,9 @@
-"""Writes keys one by one into a backend and prints each key only once its write was acknowledged.
+"""Writes keys into a backend from several concurrent writers and prints each key only once its
+write was acknowledged.
 
 Run by the conformance suite, which SIGKILLs this process mid-stream: every printed key must then
-be found in the store.
+be found in the store. Writers run concurrently so that the kill lands while group-committed
+batches are being flushed, not only between two lone writes.
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ from pathlib import Path
 from proxy.backends import open_backend
 from proxy.config import BackendSpec
 
+WRITERS = 8
+
 
 async def main(kind: str, path: str, count: int) -> None:
     backend = await open_backend(BackendSpec(type=kind, path=Path(path)))
     print("ready", flush=True)
-    for i in range(count):
-        key = f"crash:{i:06}"
-        await backend.set(key, json.dumps({"i": i, "pad": "x" * 100}).encode())
-        print(key, flush=True)
+
+    async def writer(first: int) -> None:
+        for i in range(first, count, WRITERS):
+            key = f"crash:{i:06}"
+            await backend.set(key, json.dumps({"i": i, "pad": "x" * 100}).encode())
+            print(key, flush=True)
+
+    await asyncio.gather(*(writer(n) for n in range(WRITERS)))
     await backend.close()
 
 

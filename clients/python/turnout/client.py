@@ -33,8 +33,10 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 #: The gRPC metadata that carries the caller's name; the proxy routes on it.
 USER_METADATA = "x-turnout-user"
-#: Values up to the server's default 4 MiB limit, plus room for the key and framing.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+#: No message size limit of the channel's own (gRPC's default takes at most 4 MiB in): the proxy's
+#: `max_value_bytes` is the one limit. It may be set above 4 MiB, the old application may have stored
+#: a larger value, and a value over the limit must reach the proxy to be refused with its message.
+UNLIMITED = -1
 #: The shortest deadline worth sending: gRPC refuses a zero or negative timeout outright.
 _MIN_ATTEMPT_S = 0.001
 
@@ -168,8 +170,8 @@ class _CallSettings:
 
 def _channel_options() -> list[tuple[str, int]]:
     return [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", UNLIMITED),
+        ("grpc.max_receive_message_length", UNLIMITED),
     ]
 
 
