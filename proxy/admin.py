@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import __version__
@@ -73,6 +75,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
                 "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
                 "skipped": dispatcher.shadow.skipped, "failures": dispatcher.shadow.failures,
+                **dispatcher.metrics.to_document(),
+                **({"records": {route.value: (await summarize(backend)).to_document()
+                                for route, backend in dispatcher.backends.items()}} if request.records else {}),
             })
             for route, backend in dispatcher.backends.items():
                 health = dispatcher.health[route]
@@ -172,6 +177,45 @@ async def _follow(job: asyncio.Task[Any], progress: Progress) -> AsyncIterator[a
                               result_json=json.dumps(job.result().to_document()))
 
 
+_INT64_TYPES = frozenset({
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+})
+
+
+def message_document(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data, every field present, 64-bit integers as numbers (the proto3 JSON
+    mapping writes them as strings, which `jq '.replication.depth > 100'` would compare as text)."""
+    doc = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _numbers(message, doc)
+    return doc
+
+
+def _numbers(message: Message, doc: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in doc:
+            continue
+        if field.type in _INT64_TYPES:
+            value = doc[field.name]
+            doc[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            value = getattr(message, field.name)
+            if isinstance(doc[field.name], list):
+                for item, item_doc in zip(value, doc[field.name], strict=True):
+                    _numbers(item, item_doc)
+            elif isinstance(doc[field.name], dict):
+                _numbers(value, doc[field.name])
+
+
+def status_document(status: admin_pb2.StatusResponse) -> dict[str, Any]:
+    """What `turnout status --json` and /status.json show: the status with its flags and shadow
+    documents decoded."""
+    doc = message_document(status)
+    doc["flags"] = json.loads(doc.pop("flags_json"))
+    doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
+    return doc
+
+
 def pause_state(dispatcher: Dispatcher) -> admin_pb2.PauseState:
     paused = dispatcher.writes_paused
     return admin_pb2.PauseState(paused=paused is not None, reason=paused or "")
@@ -196,10 +240,7 @@ async def admin_page(state: AdminState, path: str, query: str) -> tuple[int, str
         return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode()
     if path == "/status.json":
         status = await AdminService(state).Status(admin_pb2.StatusRequest(), None)
-        doc = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        doc["flags"] = json.loads(doc.pop("flags_json"))
-        doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
-        return 200, "application/json", json.dumps(doc).encode()
+        return 200, "application/json", json.dumps(status_document(status)).encode()
     if path == "/discrepancies.json":
         report = state.dispatcher.discrepancies.report.to_document() if state.dispatcher else {}
         return 200, "application/json", json.dumps(report).encode()

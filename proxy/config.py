@@ -68,7 +68,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    return parse_config(raw, base=source.resolve().parent, source=source)
+    # abspath, not resolve: a ConfigMap mount is a chain of symlinks that must stay visible to the watcher.
+    return parse_config(raw, base=Path(os.path.abspath(source)).parent, source=source)
 
 
 def parse_config(raw: object, base: Path, source: Path | None = None) -> Config:
@@ -155,7 +156,7 @@ def _path(raw: object, name: str, base: Path) -> Path:
     if not isinstance(raw, str) or not raw:
         raise ConfigError(f"{name}: must be a non-empty path string")
     path = Path(raw).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    return path if path.is_absolute() else Path(os.path.abspath(base / path))
 
 
 def _address(raw: object, name: str) -> str:

@@ -5,6 +5,12 @@ the replication intent durably, then writes the primary; in shadow mode it write
 beside it and settles the intent once that succeeded, otherwise the replayer copies the key later.
 For a read in shadow mode the other backend answers beside the primary and the answers are compared.
 
+A read must not lose a write because the key's reads moved before its last write was copied: when
+a Get or Has is routed to the backend a pending intent is still copying the key *to*, the intent's
+source (which holds the key's newest state) answers instead, and nothing is compared (the other side
+is known to lag). Not under the kill switch or an operator override: those keep new out of the
+answer whatever it holds, and the replayer brings old up to date.
+
 Shadow work never slows or fails the caller: the caller gets the primary's answer as soon as it is
 there. A shadow call still running then finishes in the background (a shadow write keeps the key's
 lock until it is done, so the next write of that key waits for it), and shadow calls beyond
@@ -17,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import trace
@@ -30,7 +36,7 @@ from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
 from proxy.replication import ReplicationQueue
-from proxy.router import Decision, Op, Route, Router
+from proxy.router import Decision, Op, Reason, Route, Router
 from proxy.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,10 @@ T = TypeVar("T")
 MAX_SHADOW_IN_FLIGHT = 512
 #: How long shutdown waits for shadow calls still running.
 SHADOW_DRAIN_S = 5.0
+#: Span attribute: the read was answered by the backend its key's last write is being copied from.
+PENDING_WRITE = "turnout.route.pending_write"
+#: Reads of one key, which a pending write of that key can send to the write's backend.
+_KEY_READS = frozenset({Op.GET, Op.HAS})
 #: A Keys listing larger than this is not compared (holding both sides would cost too much memory).
 MAX_COMPARED_KEYS = 100_000
 
@@ -119,6 +129,13 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             result = await call
+        except StopAsyncIteration:
+            # The end of a Keys listing: a call that succeeded with nothing more to give.
+            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=False)
+            health.consecutive_errors = 0
+            if span is not None:
+                span.end()
+            raise
         except BaseException as exc:
             self.metrics.backend_call(route, op, time.perf_counter() - started, failed=True)
             if isinstance(exc, BackendUnavailable):
@@ -141,9 +158,18 @@ class Dispatcher:
     def _decide(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
         router = self.routes.router
         decision = router.route(op, key, call.caller)
+        catching_up = False
+        if op in _KEY_READS and decision.replicate and decision.reason is not Reason.OVERRIDE:
+            intent = self.queue.pending(key)
+            if intent is not None and intent.target == decision.primary.value:
+                # Its last write is still on the way here: read it where it is (see the docstring).
+                decision = replace(decision, primary=decision.secondary, secondary=decision.primary, compare=False)
+                catching_up = True
         self.metrics.operation(op, decision.primary)  # StrEnum members are their own str values
         span = call.span
         if span is not None and span.is_recording():
+            if catching_up:
+                span.set_attribute(PENDING_WRITE, True)
             span.set_attribute(attr.ROUTE, decision.primary.value)
             span.set_attribute(attr.ROUTE_REASON, decision.reason.value)
             span.set_attribute(attr.SHADOW, decision.compare)

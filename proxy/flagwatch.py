@@ -9,6 +9,9 @@ size) compared with the last seen. That catches an in-place rewrite (mtime, size
 link is renamed to point at a new folder (inode again). Polling rather than inotify, because inotify
 on the file misses the link swap and on the folder needs care per platform; a stat every 250 ms is
 nothing.
+A path handed over already resolved into the ConfigMap's timestamped folder (`mount/..2026_11_24/
+flags.yaml`, as resolving `mount/flags.yaml` gives) would pin the watcher to a version that never
+changes again: `watched_path` turns it back into the link the operator sees (`mount/flags.yaml`).
 
 Reading it: a change is read once the stat has stayed the same for one poll (a writer still
 appending is not read half-way). If the bytes hash the same as the flags in force (a touch), nothing
@@ -59,6 +62,26 @@ class ReloadStatus:
     last_error: str  # empty when the last attempt succeeded
 
 
+def watched_path(path: Path) -> Path:
+    """The path to watch for the flag file at path: path itself, unless it lies inside a Kubernetes
+    ConfigMap volume's timestamped folder (`M/..<timestamp>/REL`, the current target of the `M/..data`
+    link), where the link the operator sees, `M/REL`, is watched instead; that one follows each swap.
+    """
+    absolute = Path(os.path.abspath(path))
+    for version in absolute.parents:
+        if not version.name.startswith("..") or version.name == "..":
+            continue
+        mount = version.parent
+        visible = mount / absolute.relative_to(version)
+        try:
+            if (mount / "..data").is_symlink() and os.path.samefile(mount / "..data", version) \
+                    and os.path.samefile(visible, absolute):
+                return visible
+        except OSError:
+            continue
+    return path
+
+
 def _signature(path: Path) -> Signature | None:
     try:
         stat = os.stat(path)  # follows links: a swapped ..data link gives another inode
@@ -80,7 +103,9 @@ def _read_flags(path: Path, in_force: str | None) -> tuple[LoadedFlags | None, b
 
 class FlagWatcher:
     def __init__(self, path: Path, state_dir: Path, interval: float = POLL_INTERVAL_S) -> None:
-        self.path = path
+        self.path = watched_path(path)
+        if self.path != path:
+            log.info("watching %s, the ConfigMap link to %s", self.path, path)
         self.state_dir = state_dir
         self.interval = interval
         self._loaded: LoadedFlags | None = None

@@ -33,6 +33,10 @@ VALID = [
     "traffic_percentage: {read: 1e1, write: 99.99}\n",
     "enabled_for_users: []\ndisabled_for_keys: ['(?i)^billing:', '(a)\\\\1']\n",
     "null\n",
+    "traffic_percentage: {read: 010, write: 0o10}\n",
+    "traffic_percentage: {read: 0x1F, write: +5}\n",
+    "bucket_salt: 1_0\nrevision: 1:30\n",
+    "enabled_for_users: [0b11, 1_000]\n",
 ]
 
 INVALID = [
@@ -66,6 +70,12 @@ INVALID = [
     ("enabled_for_keys: ['ok', '*bad']\n", 1, "enabled_for_keys[1]: regular expression does not compile"),
     ("bucket_salt: null\n", 1, "bucket_salt: must be a string, got null"),
     ("read_only: false\n1: x\n", 2, "flags: field names must be strings, got 1"),
+    ("traffic_percentage: {read: 1_0}\n", 1, "traffic_percentage.read: must be a number from 0 to 100, got '1_0'"),
+    ("traffic_percentage: {read: '1:30'}\n", 1, "traffic_percentage.read: must be a number"),
+    ("traffic_percentage: {write: 1:30}\n", 1, "traffic_percentage.write: must be a number from 0 to 100, got '1:30'"),
+    ("traffic_percentage: {write: 0b11}\n", 1, "traffic_percentage.write: must be a number from 0 to 100, got '0b11'"),
+    ("bucket_salt: 0x1F\n", 1, "bucket_salt: must be a string, got 0x1F"),
+    ("enabled_for_users: [010]\n", 1, "enabled_for_users[0]: must be a string, got 010"),
 ]
 
 # Cases the JSON Schema cannot see (it gets the file after loading) or judges differently by design.
@@ -143,6 +153,18 @@ def test_schema_and_code_agree(text: str) -> None:
     assert _schema_accepts(text) == _code_accepts(text)
 
 
+def test_schema_and_code_know_the_same_fields() -> None:
+    """Every field the code reads is in the schema and no other, down to traffic_percentage's two."""
+    document = Flags().to_document()
+    assert set(SCHEMA["properties"]) == set(document)
+    assert set(SCHEMA["properties"]["traffic_percentage"]["properties"]) == set(document["traffic_percentage"])
+    assert SCHEMA["additionalProperties"] is False
+    assert SCHEMA["properties"]["traffic_percentage"]["additionalProperties"] is False
+    for name in document:
+        assert _code_accepts(f"{name}: {json.dumps(document[name])}\n")  # the defaults, written out
+        assert _schema_accepts(f"{name}: {json.dumps(document[name])}\n")
+
+
 def test_shipped_flag_file_is_valid_and_sends_everything_to_old() -> None:
     """config/flags.yaml validates, names its schema for editors, and keeps new unused."""
     text = (ROOT / "config" / "flags.yaml").read_text()
@@ -182,6 +204,18 @@ def test_scalars_are_read_as_yaml_1_2() -> None:
     assert parse_flags("revision: 2026.10\n").revision == "2026.10"
     assert parse_flags("traffic_percentage: {read: 1e1, write: 7}\n").read_percentage == 10.0
     assert parse_flags("traffic_percentage: {read: 1e1, write: 7}\n").write_percentage == 7.0
+
+
+def test_integers_are_read_as_yaml_1_2_core() -> None:
+    """Numbers mean what an editor's YAML 1.2 parser says: 010 is ten (not octal eight), 0o10 is eight,
+    and YAML 1.1 spellings (1_0, 1:30, 0b11) are strings, so the schema and the proxy agree on them."""
+    flags = parse_flags("traffic_percentage: {read: 010, write: 0o10}\n")
+    assert (flags.read_percentage, flags.write_percentage) == (10.0, 8.0)
+    assert parse_flags("traffic_percentage: {read: 0x1F, write: -0}\n").read_percentage == 31.0
+    assert parse_flags("bucket_salt: 1_0\n").bucket_salt == "1_0"
+    assert parse_flags("enabled_for_users: [1:30, 0b11]\n").enabled_for_users == ("1:30", "0b11")
+    assert parse_flags("revision: 010\n").revision == "010"
+    assert read_document("a: [1e2, .5, -.inf, .NaN, 5.]\n")["a"][:3] == [100.0, 0.5, float("-inf")]
 
 
 def test_key_regexes_are_compiled_with_the_flags() -> None:

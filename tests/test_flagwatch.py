@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.flagwatch import FlagWatcher
+from proxy.flagwatch import FlagWatcher, watched_path
 from proxy.router import Override, Route
 
 INTERVAL = 0.05
@@ -75,6 +75,56 @@ async def test_configmap_symlink_swap_is_picked_up(tmp_path: Path) -> None:
         await wait_for_revision(watcher, "c2")
     finally:
         await watcher.stop()
+
+
+def configmap(tmp_path: Path, text: str) -> Path:
+    """A Kubernetes ConfigMap volume holding flags.yaml: mount/flags.yaml -> ..data/flags.yaml -> ..v1/."""
+    mount = tmp_path / "mount"
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "flags.yaml").write_text(text)
+    (mount / "..data").symlink_to("..v1")
+    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    return mount
+
+
+def swap(mount: Path, version: str, text: str) -> None:
+    """What the kubelet does on a ConfigMap update: a new folder, then the ..data link renamed over."""
+    (mount / version).mkdir()
+    (mount / version / "flags.yaml").write_text(text)
+    (mount / "..data_tmp").symlink_to(version)
+    os.replace(mount / "..data_tmp", mount / "..data")
+
+
+async def test_configmap_swap_is_picked_up_from_an_already_resolved_path(tmp_path: Path) -> None:
+    """Given the resolved path (the config resolves relative paths: mount/..v1/flags.yaml), the watcher
+    still follows the ..data swap, because it watches the ConfigMap's visible link instead."""
+    mount = configmap(tmp_path, "revision: c1\n")
+    resolved = (mount / "flags.yaml").resolve()
+    assert resolved == (mount / "..v1" / "flags.yaml").resolve()
+    watcher = FlagWatcher(resolved, tmp_path / "state", interval=INTERVAL)
+    assert watcher.path == mount.resolve() / "flags.yaml"
+    watcher.load_initial()
+    watcher.start()
+    try:
+        swap(mount, "..v2", "revision: c2\n")
+        await wait_for_revision(watcher, "c2")
+        swap(mount, "..v3", "revision: c3\n")
+        await wait_for_revision(watcher, "c3")
+    finally:
+        await watcher.stop()
+
+
+def test_watched_path_leaves_other_paths_alone(tmp_path: Path) -> None:
+    """Only a file inside the current ..data target of a ConfigMap volume is redirected."""
+    plain = tmp_path / "..odd" / "flags.yaml"
+    plain.parent.mkdir()
+    plain.write_text("{}\n")
+    assert watched_path(plain) == plain  # a folder named ..something, but no ..data link to it
+    assert watched_path(tmp_path / "flags.yaml") == tmp_path / "flags.yaml"
+    mount = configmap(tmp_path, "{}\n")
+    swap(mount, "..v2", "{}\n")
+    stale = (mount / "..v1" / "flags.yaml").resolve()
+    assert watched_path(stale) == stale  # ..data no longer points at ..v1: nothing to follow
 
 
 async def test_invalid_file_is_refused_and_recorded(watched: tuple[FlagWatcher, Path]) -> None:

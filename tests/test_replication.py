@@ -62,7 +62,7 @@ async def test_replay_retries_while_the_target_is_down() -> None:
     assert not await queue.drain(0.3)
     stats = queue.stats()
     assert stats.depth == 1
-    assert stats.failures >= 2
+    assert 2 <= stats.failures <= 6  # 50 ms, then doubling: a few attempts, not a hot loop
     assert stats.last_error is not None
     assert "down (injected)" in stats.last_error
     new.down = False

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -219,22 +220,26 @@ def test_shadow_mode_writes_both_at_once(live: Live) -> None:
 
 
 def test_reloads_never_fail_a_call_in_flight(live: Live) -> None:
-    """Flipping the flag file back and forth under steady traffic fails no call."""
-    errors: list[Exception] = []
+    """Flipping the flag file back and forth under steady traffic fails no call, and every caller reads
+    back what it has just written, wherever the flip moved the key's reads (read-your-writes)."""
+    errors: list[Exception | str] = []
     stop = threading.Event()
 
-    def traffic() -> None:
+    def traffic(worker: int) -> None:
         with SyncClient(live.proxy.target, timeout=5) as client:
             i = 0
             while not stop.is_set():
+                key = f"t{worker}:{i % 50}"
                 try:
-                    client.set(f"t:{i % 50}", {"i": i})
-                    client.get(f"t:{i % 50}")
+                    client.set(key, {"i": i})
+                    got = client.get(key)
+                    if got != {"i": i}:
+                        errors.append(f"{key}: wrote {i}, read {got}")
                 except Exception as exc:
                     errors.append(exc)
                 i += 1
 
-    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    workers = [threading.Thread(target=traffic, args=(n,)) for n in range(3)]
     for worker in workers:
         worker.start()
     try:
@@ -247,3 +252,223 @@ def test_reloads_never_fail_a_call_in_flight(live: Live) -> None:
         for worker in workers:
             worker.join()
     assert errors == []
+
+
+def test_configmap_update_reaches_a_running_proxy(tmp_path: Path) -> None:
+    """The flag file in a Kubernetes ConfigMap volume (flags.yaml -> ..data/flags.yaml, ..data swapped
+    to a new folder on update), named by a relative path in the config: each update takes effect."""
+    mount = tmp_path / "flags"
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "flags.yaml").write_text("revision: cm1\n")
+    (mount / "..data").symlink_to("..v1")
+    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    (tmp_path / "legacy.json").write_text(json.dumps({"user:1": {"from": "old"}}))
+    seed_sqlite(tmp_path / "new.sqlite", {"user:1": {"from": "new"}})
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"}, flags="flags/flags.yaml")
+    with ProxyProcess(config) as proxy:
+        live = Live(tmp_path, proxy)
+        try:
+            assert live.revision() == "cm1"
+            assert live.served_by("user:1") == "old"
+            for n, route in ((2, "new"), (3, "old")):
+                version = mount / f"..v{n}"
+                version.mkdir()
+                (version / "flags.yaml").write_text(
+                    f"revision: cm{n}\nuse_new_storage: {'true' if route == 'new' else 'false'}\n"
+                    "traffic_percentage: {read: 100}\n")
+                (mount / "..data_tmp").symlink_to(version.name)
+                os.replace(mount / "..data_tmp", mount / "..data")
+                eventually(functools.partial(lambda wanted: live.revision() == wanted, f"cm{n}"))
+                assert live.served_by("user:1") == route
+        finally:
+            live.client.close()
+
+
+def test_status_json_shows_flags_reload_override_replication_and_backends(
+        live: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    """`turnout status --json` has the revision and effective flags, the reload record, the override,
+    the replication queue and each backend's health, with counts as JSON numbers; /status.json agrees."""
+    live.flags("revision: s1\nuse_new_storage: true\ntraffic_percentage: {write: 100}\n")
+    eventually(lambda: live.revision() == "s1")
+    live.flags("revision: s2\nuse_new_storage: maybe\n")
+    eventually(lambda: live.status().reload.failures == 1)
+    assert live.cli("status", "--json") == 0
+    status: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert status["flags"]["revision"] == status["reload"]["revision"] == "s1"
+    assert status["flags"]["traffic_percentage"] == {"read": 0.0, "write": 100.0}
+    reload = status["reload"]
+    assert reload["failures"] == 1
+    assert isinstance(reload["failures"], int)
+    assert "flags.yaml:2: use_new_storage: must be true or false, got 'maybe'" in reload["last_error"]
+    assert reload["last_attempt_unix"] > reload["last_success_unix"] > 0
+    assert status["override"]["active"] is False
+    assert set(status["replication"]) >= {"depth", "oldest_age_seconds", "replayed", "failures", "last_error"}
+    assert isinstance(status["replication"]["depth"], int)
+    assert [(b["name"], b["type"], b["healthy"]) for b in status["backends"]] == [
+        ("old", "jsonfile", True), ("new", "sqlite", True)]
+    address = (live.folder / "state" / "admin.address").read_text().strip()
+    with urllib.request.urlopen(f"http://{address}/status.json", timeout=5) as page:
+        served: dict[str, Any] = json.loads(page.read())
+    assert served["reload"] == reload
+    assert served["flags"] == status["flags"]
+    assert isinstance(served["replication"]["depth"], int)
+    assert live.cli("status") == 0
+    text = capsys.readouterr().out
+    for shown in ("LAST RELOAD FAILED", "failures 1", "effective flags:"):
+        assert shown in text
+
+
+def test_status_shows_operations_latency_and_on_request_record_counts(
+        live: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    """`turnout status` shows operations by op and route and each backend's latency quantiles; with
+    --records also each backend's record count and checksum, which agree for stores holding the same data."""
+    live.client.set("extra:1", {"v": 1})
+    assert live.served_by("user:1") == "old"
+    assert live.cli("status", "--json") == 0
+    status: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert status["shadow"]["operations"]["get"]["old"] >= 1
+    assert status["shadow"]["operations"]["set"]["old"] == 1
+    latency = status["shadow"]["latency"]["old"]["get"]
+    assert latency["count"] >= 1
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert "records" not in status["shadow"]
+    assert live.cli("status", "--json", "--records") == 0
+    records = json.loads(capsys.readouterr().out)["shadow"]["records"]
+    # Old holds the 403 seeded keys plus extra:1; new the 403 seeded keys with other values.
+    assert records["old"]["records"] == 404
+    assert records["new"]["records"] == 403
+    assert records["old"]["checksum"] != records["new"]["checksum"]
+    assert live.cli("status", "--records") == 0
+    text = capsys.readouterr().out
+    for shown in ("operations get: old", "latency old get: p50", "records old: 404, checksum"):
+        assert shown in text
+
+
+def operations(live: Live) -> dict[tuple[str, str], float]:
+    """The proxy's turnout_operations_total by (op, route), from /metrics on the admin port."""
+    address = (live.folder / "state" / "admin.address").read_text().strip()
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    counts: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("turnout_operations_total{"):
+            labels, value = line[len("turnout_operations_total{"):].split("} ")
+            parsed = dict(part.split("=") for part in labels.split(","))
+            counts[(parsed["op"].strip('"'), parsed["route"].strip('"'))] = float(value)
+    return counts
+
+
+def served_from(live: Live, key: str) -> str:
+    """Which backend answered one Get of key, by the proxy's own operation counts."""
+    before = operations(live)
+    live.client.get(key)
+    after = operations(live)
+    (route,) = [r for (op, r), n in after.items() if op == "get" and n != before.get((op, r), 0)]
+    return route
+
+
+def test_write_percentage_sends_writes_of_keys_below_it_to_new_first(live: Live) -> None:
+    """At write 30 % (read 0 %), a Set or Delete of a key with bucket < 3000 is taken by new, others by old;
+    reads all stay on old."""
+    inside, outside = keys_by_bucket(3000, 10)
+    live.flags("revision: w30\nuse_new_storage: true\ntraffic_percentage: {read: 0, write: 30}\n")
+    eventually(lambda: live.revision() == "w30")
+    before = operations(live)
+    for key in inside + outside:
+        live.client.set(key, {"from": "caller"})
+    live.client.delete(inside[0])
+    live.client.delete(outside[0])
+    after = operations(live)
+
+    def delta(op: str, route: str) -> float:
+        return after.get((op, route), 0) - before.get((op, route), 0)
+
+    assert (delta("set", "new"), delta("set", "old")) == (len(inside), len(outside))
+    assert (delta("delete", "new"), delta("delete", "old")) == (1, 1)
+    assert live.served_by(outside[1]) == "caller"  # reads stay on old, which took this write itself ...
+    eventually(lambda: live.served_by(inside[1]) == "caller")  # ... and gets new's writes replicated
+
+
+def test_a_new_bucket_salt_reshuffles_the_percentage_live(live: Live) -> None:
+    """Changing bucket_salt under a running proxy moves exactly the keys whose salted bucket changed side."""
+    keys = [f"p:{i}" for i in range(60)]
+    live.flags("revision: salt-a\nuse_new_storage: true\ntraffic_percentage: {read: 50}\nbucket_salt: a\n")
+    eventually(lambda: live.revision() == "salt-a")
+    assert [live.served_by(k) for k in keys] == ["new" if bucket(k, "a") < 5000 else "old" for k in keys]
+    live.flags("revision: salt-b\nuse_new_storage: true\ntraffic_percentage: {read: 50}\nbucket_salt: b\n")
+    eventually(lambda: live.revision() == "salt-b")
+    assert [live.served_by(k) for k in keys] == ["new" if bucket(k, "b") < 5000 else "old" for k in keys]
+    assert any((bucket(k, "a") < 5000) != (bucket(k, "b") < 5000) for k in keys)
+
+
+def test_has_and_keys_follow_the_read_rules(live: Live) -> None:
+    """Has is routed like Get; Keys is routed by its prefix, so a key pattern moves the listing too."""
+    live.flags("revision: kill\nuse_new_storage: false\n")
+    eventually(lambda: live.revision() == "kill")
+    live.client.delete("session:9")  # under the kill switch: gone from old only
+    live.flags("revision: hk\nuse_new_storage: true\nenabled_for_keys: ['^session:']\n")
+    eventually(lambda: live.revision() == "hk")
+    assert live.client.has("session:9")  # new answers
+    assert list(live.client.keys("session:")) == ["session:9"]
+    assert "session:9" not in list(live.client.keys(""))  # prefix "" is no session: key: old answers
+    live.flags("revision: hk2\nuse_new_storage: true\nenabled_for_keys: ['^session:']\n"
+               "disabled_for_keys: ['^session:9']\n")
+    eventually(lambda: live.revision() == "hk2")
+    assert not live.client.has("session:9")  # old answers
+    assert list(live.client.keys("session:")) == ["session:9"]  # the listing's prefix is not disabled
+
+
+def test_in_place_rewrite_and_rename_take_effect_within_two_seconds(live: Live) -> None:
+    """Both ways an operator replaces the file reach the running proxy within the contract's 2 s."""
+    for n, replace in enumerate(["in place", "rename", "in place", "rename"]):
+        text = f"revision: t{n}\nuse_new_storage: true\ntraffic_percentage: {{read: {100 * (n % 2)}}}\n"
+        started = time.monotonic()
+        if replace == "in place":
+            (live.folder / "flags.yaml").write_text(text)
+        else:
+            live.flags(text)
+        eventually(functools.partial(lambda wanted: live.revision() == wanted, f"t{n}"), timeout=RELOAD_S)
+        assert time.monotonic() - started < RELOAD_S
+        assert live.served_by("user:1") == ("new" if n % 2 else "old")
+
+
+def test_admin_api_is_on_the_admin_port_only(live: Live) -> None:
+    """The admin service answers on admin.listen and not on the data port, where only KeyValue,
+    health and reflection are served."""
+    assert live.status().reload.revision == "start"
+    with grpc.insecure_channel(live.proxy.target) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Status(admin_pb2.StatusRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason="x"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert not live.status().override.active
+
+
+def test_rollback_survives_a_restart_and_resume_clears_it(live: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    """The override is kept in state_dir: a restarted proxy still sends everything to old until
+    `turnout resume`, and after resume a restart leaves the file in charge."""
+    live.flags("revision: up\nuse_new_storage: true\ntraffic_percentage: {read: 100}\n")
+    eventually(lambda: live.served_by("user:1") == "new")
+    assert live.cli("rollback", "--reason", "incident 8") == 0
+    for _ in range(2):
+        live.proxy.stop()
+        live.proxy.start()
+        live.client.close()
+        live.client = SyncClient(live.proxy.target, timeout=5)
+        assert live.status().override.reason == "incident 8"
+        capsys.readouterr()
+        assert live.cli("route", "user:1", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["reason"] == "override"
+        assert served_from(live, "user:1") == "old"
+    assert live.cli("resume", "--json") == 0
+    capsys.readouterr()
+    live.proxy.stop()
+    live.proxy.start()
+    live.client.close()
+    live.client = SyncClient(live.proxy.target, timeout=5)
+    assert not live.status().override.active
+    assert served_from(live, "user:1") == "new"

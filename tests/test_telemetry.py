@@ -157,9 +157,6 @@ def test_tracing_off_starts_no_span() -> None:
     tracing.discrepancy(None, {"turnout.discrepancy": True})  # a no-op, not an error
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/dispatcher.py Dispatcher._call counts the StopAsyncIteration that ends "
-                   "a Keys listing as a failed backend call (metric, latency count, ERROR span); remove this marker "
-                   "once _call lets StopAsyncIteration through as a success")
 async def test_the_end_of_a_keys_listing_is_not_a_failed_backend_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from proxy.admin import message_document, status_document
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.errors import BackendUnavailable
 
@@ -19,6 +19,8 @@ def register(subparsers: Any) -> None:
     status = subparsers.add_parser("status", help="flags in force, reload health, overrides, replication, backends")
     add_config_argument(status)
     add_json_argument(status)
+    status.add_argument("--records", action="store_true",
+                        help="also count each backend's records and checksum its contents (scans both)")
     status.set_defaults(func=show_status)
 
     resume = subparsers.add_parser("resume", help="clear an override: the flag file decides again")
@@ -49,10 +51,8 @@ def _age(unix: float) -> str:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest())
-    doc = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    doc["flags"] = json.loads(doc.pop("flags_json"))
-    doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
+    reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest(records=args.records))
+    doc = status_document(reply)
     lines = [
         f"turnout {reply.version}, up {time.time() - reply.started_unix:.0f}s",
         f"flags: revision {reply.reload.revision!r} from {reply.reload.path}",
@@ -74,6 +74,14 @@ def show_status(args: argparse.Namespace) -> int:
     if shadow.get("compared"):
         lines.append(f"shadow: {shadow['discrepancies']} discrepancies in {shadow['compared']} compared "
                      f"(rate {shadow['rate']:.4%}) {shadow['by_kind']}")
+    for op, routes in shadow.get("operations", {}).items():
+        lines.append(f"operations {op}: " + ", ".join(f"{route} {n}" for route, n in routes.items()))
+    for backend_name, ops in shadow.get("latency", {}).items():
+        for op, q in ops.items():
+            lines.append(f"latency {backend_name} {op}: p50 {q['p50'] * 1000:.2f} ms, p95 {q['p95'] * 1000:.2f} ms, "
+                         f"p99 {q['p99'] * 1000:.2f} ms over {q['count']} calls, {q['errors']} errors")
+    for backend_name, summary in shadow.get("records", {}).items():
+        lines.append(f"records {backend_name}: {summary['records']}, checksum {summary['checksum']}")
     if reply.writes.paused:
         lines.append(f"WRITES PAUSED: {reply.writes.reason}")
     for backend in reply.backends:
@@ -86,6 +94,6 @@ def show_status(args: argparse.Namespace) -> int:
 
 def resume_flags(args: argparse.Namespace) -> int:
     reply = _call(args, "ClearOverride", admin_pb2.ClearOverrideRequest())
-    emit(args, MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
+    emit(args, message_document(reply),
          "override cleared: the flag file decides again")
     return 0

@@ -176,12 +176,17 @@ Global___JobUpdate: _TypeAlias = JobUpdate  # noqa: Y015
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    RECORDS_FIELD_NUMBER: _builtins.int
+    records: _builtins.bool
+    """Also count each backend's records and checksum its contents: a full scan of both, so on request only."""
     def __init__(
         self,
+        *,
+        records: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
