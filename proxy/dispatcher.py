@@ -11,6 +11,13 @@ source (which holds the key's newest state) answers instead, and nothing is comp
 is known to lag). Not under the kill switch or an operator override: those keep new out of the
 answer whatever it holds, and the replayer brings old up to date.
 
+A Keys listing keeps the same promise for every key under its prefix: the keys a pending intent is
+still copying to the listing's backend are left out of that backend's pages, and those their
+intent's source holds are added once, after the pages (merged into them in order when the backend
+lists in order), so each key is listed once, as its last acknowledged write left it. All the keys
+pending under the prefix, whichever way their copy goes, are left out of a Keys comparison on both
+sides: they are known to lag, so comparing them would only report that lag as discrepancies.
+
 Shadow work never slows or fails the caller: the caller gets the primary's answer as soon as it is
 there. A shadow call still running then finishes in the background (a shadow write keeps the key's
 lock until it is done, so the next write of that key waits for it), and shadow calls beyond
@@ -20,22 +27,24 @@ MAX_SHADOW_IN_FLIGHT are skipped and counted; a skipped write is left to the rep
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import trace
 
 from proxy import telemetry as attr
-from proxy.backends.base import Backend, Key, Value
+from proxy.backends.base import DEFAULT_PAGE_SIZE, Backend, Key, Value
 from proxy.compare import Kind, compare_key_sets, compare_presence, compare_values
 from proxy.discrepancies import Discrepancy, DiscrepancyLog, trim
 from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
-from proxy.replication import ReplicationQueue
+from proxy.replication import Intent, ReplicationQueue
 from proxy.router import Decision, Op, Reason, Route, Router
 from proxy.telemetry import Telemetry
 
@@ -53,6 +62,8 @@ PENDING_WRITE = "turnout.route.pending_write"
 _KEY_READS = frozenset({Op.GET, Op.HAS})
 #: A Keys listing larger than this is not compared (holding both sides would cost too much memory).
 MAX_COMPARED_KEYS = 100_000
+#: Presence checks a Keys listing makes at once on the source of its keys' pending writes.
+PRESENCE_CONCURRENCY = 32
 
 
 class RouterSource(Protocol):
@@ -279,22 +290,67 @@ class Dispatcher:
 
     async def keys(self, prefix: str, call: Call) -> AsyncIterator[list[Key]]:
         decision, router = self._decide(Op.KEYS, prefix, call)
-        shadow = self._shadow_task(decision, Op.KEYS, lambda b: _all_keys(b, prefix), call)
+        backend = self.backends[decision.primary]
+        pending = self.queue.pending_under(prefix)  # {} at once when nothing is pending
+        # Keys whose last write is still being copied *to* the primary: their source says whether they exist.
+        lagging: frozenset[str] = frozenset()
+        if pending and decision.replicate and decision.reason is not Reason.OVERRIDE:
+            lagging = frozenset(k for k, intent in pending.items() if intent.target == decision.primary.value)
+        # Keys known to differ between the stores for now, whichever way their copy goes: not compared.
+        unsure = frozenset(pending)
+        shadow = self._shadow_task(decision, Op.KEYS, lambda b: _all_keys(b, prefix, unsure), call)
         seen: list[str] | None = [] if shadow is not None else None
-        pages = self.backends[decision.primary].keys(prefix)
+        extra: list[str] = []
+        if lagging:
+            if call.span is not None and call.span.is_recording():
+                call.span.set_attribute(PENDING_WRITE, True)
+            extra = await self._present_at_source(lagging, pending, call)
+        merge = backend.ordered_scan  # keep an ordered listing ordered
+        merged = 0  # extra[:merged] went out already
+        pages = backend.keys(prefix)
         while True:
             try:
                 page = await self._call(decision.primary, Op.KEYS, anext(pages), call)
             except StopAsyncIteration:
                 break
+            if lagging:
+                page = [k for k in page if k not in lagging]
             if seen is not None:
-                seen.extend(page)
+                seen.extend([k for k in page if k not in unsure] if unsure else page)
                 if len(seen) > MAX_COMPARED_KEYS:
                     seen = None
                     self.shadow.keys_not_compared += 1
-            yield page
+            if not lagging:
+                yield page
+                continue
+            if merge and page and merged < len(extra):
+                upto = bisect.bisect_right(extra, page[-1], merged)
+                if upto > merged:
+                    page = list(heapq.merge(page, extra[merged:upto]))
+                    merged = upto
+            for chunk in _paged(page):
+                yield chunk
+        for chunk in _paged(extra[merged:]):
+            yield chunk
         if shadow is not None and seen is not None:
             self._compare(Op.KEYS, prefix, decision, router, call, seen, shadow, _judge_keys, _show_keys)
+
+    async def _present_at_source(self, lagging: frozenset[str], pending: Mapping[str, Intent],
+                                 call: Call) -> list[str]:
+        """The lagging keys that their pending write's source holds now, sorted."""
+        slots = asyncio.Semaphore(PRESENCE_CONCURRENCY)
+
+        async def present(key: str) -> bool:
+            route = Route(pending[key].source)
+            async with slots:
+                return await self._call(route, Op.HAS, self.backends[route].has(key), call)
+
+        keys = sorted(lagging)
+        found = await asyncio.gather(*(present(k) for k in keys), return_exceptions=True)
+        for outcome in found:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the listing cannot be complete without it
+        return [k for k, there in zip(keys, found, strict=True) if there]
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -364,13 +420,20 @@ class Dispatcher:
             await asyncio.wait(set(self._background), timeout=SHADOW_DRAIN_S)
 
 
-async def _all_keys(backend: Backend, prefix: str) -> list[str] | None:
+async def _all_keys(backend: Backend, prefix: str, skip: frozenset[str] = frozenset()) -> list[str] | None:
+    """The shadow's listing, without the keys left out of the comparison."""
     keys: list[str] = []
     async for page in backend.keys(prefix):
-        keys.extend(page)
+        keys.extend([k for k in page if k not in skip] if skip else page)
         if len(keys) > MAX_COMPARED_KEYS:
             return None
     return keys
+
+
+def _paged(keys: list[str]) -> Iterator[list[str]]:
+    """A listing cut into pages no longer than a backend's (an empty one gives none)."""
+    for start in range(0, len(keys), DEFAULT_PAGE_SIZE):
+        yield keys[start:start + DEFAULT_PAGE_SIZE]
 
 
 def _judge_keys(primary: list[str], shadow: list[str] | None) -> Kind | None:

@@ -150,6 +150,16 @@ class ReplicationQueue:
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
 
+    def pending_under(self, prefix: str) -> dict[str, Intent]:
+        """The pending intents of the keys that start with prefix, as a snapshot.
+
+        A walk over everything pending: the set is small (it holds only writes not yet copied), and
+        an empty queue costs nothing.
+        """
+        if not self._pending:
+            return {}
+        return {key: intent for key, intent in self._pending.items() if key.startswith(prefix)}
+
     async def wait_settled(self, key: str, timeout: float) -> bool:
         """Wait until key has no pending intent, at most timeout seconds; True when it has none."""
         try:

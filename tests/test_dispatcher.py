@@ -206,3 +206,101 @@ async def test_the_end_of_a_listing_counts_as_a_successful_backend_call(tmp_path
     assert pages == [["a"]]
     assert not dispatcher.metrics.errors
     assert dispatcher.health[Route.OLD].healthy
+
+
+async def listing(dispatcher: Dispatcher, prefix: str = "") -> list[list[str]]:
+    return [page async for page in dispatcher.keys(prefix, Call())]
+
+
+def flat(pages: list[list[str]]) -> list[str]:
+    return [key for page in pages for key in page]
+
+
+@pytest.mark.parametrize(("read", "write"), [(0.0, 100.0), (100.0, 0.0)])
+async def test_a_listing_reflects_writes_still_being_copied_to_it(tmp_path: Path, read: float, write: float) -> None:
+    """Reads and writes of the keys on different backends, the copies held in the queue: a listing served
+    by the backend the copies go to lists a key just set once, leaves a key just deleted out, lists a key
+    on both sides once, and keeps its order; once copied, the backend's own listing says the same."""
+    dispatcher, old, new, _ = build(tmp_path, Flags(use_new_storage=True, read_percentage=read,
+                                                   write_percentage=write))
+    for key in ("k:both", "k:deleted", "k:untouched"):
+        await old.set(key, b"0")
+        await new.inner.set(key, b"0")
+    await dispatcher.set("k:added", b"1", Call())
+    await dispatcher.set("k:both", b"1", Call())
+    await dispatcher.delete("k:deleted", Call())
+    await dispatcher.delete("k:never", Call())
+    await dispatcher.set("other", b"1", Call())
+    assert dispatcher.queue.stats().depth == 5  # every copy is still held
+    expected = ["k:added", "k:both", "k:untouched"]
+    assert flat(await listing(dispatcher, "k:")) == expected
+    assert flat(await listing(dispatcher)) == [*expected, "other"]
+    assert dispatcher.metrics.operations[("keys", "old" if read == 0 else "new")] == 2
+    dispatcher.queue.start()
+    assert await dispatcher.queue.drain(5)
+    await dispatcher.queue.stop()
+    assert flat(await listing(dispatcher, "k:")) == expected
+
+
+async def test_a_listing_stays_paged_and_ordered_around_pending_keys(tmp_path: Path) -> None:
+    """Pending keys merge into an ordered listing of several pages: no page grows past a backend's page,
+    every key comes once, in order; a pending key the listing's backend already holds is not repeated."""
+    dispatcher, old, _, _ = build(tmp_path, Flags(use_new_storage=True, write_percentage=100))
+    for n in range(0, 3000, 2):
+        await old.set(f"k:{n:05}", b"0")
+    written = [f"k:{n:05}" for n in range(1, 3000, 7)] + ["k:00004", "k:99999"]
+    for key in written:
+        await dispatcher.set(key, b"1", Call())
+    await dispatcher.delete("k:00010", Call())
+    pages = await listing(dispatcher, "k:")
+    keys = flat(pages)
+    expected = sorted(({f"k:{n:05}" for n in range(0, 3000, 2)} | set(written)) - {"k:00010"})
+    assert keys == expected
+    assert all(0 < len(page) <= 1000 for page in pages)
+
+
+async def test_a_listing_under_the_kill_switch_or_an_override_is_old_as_it_stands(tmp_path: Path) -> None:
+    """As for Get: under the kill switch or an override old lists what it holds, pending copies or not."""
+    dispatcher, old, _, routes = build(tmp_path, Flags(use_new_storage=True, write_percentage=100))
+    await old.set("k:old", b"0")
+    await dispatcher.set("k:new", b"1", Call())
+    await dispatcher.delete("k:old", Call())
+    assert flat(await listing(dispatcher)) == ["k:new"]
+    routes.router = Router(Flags(use_new_storage=False))
+    assert flat(await listing(dispatcher)) == ["k:old"]
+    routes.router = Router(Flags(use_new_storage=True, write_percentage=100), Override(Route.OLD, "incident", 1.0))
+    assert flat(await listing(dispatcher)) == ["k:old"]
+
+
+async def test_a_listing_fails_when_the_source_of_a_pending_key_cannot_say(tmp_path: Path) -> None:
+    """A listing that cannot learn whether a pending key exists fails rather than answer incompletely."""
+    dispatcher, _, new, _ = build(tmp_path, Flags(use_new_storage=True, write_percentage=100))
+    await dispatcher.set("k", b"1", Call())
+    new.down = True
+    with pytest.raises(BackendUnavailable):
+        await listing(dispatcher)
+
+
+@pytest.mark.parametrize("read", [0.0, 100.0])
+async def test_a_keys_comparison_leaves_pending_keys_out(tmp_path: Path, read: float) -> None:
+    """In shadow mode a write whose shadow copy failed stays pending: whichever backend lists, that key's
+    known lag is no discrepancy, while a real difference in another key still is."""
+    dispatcher, old, new, routes = build(tmp_path, Flags(use_new_storage=True, shadow_mode_enabled=True))
+    new.down = True  # old takes the write; the shadow write to new fails and the copy stays queued
+    await dispatcher.set("k:pending", b"1", Call())
+    await dispatcher.close()
+    new.down = False
+    assert dispatcher.queue.pending("k:pending") is not None
+    report = dispatcher.discrepancies.report
+    assert report.by_kind["shadow_error"] == report.total == 1  # the failed shadow write
+    routes.router = Router(Flags(use_new_storage=True, shadow_mode_enabled=True, read_percentage=read))
+    assert flat(await listing(dispatcher)) == ["k:pending"]
+    await dispatcher.close()
+    assert report.total == 1
+    assert report.compared["keys"] == 1
+    await old.set("k:only-old", b"0")  # a real difference, not pending
+    await listing(dispatcher)
+    await dispatcher.close()
+    assert report.total == 2
+    assert report.by_op["keys"] == 1
+    assert "k:only-old" in report.latest[-1].detail

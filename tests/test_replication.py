@@ -167,3 +167,18 @@ async def test_settled_records_are_removed_in_the_background_and_reused_meanwhil
     assert await contents(store) == {}
     await queue.record("hot", "new", "old")  # another direction is a new durable record
     assert store.writes == 3
+
+
+async def test_pending_under_a_prefix_is_a_snapshot_of_the_pending_intents() -> None:
+    """pending_under lists the pending intents of the keys under a prefix, and none once they are copied."""
+    queue, _, _, _ = make_queue()
+    assert queue.pending_under("") == {}
+    await queue.record("a:1", "old", "new")
+    await queue.record("a:2", "new", "old")
+    await queue.record("b:1", "old", "new")
+    snapshot = queue.pending_under("a:")
+    assert {k: (i.source, i.target) for k, i in snapshot.items()} == {"a:1": ("old", "new"), "a:2": ("new", "old")}
+    assert set(queue.pending_under("")) == {"a:1", "a:2", "b:1"}
+    await queue.settle("a:1")
+    assert set(snapshot) == {"a:1", "a:2"}  # a copy, not a view
+    assert set(queue.pending_under("a:")) == {"a:2"}

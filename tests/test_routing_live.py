@@ -472,3 +472,27 @@ def test_rollback_survives_a_restart_and_resume_clears_it(live: Live, capsys: py
     live.client = SyncClient(live.proxy.target, timeout=5)
     assert not live.status().override.active
     assert served_from(live, "user:1") == "new"
+
+
+@pytest.mark.parametrize(("read", "write"), [(0, 100), (100, 0)])
+def test_a_listing_right_after_a_write_reflects_it(live: Live, read: int, write: int) -> None:
+    """Writes taken by one backend, listings served by the other: each listing made right after a Set or a
+    Delete, while its copy may still be on the way to the listing's backend, reflects every acknowledged
+    write, each key once."""
+    live.flags(f"revision: split\nuse_new_storage: true\ntraffic_percentage: {{read: {read}, write: {write}}}\n")
+    eventually(lambda: live.revision() == "split")
+    before = operations(live)
+    listed: set[str] = set()
+    for n in range(40):
+        live.client.set(f"w:{n}", {"n": n})
+        listed.add(f"w:{n}")
+        if n % 3 == 2:
+            live.client.delete(f"w:{n - 1}")
+            listed.discard(f"w:{n - 1}")
+        keys = list(live.client.keys("w:"))
+        assert len(keys) == len(set(keys)), keys
+        assert set(keys) == listed, n
+    after = operations(live)
+    writes_on, lists_on = ("new", "old") if write == 100 else ("old", "new")
+    assert after.get(("set", writes_on), 0) - before.get(("set", writes_on), 0) == 40
+    assert after.get(("keys", lists_on), 0) - before.get(("keys", lists_on), 0) == 40
