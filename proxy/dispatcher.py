@@ -41,6 +41,7 @@ from proxy import telemetry as attr
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Backend, Key, Value
 from proxy.compare import Kind, compare_key_sets, compare_presence, compare_values
 from proxy.discrepancies import Discrepancy, DiscrepancyLog, trim
+from proxy.eager import start_eagerly
 from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
@@ -190,7 +191,7 @@ class Dispatcher:
         return decision, router
 
     def _shadow_task(self, decision: Decision, op: Op, run: Callable[[Backend], Awaitable[T]],
-                     call: Call) -> asyncio.Task[T] | None:
+                     call: Call) -> asyncio.Future[T] | None:
         if not decision.compare:
             return None
         if self.shadow.in_flight >= MAX_SHADOW_IN_FLIGHT:
@@ -200,13 +201,15 @@ class Dispatcher:
         self.shadow.calls += 1
         # The span starts now: the task may first run after the caller's span has ended.
         span = self._backend_span(decision.secondary, op, call)
-        task = asyncio.create_task(
+        # Eagerly: a store that answers without waiting is done before the primary starts, so the
+        # comparison and a write's settling happen in line, with no Task and no held key lock.
+        task = start_eagerly(
             self._call(decision.secondary, op, run(self.backends[decision.secondary]), call, span)
         )
         task.add_done_callback(self._shadow_done)
         return task
 
-    def _shadow_done(self, task: asyncio.Task[Any]) -> None:
+    def _shadow_done(self, task: asyncio.Future[Any]) -> None:
         self.shadow.in_flight -= 1
         if task.cancelled() or task.exception() is not None:
             self.shadow.failures += 1
@@ -214,7 +217,7 @@ class Dispatcher:
     # -- comparison ----------------------------------------------------------------------------
 
     def _compare(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
-                 shadow: asyncio.Task[Any], judge: Callable[[Any, Any], Kind | None],
+                 shadow: asyncio.Future[Any], judge: Callable[[Any, Any], Kind | None],
                  show: Callable[[Any], str | None]) -> None:
         """Compare now if the shadow has answered, else when it does; the caller never waits."""
         if shadow.done():
@@ -228,7 +231,7 @@ class Dispatcher:
         self._keep(asyncio.create_task(later()))
 
     def _judge(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
-               shadow: asyncio.Task[Any], judge: Callable[[Any, Any], Kind | None],
+               shadow: asyncio.Future[Any], judge: Callable[[Any, Any], Kind | None],
                show: Callable[[Any], str | None]) -> None:
         self.discrepancies.compared(op.value)
         detail = ""
@@ -398,7 +401,7 @@ class Dispatcher:
             if not handed_off:
                 release()
 
-    def _finish_shadow_write(self, key: Key, shadow: asyncio.Task[Any], release: Callable[[], None],
+    def _finish_shadow_write(self, key: Key, shadow: asyncio.Future[Any], release: Callable[[], None],
                              settle: bool) -> None:
         """Keep the key's lock until the shadow write is done; settle the intent if both hold the write."""
 

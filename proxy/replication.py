@@ -29,6 +29,8 @@ REPLAY_CONCURRENCY = 32
 BACKOFF_FIRST_S = 0.05
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX_S = 5.0
+#: How long a settled intent's durable record stays before it is removed (seconds).
+FORGET_DELAY_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,9 @@ class ReplicationQueue:
     async def _forget_forever(self) -> None:
         while True:
             await self._forget_wakeup.wait()
+            # A moment first: a key written again meanwhile reuses its record instead of paying for a
+            # delete and a fresh insert (each an fsync, under the key's lock), and the rest leave together.
+            await asyncio.sleep(FORGET_DELAY_S)
             self._forget_wakeup.clear()
             await self._forget_settled()
 
