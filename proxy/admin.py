@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 from proxy import __version__
 from proxy.checksum import summarize
 from proxy.dispatcher import Dispatcher
+from proxy.errors import TurnoutError
 from proxy.flagwatch import FlagWatcher
 from proxy.metrics import Exposition, render_latency
 from proxy.migration.migrate import load_transform, migrate
@@ -33,6 +36,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class PauseLease:
+    """The lease of a write pause: when it runs out without renewal the proxy resumes writes itself,
+    so that a cutover killed while writes are paused cannot leave the proxy read-only."""
+
+    timer: asyncio.TimerHandle | None = None
+    expires: float = 0.0  # unix time; 0 while there is no lease
+    expired: int = 0
+    last_expired: float = 0.0
+    last_expired_reason: str = ""
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = None
+        self.expires = 0.0
+
+
+@dataclass
 class AdminState:
     """What the admin API reads and steers; the dispatcher is None until the backends are open."""
 
@@ -40,6 +61,8 @@ class AdminState:
     dispatcher: Dispatcher | None
     started: float
     state_dir: Path
+    lease: PauseLease = dataclass_field(default_factory=PauseLease)
+    last_rollback: admin_pb2.RollbackRecord | None = None
 
 
 def override_state(override: Override | None) -> admin_pb2.OverrideState:
@@ -66,10 +89,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             override=override_state(watcher.override),
             started_unix=self._state.started,
         )
+        if self._state.last_rollback is not None:
+            response.last_rollback.CopyFrom(self._state.last_rollback)
         dispatcher = self._state.dispatcher
         if dispatcher is not None:
             response.replication.CopyFrom(replication_state(dispatcher.queue.stats()))
-            response.writes.CopyFrom(pause_state(dispatcher))
+            response.writes.CopyFrom(pause_state(dispatcher, self._state.lease))
             report = dispatcher.discrepancies.report
             response.shadow_json = json.dumps({
                 "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
@@ -134,11 +159,47 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def PauseWrites(self, request: admin_pb2.PauseWritesRequest, context: Any) -> admin_pb2.PauseState:
         dispatcher = self._dispatcher()
+        lease = self._state.lease
+        if not (math.isfinite(request.lease_seconds) and request.lease_seconds >= 0):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"lease_seconds: must be 0 (no lease) or more seconds, got {request.lease_seconds}")
+        if request.renew:
+            # A renewal extends a leased pause in force and never pauses again: once the lease ran out
+            # (or an operator resumed), writes may have gone through, and its holder must know.
+            if dispatcher.writes_paused is not None and lease.timer is not None and request.lease_seconds > 0:
+                self._lease(dispatcher, request.lease_seconds)
+            return pause_state(dispatcher, lease)
+        lease.cancel()
         dispatcher.writes_paused = (request.reason or "paused by an operator") if request.paused else None
-        log.warning("writes %s: %s", "paused" if request.paused else "resumed", request.reason)
+        if request.paused and request.lease_seconds > 0:
+            self._lease(dispatcher, request.lease_seconds)
+        log.warning("writes %s: %s%s", "paused" if request.paused else "resumed", request.reason,
+                    f" (lease {request.lease_seconds:g}s)" if request.paused and request.lease_seconds > 0 else "")
         self._event("turnout.writes.paused" if request.paused else "turnout.writes.resumed",
-                    {"turnout.reason": request.reason})
-        return pause_state(dispatcher)
+                    {"turnout.reason": request.reason, "turnout.writes.lease_seconds": request.lease_seconds})
+        return pause_state(dispatcher, lease)
+
+    def _lease(self, dispatcher: Dispatcher, seconds: float) -> None:
+        lease = self._state.lease
+        if lease.timer is not None:
+            lease.timer.cancel()
+        lease.timer = asyncio.get_running_loop().call_later(seconds, self._lease_ran_out, dispatcher)
+        lease.expires = time.time() + seconds
+
+    def _lease_ran_out(self, dispatcher: Dispatcher) -> None:
+        lease = self._state.lease
+        reason = dispatcher.writes_paused or ""
+        lease.timer = None
+        lease.expires = 0.0
+        if dispatcher.writes_paused is None:
+            return
+        dispatcher.writes_paused = None
+        lease.expired += 1
+        lease.last_expired = time.time()
+        lease.last_expired_reason = reason
+        log.warning("writes resumed: the lease of the write pause (%s) ran out without renewal; "
+                    "whoever paused them (a cutover?) is gone or stuck", reason)
+        self._event("turnout.writes.lease_expired", {"turnout.reason": reason})
 
     async def Drain(self, request: admin_pb2.DrainRequest, context: Any) -> admin_pb2.ReplicationState:
         queue = self._dispatcher().queue
@@ -148,7 +209,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Migrate(self, request: admin_pb2.MigrateRequest, context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
         stores = self._stores()
         progress = Progress("migrate", None, enabled=False)
-        transform = load_transform(request.transform) if request.transform else None
+        try:
+            transform = load_transform(request.transform) if request.transform else None
+        except TurnoutError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         job = asyncio.create_task(migrate(
             stores, self._state.state_dir, Route(request.source or "old"), request.batch_size or 500,
             request.concurrency or 16, request.rate or None, transform, request.restart, progress,
@@ -162,6 +226,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         job = asyncio.create_task(verify(self._stores(), request.repair, progress, truth))
         async for update in _follow(job, progress):
             yield update
+
+    async def RecordRollback(self, request: admin_pb2.RollbackRecord, context: Any) -> admin_pb2.RollbackRecord:
+        record = admin_pb2.RollbackRecord()
+        record.CopyFrom(request)
+        record.time_unix = time.time()
+        self._state.last_rollback = record
+        outcome = "ok" if record.ok else "failed"
+        (log.warning if record.ok else log.error)(
+            "%s rollback %s: %s%s%s", "automatic" if record.automatic else "operator", outcome, record.reason,
+            f"; {record.detail}" if record.detail else "", f"; incident {record.incident}" if record.incident else "")
+        if self._state.dispatcher is not None:
+            self._state.dispatcher.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail,
+                                                      record.incident)
+        return record
 
 
 async def _follow(job: asyncio.Task[Any], progress: Progress) -> AsyncIterator[admin_pb2.JobUpdate]:
@@ -216,9 +294,12 @@ def status_document(status: admin_pb2.StatusResponse) -> dict[str, Any]:
     return doc
 
 
-def pause_state(dispatcher: Dispatcher) -> admin_pb2.PauseState:
+def pause_state(dispatcher: Dispatcher, lease: PauseLease) -> admin_pb2.PauseState:
     paused = dispatcher.writes_paused
-    return admin_pb2.PauseState(paused=paused is not None, reason=paused or "")
+    return admin_pb2.PauseState(paused=paused is not None, reason=paused or "",
+                                lease_expires_unix=lease.expires if paused is not None else 0.0,
+                                leases_expired=lease.expired, last_lease_expired_unix=lease.last_expired,
+                                last_lease_expired_reason=lease.last_expired_reason)
 
 
 def replication_state(stats: QueueStats) -> admin_pb2.ReplicationState:

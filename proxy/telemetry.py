@@ -39,6 +39,13 @@ FLAGS_REVISION = "turnout.flags.revision"
 BACKEND = "turnout.backend"
 BACKEND_TYPE = "turnout.backend.type"
 KEY = "turnout.key"  # only with telemetry.record_keys: true
+# A rollback's own span, `turnout.rollback` (operator or automatic), always exported.
+ROLLBACK_SPAN = "turnout.rollback"
+ROLLBACK_REASON = "turnout.rollback.reason"
+ROLLBACK_OUTCOME = "turnout.rollback.outcome"  # ok or failed
+ROLLBACK_AUTOMATIC = "turnout.rollback.automatic"
+ROLLBACK_DETAIL = "turnout.rollback.detail"
+ROLLBACK_INCIDENT = "turnout.rollback.incident"
 
 SERVICE = "turnout.kv.v1.KeyValue"
 
@@ -139,6 +146,18 @@ class Telemetry:
         """An operator event (override, write pause) as a span of its own, always exported."""
         if self.enabled:
             self._always.start_span(name, attributes=attributes).end()
+
+    def rollback(self, reason: str, ok: bool, automatic: bool, detail: str = "", incident: str = "") -> None:
+        """A rollback as a span of its own, always exported; its status is an error when it failed."""
+        if not self.enabled:
+            return
+        span = self._always.start_span(ROLLBACK_SPAN, attributes={
+            ROLLBACK_REASON: reason, ROLLBACK_OUTCOME: "ok" if ok else "failed", ROLLBACK_AUTOMATIC: automatic,
+            ROLLBACK_DETAIL: detail, ROLLBACK_INCIDENT: incident,
+        })
+        if not ok:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, detail or "rollback failed"))
+        span.end()
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Flush what is queued, but never hold up shutdown for a collector that does not answer."""

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pycountry
 import pytest
 from turnout import AsyncClient, TurnoutError
+from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from proxy.commands.common import admin_target
+from proxy.config import load_config
 from tests.proxy_process import ProxyProcess, write_config
 from tests.stores import legacy_contents, sqlite_contents
 
@@ -186,3 +190,31 @@ async def test_rollback_after_a_partial_migration_keeps_every_legacy_key(tmp_pat
         async with AsyncClient(proxy.target) as client:
             assert await client.get("k200") == {"i": 200}
     assert legacy_contents(tmp_path / "legacy.json") == {**legacy, "k001": {"i": "newer"}}
+
+
+async def test_a_bad_transform_is_refused_by_the_admin_api_as_an_invalid_argument(tmp_path: Path) -> None:
+    """Over the real admin API: INVALID_ARGUMENT with the loader's message (not UNKNOWN), nothing copied,
+    and `turnout migrate --live` reports it like the offline run does (exit 2)."""
+    (tmp_path / "legacy.json").write_text(json.dumps({"a": 1}))
+    (tmp_path / "hastransform_5c.py").write_text("def up(key, doc):\n    return doc\n")
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    with ProxyProcess(config, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}):
+        async with grpc.aio.insecure_channel(admin_target(load_config(config))) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            for spec, message in (("no_such_module_5c:up", "cannot import no_such_module_5c"),
+                                  ("nocolon", "expected module:function"),
+                                  ("hastransform_5c:down", "has no function down")):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    async for _ in stub.Migrate(admin_pb2.MigrateRequest(transform=spec)):
+                        pass
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+                assert message in (refused.value.details() or "")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "migrate", "--live", "--transform", "no_such_module_5c:up",
+            "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 2, out.decode() + err.decode()
+        assert "cannot import no_such_module_5c" in err.decode()
+        assert "Traceback" not in err.decode()
+        assert (await turnout(config, "status", "--records"))["shadow"]["records"]["new"]["records"] == 0

@@ -232,14 +232,25 @@ class FakeAdmin:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.renewals: list[float] = []
+        self.rollbacks: list[Any] = []
 
     def Status(self, request: Any, timeout: float) -> Any:
         from turnout.admin.v1 import admin_pb2
         return admin_pb2.StatusResponse(backends=[admin_pb2.BackendState(name="old", healthy=True),
                                                   admin_pb2.BackendState(name="new", healthy=True)])
 
-    def PauseWrites(self, request: Any, timeout: float) -> None:
-        self.calls.append("pause" if request.paused else "resume")
+    def PauseWrites(self, request: Any, timeout: float) -> Any:
+        from turnout.admin.v1 import admin_pb2
+        if request.renew:
+            self.renewals.append(request.lease_seconds)
+        else:
+            self.calls.append("pause" if request.paused else "resume")
+        return admin_pb2.PauseState(paused=request.paused)
+
+    def RecordRollback(self, request: Any, timeout: float) -> Any:
+        self.rollbacks.append(request)
+        return request
 
     def Drain(self, request: Any, timeout: float) -> Any:
         from turnout.admin.v1 import admin_pb2
@@ -275,6 +286,7 @@ def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path
     assert admin.calls == ["pause", "resume"]
     assert report.write_pause_s is not None
     assert [s.name for s in report.steps if not s.ok] == [fail_in]
+    assert [(r.automatic, r.ok) for r in admin.rollbacks] == [(True, True)]  # the proxy records it
 
 
 def test_a_cutover_stopped_by_a_gate_changes_nothing(tmp_path: Path) -> None:

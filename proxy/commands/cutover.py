@@ -18,6 +18,7 @@ from proxy.migration import cutover as steps
 from proxy.migration.stores import open_offline
 from proxy.migration.verify import verify
 from proxy.router import Route
+from proxy.telemetry import Telemetry
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +28,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--monitor", type=float, default=30.0, metavar="SECONDS", help="health watch after the switch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check every gate, change nothing")
     parser.add_argument("--reason", default="cutover")
+    parser.add_argument("--pause-lease", type=_positive, default=steps.PAUSE_LEASE_S, metavar="SECONDS",
+                        help="the proxy resumes writes by itself if the cutover stops renewing its pause this long "
+                             f"(renewed every quarter of it; default {steps.PAUSE_LEASE_S:g})")
     add_config_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run_cutover)
@@ -48,13 +52,21 @@ def run_cutover(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with channel:
-            report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason)
+            report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason,
+                                   args.pause_lease)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.dry_run and not report.ok:
         steps.record_incident(config.state_dir, args.reason, report)
     emit(args, report.to_document(), steps.summary(report))
     return 0 if report.ok else 1
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -89,5 +101,11 @@ async def _rollback_offline(config: Config, reason: str) -> steps.Report:
                 steps.check_old_holds_new((await verify(stores)).to_document(), step)
     except steps.StepFailed:
         pass
-    steps.record_incident(config.state_dir, reason, report)
+    incident = steps.record_incident(config.state_dir, reason, report)
+    # No proxy to record it: the span leaves from here, when tracing is configured.
+    telemetry = Telemetry.from_env()
+    failed = next((s for s in report.steps if not s.ok), None)
+    telemetry.rollback(reason, report.ok, False, f"{failed.name}: {failed.detail}" if failed else "offline",
+                       str(incident))
+    telemetry.shutdown()
     return report

@@ -19,7 +19,7 @@ from proxy import statefile
 from proxy.backends import open_backend
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.config import Config
-from proxy.errors import BackendUnavailable
+from proxy.errors import BackendUnavailable, InvalidArgument
 from proxy.migration import archive as archives
 from proxy.migration.migrate import MigrateResult, load_transform, migrate
 from proxy.migration.stores import open_offline
@@ -113,6 +113,8 @@ def follow(updates: Any, label: str) -> dict[str, Any]:
                 return result
     except grpc.RpcError as exc:  # the proxy refused the job, failed it, or went away
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(details) from None  # e.g. a bad --transform: the caller's to fix
         raise BackendUnavailable(f"{label} failed in the proxy: {details}") from None
     finally:
         progress.close()

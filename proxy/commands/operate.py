@@ -83,7 +83,17 @@ def show_status(args: argparse.Namespace) -> int:
     for backend_name, summary in shadow.get("records", {}).items():
         lines.append(f"records {backend_name}: {summary['records']}, checksum {summary['checksum']}")
     if reply.writes.paused:
-        lines.append(f"WRITES PAUSED: {reply.writes.reason}")
+        lease = (f" (lease runs out in {reply.writes.lease_expires_unix - time.time():.1f}s)"
+                 if reply.writes.lease_expires_unix else "")
+        lines.append(f"WRITES PAUSED: {reply.writes.reason}{lease}")
+    if reply.writes.leases_expired:
+        lines.append(f"writes resumed by the proxy {reply.writes.leases_expired} time(s): a pause lease ran out "
+                     f"(last {_age(reply.writes.last_lease_expired_unix)}: {reply.writes.last_lease_expired_reason})")
+    if reply.last_rollback.time_unix:
+        rollback = reply.last_rollback
+        kind = "automatic" if rollback.automatic else "operator"
+        lines.append(f"last rollback ({kind}, {_age(rollback.time_unix)}): {rollback.reason}: "
+                     f"{'ok' if rollback.ok else 'FAILED'}" + (f", {rollback.detail}" if rollback.detail else ""))
     for backend in reply.backends:
         state = "healthy" if backend.healthy else f"FAILING: {backend.error}"
         lines.append(f"backend {backend.name}: {backend.type}, {state}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cturnout/admin/v1/admin.proto\x12\x10turnout.admin.v1\"4\n\x12PauseWritesRequest\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\nPauseState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x0c\x44rainRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01\"{\n\x0eMigrateRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\x12\x0c\n\x04rate\x18\x04 \x01(\x01\x12\x11\n\ttransform\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\x08\".\n\rVerifyRequest\x12\x0e\n\x06repair\x18\x01 \x01(\x08\x12\r\n\x05truth\x18\x02 \x01(\t\"L\n\tJobUpdate\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\" \n\rStatusRequest\x12\x0f\n\x07records\x18\x01 \x01(\x08\"\x89\x01\n\x0bReloadState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x19\n\x11last_attempt_unix\x18\x03 \x01(\x01\x12\x19\n\x11last_success_unix\x18\x04 \x01(\x01\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x04\x12\x12\n\nlast_error\x18\x06 \x01(\t\"R\n\rOverrideState\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nsince_unix\x18\x04 \x01(\x01\"u\n\x10ReplicationState\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x04\x12\x1a\n\x12oldest_age_seconds\x18\x02 \x01(\x01\x12\x10\n\x08replayed\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\"J\n\x0c\x42\x61\x63kendState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xdb\x02\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nflags_json\x18\x02 \x01(\t\x12-\n\x06reload\x18\x03 \x01(\x0b\x32\x1d.turnout.admin.v1.ReloadState\x12\x31\n\x08override\x18\x04 \x01(\x0b\x32\x1f.turnout.admin.v1.OverrideState\x12\x37\n\x0breplication\x18\x05 \x01(\x0b\x32\".turnout.admin.v1.ReplicationState\x12\x30\n\x08\x62\x61\x63kends\x18\x06 \x03(\x0b\x32\x1e.turnout.admin.v1.BackendState\x12\x14\n\x0cstarted_unix\x18\x07 \x01(\x01\x12,\n\x06writes\x18\x08 \x01(\x0b\x32\x1c.turnout.admin.v1.PauseState\x12\x13\n\x0bshadow_json\x18\t \x01(\t\"3\n\x12SetOverrideRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x16\n\x14\x43learOverrideRequest\"5\n\x0cRouteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\"y\n\rRouteResponse\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x16\n\x0e\x66lags_revision\x18\x04 \x01(\t\x12\x0e\n\x06shadow\x18\x05 \x01(\x08\x12\x11\n\tsecondary\x18\x06 \x01(\t2\x84\x05\n\x05\x41\x64min\x12K\n\x06Status\x12\x1f.turnout.admin.v1.StatusRequest\x1a .turnout.admin.v1.StatusResponse\x12T\n\x0bSetOverride\x12$.turnout.admin.v1.SetOverrideRequest\x1a\x1f.turnout.admin.v1.OverrideState\x12X\n\rClearOverride\x12&.turnout.admin.v1.ClearOverrideRequest\x1a\x1f.turnout.admin.v1.OverrideState\x12H\n\x05Route\x12\x1e.turnout.admin.v1.RouteRequest\x1a\x1f.turnout.admin.v1.RouteResponse\x12Q\n\x0bPauseWrites\x12$.turnout.admin.v1.PauseWritesRequest\x1a\x1c.turnout.admin.v1.PauseState\x12K\n\x05\x44rain\x12\x1e.turnout.admin.v1.DrainRequest\x1a\".turnout.admin.v1.ReplicationState\x12J\n\x07Migrate\x12 .turnout.admin.v1.MigrateRequest\x1a\x1b.turnout.admin.v1.JobUpdate0\x01\x12H\n\x06Verify\x12\x1f.turnout.admin.v1.VerifyRequest\x1a\x1b.turnout.admin.v1.JobUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cturnout/admin/v1/admin.proto\x12\x10turnout.admin.v1\"Z\n\x12PauseWritesRequest\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\r\n\x05renew\x18\x04 \x01(\x08\"\xa4\x01\n\nPauseState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12lease_expires_unix\x18\x03 \x01(\x01\x12\x16\n\x0eleases_expired\x18\x04 \x01(\x04\x12\x1f\n\x17last_lease_expired_unix\x18\x05 \x01(\x01\x12!\n\x19last_lease_expired_reason\x18\x06 \x01(\t\"\'\n\x0c\x44rainRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01\"{\n\x0eMigrateRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\x12\x0c\n\x04rate\x18\x04 \x01(\x01\x12\x11\n\ttransform\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\x08\".\n\rVerifyRequest\x12\x0e\n\x06repair\x18\x01 \x01(\x08\x12\r\n\x05truth\x18\x02 \x01(\t\"L\n\tJobUpdate\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\" \n\rStatusRequest\x12\x0f\n\x07records\x18\x01 \x01(\x08\"\x89\x01\n\x0bReloadState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x19\n\x11last_attempt_unix\x18\x03 \x01(\x01\x12\x19\n\x11last_success_unix\x18\x04 \x01(\x01\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x04\x12\x12\n\nlast_error\x18\x06 \x01(\t\"R\n\rOverrideState\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nsince_unix\x18\x04 \x01(\x01\"u\n\x10ReplicationState\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x04\x12\x1a\n\x12oldest_age_seconds\x18\x02 \x01(\x01\x12\x10\n\x08replayed\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x04\x12\x12\n\nlast_error\x18\x05 \x01(\t\"J\n\x0c\x42\x61\x63kendState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x94\x03\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nflags_json\x18\x02 \x01(\t\x12-\n\x06reload\x18\x03 \x01(\x0b\x32\x1d.turnout.admin.v1.ReloadState\x12\x31\n\x08override\x18\x04 \x01(\x0b\x32\x1f.turnout.admin.v1.OverrideState\x12\x37\n\x0breplication\x18\x05 \x01(\x0b\x32\".turnout.admin.v1.ReplicationState\x12\x30\n\x08\x62\x61\x63kends\x18\x06 \x03(\x0b\x32\x1e.turnout.admin.v1.BackendState\x12\x14\n\x0cstarted_unix\x18\x07 \x01(\x01\x12,\n\x06writes\x18\x08 \x01(\x0b\x32\x1c.turnout.admin.v1.PauseState\x12\x13\n\x0bshadow_json\x18\t \x01(\t\x12\x37\n\rlast_rollback\x18\n \x01(\x0b\x32 .turnout.admin.v1.RollbackRecord\"t\n\x0eRollbackRecord\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x11\n\tautomatic\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08incident\x18\x05 \x01(\t\x12\x11\n\ttime_unix\x18\x06 \x01(\x01\"3\n\x12SetOverrideRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x16\n\x14\x43learOverrideRequest\"5\n\x0cRouteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\"y\n\rRouteResponse\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x16\n\x0e\x66lags_revision\x18\x04 \x01(\t\x12\x0e\n\x06shadow\x18\x05 \x01(\x08\x12\x11\n\tsecondary\x18\x06 \x01(\t2\xda\x05\n\x05\x41\x64min\x12K\n\x06Status\x12\x1f.turnout.admin.v1.StatusRequest\x1a .turnout.admin.v1.StatusResponse\x12T\n\x0bSetOverride\x12$.turnout.admin.v1.SetOverrideRequest\x1a\x1f.turnout.admin.v1.OverrideState\x12X\n\rClearOverride\x12&.turnout.admin.v1.ClearOverrideRequest\x1a\x1f.turnout.admin.v1.OverrideState\x12H\n\x05Route\x12\x1e.turnout.admin.v1.RouteRequest\x1a\x1f.turnout.admin.v1.RouteResponse\x12Q\n\x0bPauseWrites\x12$.turnout.admin.v1.PauseWritesRequest\x1a\x1c.turnout.admin.v1.PauseState\x12K\n\x05\x44rain\x12\x1e.turnout.admin.v1.DrainRequest\x1a\".turnout.admin.v1.ReplicationState\x12J\n\x07Migrate\x12 .turnout.admin.v1.MigrateRequest\x1a\x1b.turnout.admin.v1.JobUpdate0\x01\x12H\n\x06Verify\x12\x1f.turnout.admin.v1.VerifyRequest\x1a\x1b.turnout.admin.v1.JobUpdate0\x01\x12T\n\x0eRecordRollback\x12 .turnout.admin.v1.RollbackRecord\x1a .turnout.admin.v1.RollbackRecordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turnout.admin.v1.admin_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PAUSEWRITESREQUEST']._serialized_start=50
-  _globals['_PAUSEWRITESREQUEST']._serialized_end=102
-  _globals['_PAUSESTATE']._serialized_start=104
-  _globals['_PAUSESTATE']._serialized_end=148
-  _globals['_DRAINREQUEST']._serialized_start=150
-  _globals['_DRAINREQUEST']._serialized_end=189
-  _globals['_MIGRATEREQUEST']._serialized_start=191
-  _globals['_MIGRATEREQUEST']._serialized_end=314
-  _globals['_VERIFYREQUEST']._serialized_start=316
-  _globals['_VERIFYREQUEST']._serialized_end=362
-  _globals['_JOBUPDATE']._serialized_start=364
-  _globals['_JOBUPDATE']._serialized_end=440
-  _globals['_STATUSREQUEST']._serialized_start=442
-  _globals['_STATUSREQUEST']._serialized_end=474
-  _globals['_RELOADSTATE']._serialized_start=477
-  _globals['_RELOADSTATE']._serialized_end=614
-  _globals['_OVERRIDESTATE']._serialized_start=616
-  _globals['_OVERRIDESTATE']._serialized_end=698
-  _globals['_REPLICATIONSTATE']._serialized_start=700
-  _globals['_REPLICATIONSTATE']._serialized_end=817
-  _globals['_BACKENDSTATE']._serialized_start=819
-  _globals['_BACKENDSTATE']._serialized_end=893
-  _globals['_STATUSRESPONSE']._serialized_start=896
-  _globals['_STATUSRESPONSE']._serialized_end=1243
-  _globals['_SETOVERRIDEREQUEST']._serialized_start=1245
-  _globals['_SETOVERRIDEREQUEST']._serialized_end=1296
-  _globals['_CLEAROVERRIDEREQUEST']._serialized_start=1298
-  _globals['_CLEAROVERRIDEREQUEST']._serialized_end=1320
-  _globals['_ROUTEREQUEST']._serialized_start=1322
-  _globals['_ROUTEREQUEST']._serialized_end=1375
-  _globals['_ROUTERESPONSE']._serialized_start=1377
-  _globals['_ROUTERESPONSE']._serialized_end=1498
-  _globals['_ADMIN']._serialized_start=1501
-  _globals['_ADMIN']._serialized_end=2145
+  _globals['_PAUSEWRITESREQUEST']._serialized_end=140
+  _globals['_PAUSESTATE']._serialized_start=143
+  _globals['_PAUSESTATE']._serialized_end=307
+  _globals['_DRAINREQUEST']._serialized_start=309
+  _globals['_DRAINREQUEST']._serialized_end=348
+  _globals['_MIGRATEREQUEST']._serialized_start=350
+  _globals['_MIGRATEREQUEST']._serialized_end=473
+  _globals['_VERIFYREQUEST']._serialized_start=475
+  _globals['_VERIFYREQUEST']._serialized_end=521
+  _globals['_JOBUPDATE']._serialized_start=523
+  _globals['_JOBUPDATE']._serialized_end=599
+  _globals['_STATUSREQUEST']._serialized_start=601
+  _globals['_STATUSREQUEST']._serialized_end=633
+  _globals['_RELOADSTATE']._serialized_start=636
+  _globals['_RELOADSTATE']._serialized_end=773
+  _globals['_OVERRIDESTATE']._serialized_start=775
+  _globals['_OVERRIDESTATE']._serialized_end=857
+  _globals['_REPLICATIONSTATE']._serialized_start=859
+  _globals['_REPLICATIONSTATE']._serialized_end=976
+  _globals['_BACKENDSTATE']._serialized_start=978
+  _globals['_BACKENDSTATE']._serialized_end=1052
+  _globals['_STATUSRESPONSE']._serialized_start=1055
+  _globals['_STATUSRESPONSE']._serialized_end=1459
+  _globals['_ROLLBACKRECORD']._serialized_start=1461
+  _globals['_ROLLBACKRECORD']._serialized_end=1577
+  _globals['_SETOVERRIDEREQUEST']._serialized_start=1579
+  _globals['_SETOVERRIDEREQUEST']._serialized_end=1630
+  _globals['_CLEAROVERRIDEREQUEST']._serialized_start=1632
+  _globals['_CLEAROVERRIDEREQUEST']._serialized_end=1654
+  _globals['_ROUTEREQUEST']._serialized_start=1656
+  _globals['_ROUTEREQUEST']._serialized_end=1709
+  _globals['_ROUTERESPONSE']._serialized_start=1711
+  _globals['_ROUTERESPONSE']._serialized_end=1832
+  _globals['_ADMIN']._serialized_start=1835
+  _globals['_ADMIN']._serialized_end=2565
 # @@protoc_insertion_point(module_scope)

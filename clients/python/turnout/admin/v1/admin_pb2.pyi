@@ -24,17 +24,29 @@ class PauseWritesRequest(_message.Message):
 
     PAUSED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    RENEW_FIELD_NUMBER: _builtins.int
     paused: _builtins.bool
     reason: _builtins.str
+    lease_seconds: _builtins.float
+    """With paused: resume writes by themselves unless renewed within this many seconds (the holder
+    may have died). 0: no lease, the pause holds until resumed.
+    """
+    renew: _builtins.bool
+    """Only extend the lease of a pause in force (to lease_seconds from now); never pauses. When writes
+    are no longer paused (the lease ran out, or they were resumed) nothing changes: paused is false.
+    """
     def __init__(
         self,
         *,
         paused: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        lease_seconds: _builtins.float = ...,
+        renew: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "paused", b"paused", "reason", b"reason", "renew", b"renew"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -46,17 +58,33 @@ class PauseState(_message.Message):
 
     PAUSED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_UNIX_FIELD_NUMBER: _builtins.int
+    LEASES_EXPIRED_FIELD_NUMBER: _builtins.int
+    LAST_LEASE_EXPIRED_UNIX_FIELD_NUMBER: _builtins.int
+    LAST_LEASE_EXPIRED_REASON_FIELD_NUMBER: _builtins.int
     paused: _builtins.bool
     reason: _builtins.str
+    lease_expires_unix: _builtins.float
+    """0 when the pause has no lease (or writes are not paused)"""
+    leases_expired: _builtins.int
+    """pauses ended by their lease running out, since the proxy started"""
+    last_lease_expired_unix: _builtins.float
+    """0 when never"""
+    last_lease_expired_reason: _builtins.str
+    """the reason of the pause that ran out"""
     def __init__(
         self,
         *,
         paused: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        lease_expires_unix: _builtins.float = ...,
+        leases_expired: _builtins.int = ...,
+        last_lease_expired_unix: _builtins.float = ...,
+        last_lease_expired_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_lease_expired_reason", b"last_lease_expired_reason", "last_lease_expired_unix", b"last_lease_expired_unix", "lease_expires_unix", b"lease_expires_unix", "leases_expired", b"leases_expired", "paused", b"paused", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,6 +360,7 @@ class StatusResponse(_message.Message):
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
     SHADOW_JSON_FIELD_NUMBER: _builtins.int
+    LAST_ROLLBACK_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     flags_json: _builtins.str
     """the effective flags, as JSON"""
@@ -348,6 +377,10 @@ class StatusResponse(_message.Message):
     def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendState]: ...
     @_builtins.property
     def writes(self) -> Global___PauseState: ...
+    @_builtins.property
+    def last_rollback(self) -> Global___RollbackRecord:
+        """the last rollback recorded since the proxy started"""
+
     def __init__(
         self,
         *,
@@ -360,14 +393,54 @@ class StatusResponse(_message.Message):
         started_unix: _builtins.float = ...,
         writes: Global___PauseState | None = ...,
         shadow_json: _builtins.str = ...,
+        last_rollback: Global___RollbackRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    ok: _builtins.bool
+    """old holds everything new holds (a cutover's: undone cleanly)"""
+    automatic: _builtins.bool
+    """a cutover rolling back by itself"""
+    detail: _builtins.str
+    """the failed step, or what was done"""
+    incident: _builtins.str
+    """the incident file in state_dir, when written"""
+    time_unix: _builtins.float
+    """set by the proxy; 0 in status when none was recorded"""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        automatic: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        incident: _builtins.str = ...,
+        time_unix: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic", b"automatic", "detail", b"detail", "incident", b"incident", "ok", b"ok", "reason", b"reason", "time_unix", b"time_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRecord: _TypeAlias = RollbackRecord  # noqa: Y015
 
 @_typing.final
 class SetOverrideRequest(_message.Message):

@@ -76,6 +76,11 @@ class AdminStub:
                 request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
                 _registered_method=True)
+        self.RecordRollback = channel.unary_unary(
+                '/turnout.admin.v1.Admin/RecordRollback',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -112,7 +117,8 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseWrites(self, request, context):
-        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window.
+        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window. A pause
+        with a lease ends by itself (writes resume, with a warning) unless renewed before it runs out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +140,13 @@ class AdminServicer:
 
     def Verify(self, request, context):
         """Compare the stores inside the proxy (re-checking differences after in-flight writes land).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRollback(self, request, context):
+        """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +194,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.FromString,
                     response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.SerializeToString,
+            ),
+            'RecordRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRollback,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +419,33 @@ class Admin:
             '/turnout.admin.v1.Admin/Verify',
             turnout_dot_admin_dot_v1_dot_admin__pb2.VerifyRequest.SerializeToString,
             turnout_dot_admin_dot_v1_dot_admin__pb2.JobUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/RecordRollback',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,13 +44,17 @@ class AdminStub:
     Route: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RouteRequest, _admin_pb2.RouteResponse]
     """Which backend an operation on KEY goes to and why, under the flags and overrides in force."""
     PauseWrites: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PauseWritesRequest, _admin_pb2.PauseState]
-    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window. A pause
+    with a lease ends by itself (writes resume, with a warning) unless renewed before it runs out.
+    """
     Drain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.ReplicationState]
     """Wait until the replication queue is empty, at most timeout_seconds."""
     Migrate: _grpc.UnaryStreamMultiCallable[_admin_pb2.MigrateRequest, _admin_pb2.JobUpdate]
     """Copy one store into the other inside the proxy, coordinated with live traffic."""
     Verify: _grpc.UnaryStreamMultiCallable[_admin_pb2.VerifyRequest, _admin_pb2.JobUpdate]
     """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
+    RecordRollback: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackRecord, _admin_pb2.RollbackRecord]
+    """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -68,13 +72,17 @@ class AdminAsyncStub(AdminStub):
     Route: _aio.UnaryUnaryMultiCallable[_admin_pb2.RouteRequest, _admin_pb2.RouteResponse]  # type: ignore[assignment]
     """Which backend an operation on KEY goes to and why, under the flags and overrides in force."""
     PauseWrites: _aio.UnaryUnaryMultiCallable[_admin_pb2.PauseWritesRequest, _admin_pb2.PauseState]  # type: ignore[assignment]
-    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+    """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window. A pause
+    with a lease ends by itself (writes resume, with a warning) unless renewed before it runs out.
+    """
     Drain: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.ReplicationState]  # type: ignore[assignment]
     """Wait until the replication queue is empty, at most timeout_seconds."""
     Migrate: _aio.UnaryStreamMultiCallable[_admin_pb2.MigrateRequest, _admin_pb2.JobUpdate]  # type: ignore[assignment]
     """Copy one store into the other inside the proxy, coordinated with live traffic."""
     Verify: _aio.UnaryStreamMultiCallable[_admin_pb2.VerifyRequest, _admin_pb2.JobUpdate]  # type: ignore[assignment]
     """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
+    RecordRollback: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackRecord, _admin_pb2.RollbackRecord]  # type: ignore[assignment]
+    """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is for operators and the turnout command line only. It is served on `admin.listen`
@@ -119,7 +127,9 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.PauseWritesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PauseState, _abc.Awaitable[_admin_pb2.PauseState]]:
-        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window."""
+        """Pause (or resume) every Set and Delete, above the flag file: the cutover's write window. A pause
+        with a lease ends by itself (writes resume, with a warning) unless renewed before it runs out.
+        """
 
     @_abc_1.abstractmethod
     def Drain(
@@ -144,5 +154,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_admin_pb2.JobUpdate], _abc.AsyncIterator[_admin_pb2.JobUpdate]]:
         """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
+
+    @_abc_1.abstractmethod
+    def RecordRollback(
+        self,
+        request: _admin_pb2.RollbackRecord,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RollbackRecord, _abc.Awaitable[_admin_pb2.RollbackRecord]]:
+        """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,111 @@
+"""A rollback is recorded as a span of its own, `turnout.rollback`, with its reason and outcome: from the
+proxy for `turnout rollback` and a cutover's automatic rollback, from the command itself offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from proxy import telemetry as attr
+from proxy.telemetry import Telemetry
+from tests.otlp_receiver import GrpcReceiver, ReceivedSpan
+from tests.proxy_process import ProxyProcess, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+
+
+@pytest.fixture
+def receiver() -> Iterator[GrpcReceiver]:
+    receiver = GrpcReceiver()
+    yield receiver
+    receiver.stop()
+
+
+def turnout(config: Path, env: dict[str, str], *args: str, expect: int = 0) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", *args, "--json", "--config", str(config)],
+                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == expect, f"turnout {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def rollbacks(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if s.name == "turnout.rollback"]
+
+
+def test_rollbacks_reach_the_collector_as_spans_of_their_own(tmp_path: Path, receiver: GrpcReceiver) -> None:
+    (tmp_path / "legacy.json").write_text(json.dumps({f"k{i}": i for i in range(50)}))
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    (tmp_path / "flags.yaml").write_text("use_new_storage: true\n")
+    env = {**FAST_EXPORT, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_TRACES_SAMPLER": "always_off",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    with ProxyProcess(config, env=env) as proxy:
+        plain = {"PYTHONPATH": env["PYTHONPATH"], "OTEL_SDK_DISABLED": "true"}  # spans only from the proxy
+        turnout(config, plain, "migrate")
+        assert turnout(config, plain, "verify")["clean"]
+        report = turnout(config, plain, "rollback", "--reason", "span drill")
+        assert report["ok"], report
+        spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 1))
+        span = spans[0]
+        assert span.attributes[attr.ROLLBACK_REASON] == "span drill"
+        assert span.attributes[attr.ROLLBACK_OUTCOME] == "ok"
+        assert span.attributes[attr.ROLLBACK_AUTOMATIC] is False
+        incident = Path(str(span.attributes[attr.ROLLBACK_INCIDENT]))
+        assert incident.parent == tmp_path / "state" / "incidents"
+        assert json.loads(incident.read_text())["reason"] == "span drill"
+        status = turnout(config, plain, "status")
+        assert (status["last_rollback"]["reason"], status["last_rollback"]["ok"]) == ("span drill", True)
+        assert status["last_rollback"]["time_unix"] > 0
+        text = subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--config", str(config)], cwd=ROOT,
+                              env={**os.environ, **plain}, capture_output=True, text=True, timeout=60, check=True)
+        assert "last rollback (operator" in text.stdout
+        assert "span drill: ok" in text.stdout
+
+        # A cutover that fails its verify rolls back by itself: that too is a rollback span.
+        turnout(config, plain, "cutover", "--monitor", "0")
+        turnout(config, plain, "rollback", "--reason", "back again")
+        connection = sqlite3.connect(tmp_path / "new.sqlite")  # a write that bypassed the proxy
+        with connection:
+            connection.execute("INSERT INTO kv (key, value) VALUES ('stray', '1')")
+        connection.close()
+        failed = turnout(config, plain, "cutover", "--monitor", "0", expect=1)
+        assert failed["rolled_back"]
+        spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 3))
+        automatic = spans[2]
+        assert automatic.attributes[attr.ROLLBACK_AUTOMATIC] is True
+        assert str(automatic.attributes[attr.ROLLBACK_REASON]).startswith("cutover failed: verify")
+        assert automatic.attributes[attr.ROLLBACK_OUTCOME] == "ok"  # undone cleanly
+        assert "writes resumed" in str(automatic.attributes[attr.ROLLBACK_DETAIL])
+    assert "operator rollback ok: span drill" in "".join(proxy.output)
+
+    # No proxy running: the command sends the span itself.
+    offline = turnout(config, env, "rollback", "--reason", "offline drill")
+    assert offline["ok"], offline
+    spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 4))
+    assert (spans[3].attributes[attr.ROLLBACK_REASON], spans[3].attributes[attr.ROLLBACK_OUTCOME]) == (
+        "offline drill", "ok")
+
+
+def test_a_failed_rollback_span_says_failed_and_is_an_error() -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = Telemetry(enabled=True, exporter=exporter)
+    telemetry.rollback("drill", ok=False, automatic=False, detail="verify old: 3 only in new")
+    telemetry.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "turnout.rollback"
+    assert dict(span.attributes or {}) == {
+        attr.ROLLBACK_REASON: "drill", attr.ROLLBACK_OUTCOME: "failed", attr.ROLLBACK_AUTOMATIC: False,
+        attr.ROLLBACK_DETAIL: "verify old: 3 only in new", attr.ROLLBACK_INCIDENT: ""}
+    assert span.status.status_code == StatusCode.ERROR
