@@ -25,7 +25,8 @@ from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,35 @@ class _MetadataGetter:
 
 _GETTER = _MetadataGetter()
 
+#: The samplers that decide a root span by its trace id alone, and so can be decided before a span exists.
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+def ratio_sampler(env: Mapping[str, str]) -> TraceIdRatioBased | None:
+    """The trace-id ratio that decides root spans under OTEL_TRACES_SAMPLER, when it is a ratio sampler.
+
+    Read as the SDK reads it: a missing or unreadable argument, or one outside 0..1, means 1.0.
+    """
+    if env.get("OTEL_TRACES_SAMPLER", "").lower() not in _RATIO_SAMPLERS:
+        return None
+    try:
+        rate = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        rate = 1.0
+    return TraceIdRatioBased(rate if 0.0 <= rate <= 1.0 else 1.0)
+
+
+class _PresetTraceIds(RandomIdGenerator):
+    """Gives the next root span the trace id turnout drew for it, so the SDK's sampling decision is the
+    one already made; every other id is random as usual."""
+
+    def __init__(self) -> None:
+        self.preset: int | None = None
+
+    def generate_trace_id(self) -> int:
+        preset, self.preset = self.preset, None
+        return preset if preset is not None else super().generate_trace_id()
+
 
 class Telemetry:
     """The tracers of one proxy; `enabled` False means every method is a cheap no-op."""
@@ -103,7 +133,16 @@ class Telemetry:
         env = os.environ
         resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "turnout")})
         processor = BatchSpanProcessor(exporter or _exporter(env))
-        provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+        # Under a ratio sampler, a call with no traceparent is decided by a trace id drawn here: a call
+        # left out gets no span at all (the SDK would build, sample and end a non-recording one), and a
+        # call kept gets a span with that very trace id, so the decision is the SDK's own.
+        self._root_ratio = ratio_sampler(env)
+        self._ids = _PresetTraceIds()
+        sampler: Sampler | None = None if self._root_ratio is None else (
+            ParentBased(self._root_ratio) if env["OTEL_TRACES_SAMPLER"].lower().startswith("parentbased")
+            else self._root_ratio)
+        # Without a sampler of ours, the SDK reads OTEL_TRACES_SAMPLER itself.
+        provider = TracerProvider(resource=resource, sampler=sampler, id_generator=self._ids)
         provider.add_span_processor(processor)
         always = TracerProvider(resource=resource, sampler=ALWAYS_ON)
         always.add_span_processor(processor)
@@ -123,8 +162,19 @@ class Telemetry:
             return None
         carrier = list(metadata or ())
         # Parsing trace context costs; most calls from untraced callers carry none.
-        parent = extract(carrier, getter=_GETTER) if any(k == "traceparent" for k, _ in carrier) else None  # type: ignore[arg-type]
-        return self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER)
+        if any(k == "traceparent" for k, _ in carrier):
+            parent = extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+        else:
+            parent = None
+            if self._root_ratio is not None:
+                trace_id = self._ids.generate_trace_id()
+                if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_ratio.bound:
+                    return None  # not sampled: the same test TraceIdRatioBased makes, made without a span
+                self._ids.preset = trace_id
+        try:
+            return self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER)
+        finally:
+            self._ids.preset = None  # never left for a later span
 
     def backend_span(self, parent: trace.Span | None, op: str, backend: str, backend_type: str) -> trace.Span | None:
         if parent is None or not parent.is_recording():

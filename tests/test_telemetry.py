@@ -10,6 +10,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from proxy import telemetry
@@ -172,3 +173,52 @@ async def test_the_end_of_a_keys_listing_is_not_a_failed_backend_call(
     spans = finished(tracing, exporter)
     assert not dispatcher.metrics.errors
     assert all(s.status.status_code.name != "ERROR" for s in spans)
+
+
+@pytest.mark.parametrize("sampler", ["traceidratio", "parentbased_traceidratio"])
+def test_a_ratio_sampler_keeps_its_share_of_root_calls_with_trace_ids_it_would_keep(
+    monkeypatch: pytest.MonkeyPatch, sampler: str
+) -> None:
+    """Decided before any span exists, a quarter of untraced calls get a span, each with a trace id the
+    SDK's own TraceIdRatioBased keeps; the rest get no span at all."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    tracing = Telemetry(enabled=True, exporter=InMemorySpanExporter())
+    spans = [tracing.server_span("Get", [("x-turnout-user", "u")]) for _ in range(4000)]
+    kept = [span for span in spans if span is not None]
+    assert 0.21 < len(kept) / len(spans) < 0.29  # about 6 standard deviations either side
+    bound = TraceIdRatioBased.get_bound_for_rate(0.25)
+    for span in kept:
+        assert span.is_recording()
+        assert span.get_span_context().trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
+        span.end()
+    assert len({span.get_span_context().trace_id for span in kept}) == len(kept)
+    tracing.shutdown()
+
+
+@pytest.mark.parametrize(("rate", "kept"), [("0", 0), ("1", 50), ("2.5", 50), ("nonsense", 50)])
+def test_ratio_edges_and_unreadable_ratios_follow_the_sdk(
+    monkeypatch: pytest.MonkeyPatch, rate: str, kept: int
+) -> None:
+    """Ratio 0 keeps no untraced call and 1 keeps each; a ratio out of range or unreadable means 1, as in the SDK."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", rate)
+    tracing = Telemetry(enabled=True, exporter=InMemorySpanExporter())
+    spans = [tracing.server_span("Get", []) for _ in range(50)]
+    assert sum(span is not None for span in spans) == kept
+    tracing.shutdown()
+
+
+def test_a_sampled_caller_is_followed_whatever_the_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parent-based: a caller's sampled traceparent gets a recording span in its trace even at ratio 0."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracing = Telemetry(enabled=True, exporter=InMemorySpanExporter())
+    span = tracing.server_span("Get", [TRACEPARENT])
+    assert span is not None
+    assert span.is_recording()
+    assert f"{span.get_span_context().trace_id:032x}" == TRACE_ID
+    assert tracing.server_span("Get", [UNSAMPLED_TRACEPARENT]) is not None  # followed, and not recording
+    assert tracing.server_span("Get", []) is None
+    span.end()
+    tracing.shutdown()
