@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from proxy.backends.jsonfile import JsonFileBackend
+from proxy.backends.sqlite import SqliteBackend
+from proxy.flags import Flags
+from proxy.migration.stores import Stores
+from proxy.router import Router
 from tests.proxy_process import ProxyProcess, write_config
 
 
@@ -28,3 +34,14 @@ def memory_proxy(tmp_path: Path) -> Iterator[ProxyProcess]:
     config = write_config(tmp_path, old={"type": "memory"}, new={"type": "memory"})
     with ProxyProcess(config) as proxy:
         yield proxy
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
+    """A legacy JSON file of 300 users as old and an empty SQLite store as new, opened for the migration tools."""
+    (tmp_path / "legacy.json").write_text(json.dumps({f"user:{i:03}": {"n": i} for i in range(300)}))
+    old = await JsonFileBackend.open(tmp_path / "legacy.json")
+    new = await SqliteBackend.open(tmp_path / "new.sqlite")
+    yield Stores(old, new, Router(Flags()))
+    await old.close()
+    await new.close()

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from proxy.backends.base import Backend
 from proxy.backends.sqlite import SqliteBackend
 
 
@@ -30,3 +31,8 @@ def seed_sqlite(path: Path, items: dict[str, Any]) -> None:
         await backend.close()
 
     asyncio.run(seed())
+
+
+async def backend_contents(backend: Backend) -> dict[str, Any]:
+    """Every document a backend holds, parsed, by key."""
+    return {k: json.loads(v) async for page in backend.scan() for k, v in page}

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from proxy import statefile
-from proxy.backends.base import Backend
 from proxy.backends.jsondir import JsonDirBackend
-from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.cli import main
 from proxy.flags import Flags
@@ -23,27 +20,14 @@ from proxy.migration.validate import validate_jsonfile
 from proxy.migration.verify import verify
 from proxy.router import Router
 from tests.proxy_process import write_config
-
-
-async def contents(backend: Backend) -> dict[str, object]:
-    return {k: json.loads(v) async for page in backend.scan() for k, v in page}
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
-    (tmp_path / "legacy.json").write_text(json.dumps({f"user:{i:03}": {"n": i} for i in range(300)}))
-    old = await JsonFileBackend.open(tmp_path / "legacy.json")
-    new = await SqliteBackend.open(tmp_path / "new.sqlite")
-    yield Stores(old, new, Router(Flags()))
-    await old.close()
-    await new.close()
+from tests.stores import backend_contents
 
 
 async def test_migrate_copies_everything_and_reruns_as_a_no_op(stores: Stores, tmp_path: Path) -> None:
     """A migration copies every key, validated by read-back; running it again does nothing."""
     result = await migrate(stores, tmp_path, batch_size=64)
     assert (result.total, result.migrated, result.skipped, result.error_count) == (300, 300, 0, 0)
-    assert await contents(stores.new) == await contents(stores.old)
+    assert await backend_contents(stores.new) == await backend_contents(stores.old)
     again = await migrate(stores, tmp_path)
     assert again.already_complete
     assert again.migrated == 0
@@ -57,7 +41,7 @@ async def test_interrupted_migration_resumes_after_its_checkpoint(stores: Stores
     result = await migrate(stores, tmp_path, batch_size=50)
     assert result.resumed_after == "user:199"
     assert (result.total, result.migrated) == (100, 100)
-    assert sorted(await contents(stores.new)) == [f"user:{i:03}" for i in range(200, 300)]
+    assert sorted(await backend_contents(stores.new)) == [f"user:{i:03}" for i in range(200, 300)]
 
 
 async def test_transform_is_applied_and_its_failures_are_reported(stores: Stores, tmp_path: Path) -> None:
@@ -71,7 +55,7 @@ async def test_transform_is_applied_and_its_failures_are_reported(stores: Stores
     result = await migrate(stores, tmp_path, transform=transform)
     assert result.error_count == 1
     assert result.errors == [{"key": "user:007", "error": "transform failed: bad record"}]
-    new = await contents(stores.new)
+    new = await backend_contents(stores.new)
     assert new["user:001"] == {"n": 1, "migrated": 1}
     assert "user:007" not in new
 
@@ -92,7 +76,7 @@ async def test_verify_reports_missing_different_extra_and_repair_fixes_them(stor
     assert repaired.clean
     assert repaired.repaired == 3
     assert repaired.old_checksum == repaired.new_checksum
-    assert "zzz:extra" not in await contents(stores.new)  # old is the truth for every key here
+    assert "zzz:extra" not in await backend_contents(stores.new)  # old is the truth for every key here
 
 
 async def test_verify_works_on_an_unordered_store(tmp_path: Path) -> None:
@@ -150,7 +134,7 @@ async def test_archive_and_restore_round_trip(stores: Stores, tmp_path: Path) ->
     try:
         restored = await archives.restore(out, target)
         assert restored.checksum == summary.checksum
-        assert await contents(target) == await contents(stores.old)
+        assert await backend_contents(target) == await backend_contents(stores.old)
     finally:
         await target.close()
 
@@ -208,6 +192,6 @@ async def test_a_damaged_archive_is_refused_before_anything_is_written(stores: S
             await archives.restore(damaged, target)
         with pytest.raises(archives.ArchiveError, match=r"truncated|damaged"):
             await archives.restore(truncated, target)
-        assert await contents(target) == {}
+        assert await backend_contents(target) == {}
     finally:
         await target.close()

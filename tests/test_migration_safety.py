@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +19,17 @@ import pytest
 
 from proxy import statefile
 from proxy.backends.base import Backend, Item
-from proxy.backends.jsonfile import JsonFileBackend
-from proxy.backends.sqlite import SqliteBackend
 from proxy.cli import main
 from proxy.errors import InvalidArgument
-from proxy.flags import Flags
 from proxy.migration.migrate import CHECKPOINT, load_transform, migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
-from proxy.router import Route, Router
+from proxy.router import Route
 from tests.faults import SwitchableBackend
 from tests.proxy_process import write_config
-from tests.stores import legacy_contents, seed_sqlite, sqlite_contents
+from tests.stores import backend_contents, legacy_contents, seed_sqlite, sqlite_contents
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def contents(backend: Backend) -> dict[str, Any]:
-    return {k: json.loads(v) async for page in backend.scan() for k, v in page}
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
-    (tmp_path / "legacy.json").write_text(json.dumps({f"user:{i:03}": {"n": i} for i in range(300)}))
-    old = await JsonFileBackend.open(tmp_path / "legacy.json")
-    new = await SqliteBackend.open(tmp_path / "new.sqlite")
-    yield Stores(old, new, Router(Flags()))
-    await old.close()
-    await new.close()
 
 
 async def test_a_run_that_left_errors_is_not_complete_and_the_next_retries_them(stores: Stores,
@@ -64,7 +47,7 @@ async def test_a_run_that_left_errors_is_not_complete_and_the_next_retries_them(
     second = await migrate(stores, tmp_path, batch_size=50)
     assert not second.already_complete
     assert (second.migrated, second.skipped, second.error_count) == (2, 298, 0)
-    assert await contents(stores.new) == await contents(stores.old)
+    assert await backend_contents(stores.new) == await backend_contents(stores.old)
     assert (await migrate(stores, tmp_path)).already_complete
 
 
@@ -93,7 +76,7 @@ async def test_offline_batches_overlap_up_to_the_concurrency_bound(stores: Store
     result = await migrate(bounded, tmp_path, batch_size=20, concurrency=4)
     assert (result.total, result.migrated, result.error_count) == (300, 300, 0)
     assert 1 < new.peak <= 4  # overlapping, within the bound
-    assert await contents(stores.new) == await contents(stores.old)
+    assert await backend_contents(stores.new) == await backend_contents(stores.old)
 
 
 async def test_a_failed_batch_leaves_the_checkpoint_before_it(stores: Stores, tmp_path: Path) -> None:
@@ -115,13 +98,13 @@ async def test_a_failed_batch_leaves_the_checkpoint_before_it(stores: Stores, tm
     checkpoint = statefile.read_json(tmp_path / CHECKPOINT)
     assert checkpoint is not None
     assert checkpoint["complete"] is False
-    copied = await contents(stores.new)
+    copied = await backend_contents(stores.new)
     last = checkpoint["last_key"]
     assert last is None or all(f"user:{i:03}" in copied for i in range(int(last.split(":")[1]) + 1))
     new.down = False
     resumed = await migrate(Stores(stores.old, stores.new, stores.router), tmp_path, batch_size=20)
     assert resumed.error_count == 0
-    assert await contents(stores.new) == await contents(stores.old)
+    assert await backend_contents(stores.new) == await backend_contents(stores.old)
 
 
 def test_a_transform_is_found_in_the_current_folder_and_bad_ones_are_refused(
@@ -205,7 +188,7 @@ async def test_sync_back_from_new_never_deletes_what_only_old_holds(stores: Stor
     await stores.new.set("user:005", b'{"n": "changed in new"}')
     await stores.new.set("made:in-new", b"1")
     result = await verify(stores, fix=True, truth=Route.NEW)
-    old = await contents(stores.old)
+    old = await backend_contents(stores.old)
     assert len(old) == 301
     assert old["user:005"] == {"n": "changed in new"}
     assert old["made:in-new"] == 1
