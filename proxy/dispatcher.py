@@ -378,7 +378,8 @@ class Dispatcher:
             # Under the kill switch a write stays on old, unless an earlier write of this key is
             # still on its way between the stores: then its direction must follow this write.
             if decision.replicate or self.queue.pending(key) is not None:
-                await self.queue.record(key, decision.primary.value, decision.secondary.value)
+                # The replayer is woken below only if the shadow write does not settle the intent.
+                await self.queue.record(key, decision.primary.value, decision.secondary.value, wake=False)
             shadow = self._shadow_task(decision, op, apply, call)
             try:
                 result = await self._call(decision.primary, op, apply(self.backends[decision.primary]), call)
@@ -389,8 +390,11 @@ class Dispatcher:
                     handed_off = True
                 raise
             if shadow is not None:
-                judge = compare_presence if op is Op.DELETE else _no_difference
-                self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
+                if op is Op.DELETE or not shadow.done() or shadow.cancelled() or shadow.exception() is not None:
+                    judge = compare_presence if op is Op.DELETE else _no_difference
+                    self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
+                else:
+                    self.discrepancies.compared(op.value)  # a Set that reached both: nothing to judge
                 if not shadow.done():
                     self._finish_shadow_write(key, shadow, release, settle=True)
                     handed_off = True
@@ -400,6 +404,7 @@ class Dispatcher:
         finally:
             if not handed_off:
                 release()
+                self.queue.wake()  # a no-op once the intent is settled
 
     def _finish_shadow_write(self, key: Key, shadow: asyncio.Future[Any], release: Callable[[], None],
                              settle: bool) -> None:
@@ -414,6 +419,7 @@ class Dispatcher:
                 log.warning("settling the replication intent of %r failed; the replayer will copy it: %s", key, exc)
             finally:
                 release()
+                self.queue.wake()
 
         self._keep(asyncio.create_task(finish()))
 

@@ -76,7 +76,8 @@ class ReplicationQueue:
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
-        self._settled = asyncio.Event()  # replaced by a fresh one each time an intent is settled
+        #: Set when an intent is settled; made only while somebody waits, as writes settle far more often.
+        self._settled: asyncio.Event | None = None
         self._replayer = BackgroundTask(self._replay_forever, "replication-replayer")
         self._forget: dict[str, Intent] = {}  # settled, their durable records not yet removed
         self._forget_wakeup = asyncio.Event()
@@ -94,8 +95,12 @@ class ReplicationQueue:
             self._changed()
         return len(self._pending)
 
-    async def record(self, key: str, source: str, target: str) -> None:
-        """Durably note that key must be copied from source to target. Call holding the key's lock."""
+    async def record(self, key: str, source: str, target: str, *, wake: bool = True) -> None:
+        """Durably note that key must be copied from source to target. Call holding the key's lock.
+
+        wake=False leaves the replayer asleep: a writer that may settle the intent itself (a shadow
+        write) calls wake() afterwards only if it did not, sparing the replayer a turn per write.
+        """
         current = self._pending.get(key)
         if current is not None and (current.source, current.target) == (source, target):
             return  # already durably pending with the same direction: nothing new to say
@@ -103,12 +108,17 @@ class ReplicationQueue:
         if current is None and stored is not None and (stored.source, stored.target) == (source, target):
             # Settled, but its durable record is still there: it says exactly this again.
             self._pending[key] = Intent(key, source, target, self._clock())
-            self._changed()
+            self._changed(wake)
             return
         intent = Intent(key, source, target, current.since if current else self._clock())
         await self._store.set(key, intent.encode())
         self._pending[key] = intent
-        self._changed()
+        self._changed(wake)
+
+    def wake(self) -> None:
+        """Let the replayer look at the pending intents now."""
+        if self._pending:
+            self._wakeup.set()
 
     async def settle(self, key: str) -> None:
         """Forget key's intent once its target holds the source's state. Call holding the key's lock.
@@ -121,8 +131,9 @@ class ReplicationQueue:
             self._forget[key] = intent
             self._forget_wakeup.set()
             self._changed()
-            self._settled.set()
-            self._settled = asyncio.Event()
+            if self._settled is not None:  # somebody waits (a live verify): tell them
+                self._settled.set()
+                self._settled = None
 
     async def _forget_forever(self) -> None:
         while True:
@@ -170,6 +181,8 @@ class ReplicationQueue:
         try:
             async with asyncio.timeout(timeout):
                 while key in self._pending:
+                    if self._settled is None:
+                        self._settled = asyncio.Event()
                     await self._settled.wait()
         except TimeoutError:
             return False
@@ -202,10 +215,11 @@ class ReplicationQueue:
         await self._forgetter.stop()
         await self._forget_settled()
 
-    def _changed(self) -> None:
+    def _changed(self, wake: bool = True) -> None:
         if self._pending:
             self._empty.clear()
-            self._wakeup.set()
+            if wake:
+                self._wakeup.set()
         else:
             self._empty.set()
 
