@@ -1,45 +1,54 @@
 """One writer per key at a time inside a proxy, so writes to a key land in one order on both backends.
 
-A lock exists only while someone holds or waits for it, so a proxy that has seen millions of keys
-keeps no lock for any of them.
+A key is in the table only while someone holds it, with the queue of its waiters once a second
+writer comes, so a proxy that has seen millions of keys keeps nothing for any of them. Taking a free
+key is one dict insert: no lock object per key, no future, no turn of the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-
-class _Entry:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+from functools import partial
 
 
 class KeyLocks:
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        # key -> None while held with nobody waiting, else the waiters in arrival order.
+        self._held: dict[str, deque[asyncio.Future[None]] | None] = {}
 
     async def acquire(self, key: str) -> Callable[[], None]:
-        """Wait for the key's lock; returns the function that releases it (exactly once)."""
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry()
-        entry.users += 1
+        """Wait for the key's lock; returns the function that releases it (call it exactly once)."""
+        held = self._held
+        if key not in held:
+            held[key] = None
+            return partial(self._release, key)
+        waiters = held[key]
+        if waiters is None:
+            waiters = held[key] = deque()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
         try:
-            await entry.lock.acquire()
+            await turn
         except BaseException:
-            self._forget(key, entry)
+            if turn.done() and not turn.cancelled():
+                self._release(key)  # handed over just as we gave up: pass it on
+            else:
+                waiters.remove(turn)
             raise
+        return partial(self._release, key)
 
-        def release() -> None:
-            entry.lock.release()
-            self._forget(key, entry)
-
-        return release
+    def _release(self, key: str) -> None:
+        """Hand the key to its first live waiter, or free it."""
+        waiters = self._held[key]
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the waiter owns the key from here
+                return
+        del self._held[key]
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -49,10 +58,5 @@ class KeyLocks:
         finally:
             release()
 
-    def _forget(self, key: str, entry: _Entry) -> None:
-        entry.users -= 1
-        if entry.users == 0:
-            del self._entries[key]
-
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._held)
