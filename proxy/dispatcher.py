@@ -206,7 +206,10 @@ class Dispatcher:
         task = start_eagerly(
             self._call(decision.secondary, op, run(self.backends[decision.secondary]), call, span)
         )
-        task.add_done_callback(self._shadow_done)
+        if task.done():
+            self._shadow_done(task)  # at once: a callback would cost another turn of the loop
+        else:
+            task.add_done_callback(self._shadow_done)
         return task
 
     def _shadow_done(self, task: asyncio.Future[Any]) -> None:
