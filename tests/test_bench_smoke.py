@@ -66,3 +66,18 @@ def test_top_frames_count_own_and_inclusive_samples() -> None:
     own, inclusive = top_frames("main;get 3\nmain;set 1\n")
     assert (own[0].frame, own[0].share) == ("get", 0.75)
     assert (inclusive[0].frame, inclusive[0].share) == ("main", 1.0)
+
+
+def test_the_dispatcher_benchmark_runs_and_reads_each_mode_against_route_old(tmp_path: Path) -> None:
+    """bench/dispatcher.py runs every mode on real stores and writes each ratio to route old."""
+    out = tmp_path / "dispatcher.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "dispatcher.py"), "--calls", "320", "--rounds", "1", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    figures = json.loads(out.read_text())["figures"]
+    assert len(figures) == 12
+    for figure in figures:
+        assert figure["value"] > 0
+        assert (figure["ratio"] is None) == figure["case"].endswith("route old")
