@@ -36,7 +36,9 @@ class KeyLocks:
             if turn.done() and not turn.cancelled():
                 self._release(key)  # handed over just as we gave up: pass it on
             else:
-                waiters.remove(turn)
+                # Left in the queue, where _release skips it: a release may already have dropped it
+                # (between the cancellation and this line), so it cannot be removed by value here.
+                turn.cancel()
             raise
         return partial(self._release, key)
 

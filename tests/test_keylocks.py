@@ -70,3 +70,17 @@ async def test_a_waiter_cancelled_just_as_it_was_handed_the_key_passes_it_on() -
     release_next = await asyncio.wait_for(next_in_line, 1)
     release_next()
     assert len(locks) == 0
+
+
+async def test_a_waiter_cancelled_and_released_past_before_it_runs_still_ends_cancelled() -> None:
+    """A release that skips a waiter just cancelled leaves that waiter a plain CancelledError, the key free."""
+    locks = KeyLocks()
+    release = await locks.acquire("k")
+    waiter = asyncio.create_task(locks.acquire("k"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    release()  # runs before the waiter does, and drops its cancelled turn
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(locks) == 0
+    (await asyncio.wait_for(locks.acquire("k"), 1))()
