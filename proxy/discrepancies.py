@@ -61,10 +61,6 @@ class Discrepancy:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
-    @classmethod
-    def from_json(cls, line: str) -> Discrepancy:
-        return cls(**json.loads(line))
-
 
 class Report:
     """Counts and samples of discrepancies, and of the operations compared."""
@@ -197,14 +193,21 @@ def _log_lines(folder: Path, since: float) -> Iterator[dict[str, Any]]:
                 yield doc
 
 
+def _discrepancy(doc: dict[str, Any]) -> Discrepancy | None:
+    """The discrepancy a log line holds; None for a compared-counts line or one of another shape."""
+    if "compared" in doc:
+        return None
+    try:
+        return Discrepancy(**doc)
+    except TypeError:
+        return None
+
+
 def read_log(folder: Path, since: float = 0.0) -> Iterator[Discrepancy]:
     """The logged discrepancies from `since` on, oldest first, across rotated files."""
     for doc in _log_lines(folder, since):
-        if "compared" not in doc:
-            try:
-                yield Discrepancy(**doc)
-            except TypeError:
-                continue
+        if (discrepancy := _discrepancy(doc)) is not None:
+            yield discrepancy
 
 
 def report_from_log(folder: Path, since: float = 0.0) -> Report:
@@ -214,10 +217,7 @@ def report_from_log(folder: Path, since: float = 0.0) -> Report:
         compared = doc.get("compared")
         if isinstance(compared, dict):
             report.compared.update({str(op): int(n) for op, n in compared.items() if isinstance(n, int)})
-            continue
-        try:
-            report.add(Discrepancy(**doc))
-        except TypeError:
-            continue
+        elif (discrepancy := _discrepancy(doc)) is not None:
+            report.add(discrepancy)
     return report
 

@@ -139,30 +139,26 @@ class Dispatcher:
         health = self.health[route]
         health.calls += 1
         started = time.perf_counter()
+        failed = False
         try:
-            result = await call
+            return await call
         except StopAsyncIteration:
-            # The end of a Keys listing: a call that succeeded with nothing more to give.
-            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=False)
-            health.consecutive_errors = 0
-            if span is not None:
-                span.end()
-            raise
+            raise  # the end of a Keys listing: a call that succeeded with nothing more to give
         except BaseException as exc:
-            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=True)
+            failed = True
             if isinstance(exc, BackendUnavailable):
                 health.errors += 1
                 health.consecutive_errors += 1
                 health.last_error = str(exc)
             if span is not None:
                 span.set_status(trace.StatusCode.ERROR, str(exc))
-                span.end()
             raise
-        self.metrics.backend_call(route, op, time.perf_counter() - started, failed=False)
-        health.consecutive_errors = 0
-        if span is not None:
-            span.end()
-        return result
+        finally:
+            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=failed)
+            if not failed:
+                health.consecutive_errors = 0
+            if span is not None:
+                span.end()
 
     def _backend_span(self, route: Route, op: Op, parent: Call) -> trace.Span | None:
         return self.telemetry.backend_span(parent.span, op.value, route.value, self.backends[route].type_name)
@@ -238,20 +234,20 @@ class Dispatcher:
                show: Callable[[Any], str | None]) -> None:
         self.discrepancies.compared(op.value)
         detail = ""
-        shadow_shown: str | None
+        shadow_shown: str | None = None
         if shadow.cancelled() or shadow.exception() is not None:
-            kind: Kind | None = Kind.SHADOW_ERROR
+            kind = Kind.SHADOW_ERROR
             detail = "cancelled" if shadow.cancelled() else str(shadow.exception())
-            shadow_shown = None
         else:
-            kind = judge(primary, shadow.result())
+            judged = judge(primary, shadow.result())
+            if judged is None:
+                return  # the usual outcome: nothing to show, so nothing is rendered
+            kind = judged
             shadow_shown = show(shadow.result())
-            if kind is not None and op is Op.KEYS:
+            if op is Op.KEYS:
                 diff = compare_key_sets(primary, shadow.result())
                 detail = (f"missing in shadow: {diff.missing} {list(diff.missing_sample)}; "
                           f"extra in shadow: {diff.extra} {list(diff.extra_sample)}")
-        if kind is None:
-            return
         self._record(op, key, kind, decision, router, call, trim(show(primary)), trim(shadow_shown), detail)
 
     def _record(self, op: Op, key: str, kind: Kind, decision: Decision, router: Router, call: Call,
@@ -393,11 +389,8 @@ class Dispatcher:
                     handed_off = True
                 raise
             if shadow is not None:
-                if op is Op.DELETE or not shadow.done() or shadow.cancelled() or shadow.exception() is not None:
-                    judge = compare_presence if op is Op.DELETE else _no_difference
-                    self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
-                else:
-                    self.discrepancies.compared(op.value)  # a Set that reached both: nothing to judge
+                judge = compare_presence if op is Op.DELETE else _no_difference
+                self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
                 if not shadow.done():
                     self._finish_shadow_write(key, shadow, release, settle=True)
                     handed_off = True

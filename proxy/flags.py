@@ -104,11 +104,15 @@ def compile_key_patterns(patterns: tuple[str, ...], name: str) -> KeySearch | No
 
 def load_flags(path: Path) -> LoadedFlags:
     """Read and validate the flag file at path; ConfigError names the file, line and field."""
+    return parse_loaded(read_flag_file(path), str(path))
+
+
+def read_flag_file(path: Path) -> bytes:
+    """The flag file's bytes; ConfigError when it cannot be read."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read flag file: {exc.strerror or exc}") from exc
-    return parse_loaded(raw, str(path))
 
 
 def parse_loaded(raw: bytes, source: str) -> LoadedFlags:

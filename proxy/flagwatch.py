@@ -38,7 +38,7 @@ from proxy import statefile
 from proxy.background import BackgroundTask
 from proxy.durable import replace_file
 from proxy.errors import ConfigError
-from proxy.flags import Flags, LoadedFlags, digest, load_flags, parse_loaded
+from proxy.flags import Flags, LoadedFlags, digest, load_flags, parse_loaded, read_flag_file
 from proxy.router import Override, Route, Router
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ def _signature(path: Path) -> Signature | None:
 
 def _read_flags(path: Path, in_force: str | None) -> tuple[LoadedFlags | None, bytes]:
     """The file's flags and bytes; None for the flags when the bytes hash to in_force (no change)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read flag file: {exc.strerror or exc}") from exc
+    raw = read_flag_file(path)
     if in_force is not None and digest(raw) == in_force:
         return None, raw
     return parse_loaded(raw, str(path)), raw

@@ -260,7 +260,11 @@ class ReplicationQueue:
 
 async def copy_key(key: str, source: Backend, target: Backend) -> None:
     """Make target hold source's current state of key: its value, or its absence."""
-    value = await source.get(key)
+    await put_state(key, await source.get(key), target)
+
+
+async def put_state(key: str, value: bytes | None, target: Backend) -> None:
+    """Make target hold value for key, or not hold key when value is None."""
     if value is None:
         await target.delete(key)
     else:

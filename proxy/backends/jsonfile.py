@@ -47,22 +47,20 @@ def signature(stat: os.stat_result) -> Signature:
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+# Built once: json.dumps with any non-default argument builds a new encoder per call, which costs
+# several times the encoding of a short key or value (and a load or rewrite does it per member).
+# allow_nan keeps what an old writer may have put there (Python's json writes NaN by default).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
+
+
 def compact(document: object) -> bytes:
-    # allow_nan keeps what an old writer may have put there (Python's json writes NaN by default).
-    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    """Compact UTF-8 JSON for a value, or a member name (a JSON string like any other)."""
     try:
-        return text.encode()
+        return _encode(document).encode()
     except UnicodeEncodeError:
         # A lone surrogate (`"\ud800"` in the file) has no UTF-8 form: keep it escaped, as written.
-        return json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
-
-
-def encode_key(key: Key) -> bytes:
-    text = json.dumps(key, ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(key).encode()
+        return _encode_ascii(document).encode()
 
 
 class _BeyondPython(Exception):
@@ -174,7 +172,7 @@ def render_store(data: dict[Key, Value]) -> bytes:
     for i, (key, value) in enumerate(data.items()):
         if i:
             parts.append(b",\n")
-        parts.append(encode_key(key))
+        parts.append(compact(key))
         parts.append(b":")
         parts.append(value)
     parts.append(b"}\n")

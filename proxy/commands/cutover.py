@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from proxy import statefile
-from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load, positive_seconds
 from proxy.commands.migration import admin_stub, follow
 from proxy.config import Config
 from proxy.errors import BackendUnavailable
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--monitor", type=float, default=30.0, metavar="SECONDS", help="health watch after the switch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check every gate, change nothing")
     parser.add_argument("--reason", default="cutover")
-    parser.add_argument("--pause-lease", type=_positive, default=steps.PAUSE_LEASE_S, metavar="SECONDS",
+    parser.add_argument("--pause-lease", type=positive_seconds, default=steps.PAUSE_LEASE_S, metavar="SECONDS",
                         help="the proxy resumes writes by itself if the cutover stops renewing its pause this long "
                              f"(renewed every quarter of it; default {steps.PAUSE_LEASE_S:g})")
     add_config_argument(parser)
@@ -60,13 +60,6 @@ def run_cutover(args: argparse.Namespace) -> int:
         steps.record_incident(config.state_dir, args.reason, report)
     emit(args, report.to_document(), steps.summary(report))
     return 0 if report.ok else 1
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -15,16 +15,9 @@ from typing import Any
 
 from turnout.client import KeyNotFound, SyncClient, TurnoutError
 
-from proxy.commands.common import add_config_argument, add_json_argument, emit, kv_target, load
+from proxy.commands.common import add_config_argument, add_json_argument, emit, kv_target, load, positive_seconds
 
 FAILED = 2
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +41,8 @@ def register(subparsers: Any) -> None:
             parser.add_argument("value", help="JSON text, or - for stdin")
         parser.add_argument("--target", help="proxy address HOST:PORT (default: listen from the config)")
         parser.add_argument("--user", help="caller name sent as x-turnout-user")
-        parser.add_argument("--timeout", type=_seconds, default=5.0, help="deadline per call, seconds (default 5)")
+        parser.add_argument("--timeout", type=positive_seconds, default=5.0,
+                            help="deadline per call, seconds (default 5)")
         add_config_argument(parser)
         add_json_argument(parser)
         parser.set_defaults(func=run)

@@ -174,7 +174,7 @@ def cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mon
         return _cutover(stub, state_dir, follow, monitor_s, dry_run, reason, report, keeper)
     finally:
         keeper.stop()
-        report.pause_lease_lost = report.pause_lease_lost or keeper.lost
+        report.pause_lease_lost = keeper.lost  # final: the keeper is stopped
 
 
 def _cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, monitor_s: float,
@@ -246,7 +246,6 @@ def _cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mo
             step.detail = ", ".join(done) + ("" if switched else "; routing was never changed")
         if paused_at is not None:
             report.write_pause_s = time.monotonic() - paused_at
-        report.pause_lease_lost = keeper.lost
         record_rollback(stub, admin_pb2.RollbackRecord(
             reason=f"cutover failed: {why}", ok=report.steps[-1].ok, automatic=True,
             detail=report.steps[-1].detail))

@@ -24,6 +24,7 @@ from proxy.checksum import item_hash
 from proxy.compare import documents_equal
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
+from proxy.replication import put_state
 from proxy.router import Route
 
 SAMPLES = 10
@@ -202,7 +203,7 @@ async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | No
             value = await source.get(key)
             if value is None and truth_for_all is not None:
                 continue
-            await _copy_value(key, value, target)
+            await put_state(key, value, target)
             repaired += 1
             continue
         async with stores.live.locks.hold(key):
@@ -217,17 +218,9 @@ async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | No
                 continue
             if source_value is None and truth_for_all is not None:
                 continue
-            await _copy_value(key, source_value, target)
+            await put_state(key, source_value, target)
             repaired += 1
     return repaired
-
-
-async def _copy_value(key: str, value: bytes | None, target: Backend) -> None:
-    """Make target hold value for key, or not hold key when value is None."""
-    if value is None:
-        await target.delete(key)
-    else:
-        await target.set(key, value)
 
 
 async def verify(stores: Stores, fix: bool = False, progress: Progress | None = None,
