@@ -100,6 +100,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
                 "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
                 "skipped": dispatcher.shadow.skipped, "failures": dispatcher.shadow.failures,
+                "pending_not_compared": dispatcher.shadow.pending_not_compared,
+                "keys_not_compared": dispatcher.shadow.keys_not_compared,
                 **dispatcher.metrics.to_document(),
                 **({"records": {route.value: (await summarize(backend)).to_document()
                                 for route, backend in dispatcher.backends.items()}} if request.records else {}),

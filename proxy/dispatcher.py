@@ -103,6 +103,7 @@ class ShadowCounters:
     skipped: int = 0
     in_flight: int = 0
     keys_not_compared: int = 0
+    pending_not_compared: int = 0  # key reads not compared: the key's copy to the shadow was pending
 
 
 class Dispatcher:
@@ -173,6 +174,11 @@ class Dispatcher:
                 # Its last write is still on the way here: read it where it is (see the docstring).
                 decision = replace(decision, primary=decision.secondary, secondary=decision.primary, compare=False)
                 catching_up = True
+            elif intent is not None and decision.compare:
+                # The shadow is known to lag behind this key's last write: comparing would only
+                # report the lag. Counted, so a queue that stays behind shows in status.
+                decision = replace(decision, compare=False)
+                self.shadow.pending_not_compared += 1
         self.metrics.operation(op, decision.primary)  # StrEnum members are their own str values
         span = call.span
         if span is not None and span.is_recording():
