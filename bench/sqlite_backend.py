@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,24 +69,35 @@ def raw_sets(path: Path, seconds: float) -> Figure:
     return Figure("raw sqlite3, one transaction per set", done / elapsed, "sets/s")
 
 
-async def backend_sets(path: Path, seconds: float, writers: int) -> Figure:
-    seed(path)
-    backend = await SqliteBackend.open(path)
+async def concurrently(op: Callable[[int], Awaitable[None]], workers: int, seconds: float,
+                       step: int) -> tuple[int, float]:
+    """Run op from `workers` loops at once until the time is up; each loop walks keys from its own
+    start by `step`. Returns the operations done and the seconds taken."""
     done = 0
     stop = time.monotonic() + seconds
 
-    async def writer(n: int) -> None:
+    async def loop(n: int) -> None:
         nonlocal done
         i = n * 977
         while time.monotonic() < stop:
-            await backend.set(key(i), DOC)
+            await op(i)
             done += 1
-            i += 1
+            i += step
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop(n) for n in range(workers)))
+    return done, time.monotonic() - started
+
+
+async def backend_sets(path: Path, seconds: float, writers: int) -> Figure:
+    seed(path)
+    backend = await SqliteBackend.open(path)
+
+    async def write(i: int) -> None:
+        await backend.set(key(i), DOC)
 
     commits_before = backend.commits
-    started = time.monotonic()
-    await asyncio.gather(*(writer(n) for n in range(writers)))
-    elapsed = time.monotonic() - started
+    done, elapsed = await concurrently(write, writers, seconds, step=1)
     commits = backend.commits - commits_before
     await backend.close()
     name = f"backend set, {writers} concurrent writer{'s' if writers > 1 else ''}"
@@ -112,20 +124,11 @@ def raw_gets(path: Path, seconds: float) -> Figure:
 async def backend_gets(path: Path, seconds: float) -> Figure:
     seed(path)
     backend = await SqliteBackend.open(path)
-    done = 0
-    stop = time.monotonic() + seconds
 
-    async def reader(n: int) -> None:
-        nonlocal done
-        i = n * 977
-        while time.monotonic() < stop:
-            assert await backend.get(key(i)) is not None
-            done += 1
-            i += 7919
+    async def read(i: int) -> None:
+        assert await backend.get(key(i)) is not None
 
-    started = time.monotonic()
-    await asyncio.gather(*(reader(n) for n in range(WORKERS)))
-    elapsed = time.monotonic() - started
+    done, elapsed = await concurrently(read, WORKERS, seconds, step=7919)
     await backend.close()
     return Figure(f"backend get, {WORKERS} concurrent readers", done / elapsed, "gets/s")
 

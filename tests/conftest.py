@@ -13,6 +13,7 @@ from proxy.backends.sqlite import SqliteBackend
 from proxy.flags import Flags
 from proxy.migration.stores import Stores
 from proxy.router import Router
+from tests.otlp_receiver import GrpcReceiver
 from tests.proxy_process import ProxyProcess, write_config
 
 
@@ -45,3 +46,11 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
     yield Stores(old, new, Router(Flags()))
     await old.close()
     await new.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[GrpcReceiver]:
+    """A real OTLP/gRPC trace receiver in the test process, as Jaeger's collector port would be."""
+    receiver = GrpcReceiver()
+    yield receiver
+    receiver.stop()

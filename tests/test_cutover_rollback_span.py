@@ -8,11 +8,9 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -23,13 +21,6 @@ from tests.proxy_process import ProxyProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[GrpcReceiver]:
-    receiver = GrpcReceiver()
-    yield receiver
-    receiver.stop()
 
 
 def turnout(config: Path, env: dict[str, str], *args: str, expect: int = 0) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ def discrepancy_spans(spans: list[ReceivedSpan]) -> dict[str, str]:
     """key → kind, from the discrepancy spans (keys are on spans because the config records them)."""
     return {str(s.attributes.get("turnout.key")): str(s.attributes["turnout.discrepancy.kind"])
             for s in spans if s.name == "turnout.discrepancy"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[GrpcReceiver]:
-    receiver = GrpcReceiver()
-    yield receiver
-    receiver.stop()
 
 
 def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, receiver: GrpcReceiver) -> None:
