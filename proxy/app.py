@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from grpc_health.v1 import health
 
@@ -26,6 +28,7 @@ from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BackendSpec, Config
 from proxy.discrepancies import DiscrepancyLog
 from proxy.dispatcher import Dispatcher
+from proxy.durable import inherit_store_locks
 from proxy.errors import TurnoutError
 from proxy.flagwatch import FlagWatcher
 from proxy.keylocks import KeyLocks
@@ -33,7 +36,9 @@ from proxy.metrics import Metrics
 from proxy.replication import ReplicationQueue
 from proxy.router import Route
 from proxy.server import KeyValueService, build_server, set_serving
+from proxy.sharedlocks import SharedKeyLocks
 from proxy.telemetry import Telemetry
+from proxy.workers import WorkerRole, worker_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +62,23 @@ def announce(message: str) -> None:
 
 
 class Proxy:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: WorkerRole | None = None) -> None:
         self.config = config
+        self.role = role
         self.dispatcher: Dispatcher | None = None
         self.stopping = asyncio.Event()
         self._opened: list[Backend] = []
 
     async def run(self) -> None:
-        config = self.config
+        config, role = self.config, self.role
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        listen = config.listen if role is None else role.listen
+        own_dir = config.state_dir if role is None else worker_dir(config.state_dir, role.index)
+        own_dir.mkdir(parents=True, exist_ok=True)
+        if role is not None:
+            inherit_store_locks(Path(path) for path in role.store_locks)
+        # Worker 0 answers on admin.listen; other workers' admin APIs are for worker 0 to reach.
+        admin_listen = config.admin_listen if role is None or role.index == 0 else "127.0.0.1:0"
         watcher = FlagWatcher(config.flags, config.state_dir)
         await asyncio.to_thread(watcher.load_initial)
 
@@ -73,35 +86,35 @@ class Proxy:
         health_servicer = health.aio.HealthServicer()
         await set_serving(health_servicer, False)
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
-        server = build_server(service, health_servicer, config.max_value_bytes)
+        server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None)
         admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
         admin = build_admin_server(admin_state)
         # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
         admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")
         front = AdminFront(("127.0.0.1", admin_grpc_port), lambda path, query: admin_page(admin_state, path, query))
         queue: ReplicationQueue | None = None
-        discrepancies = DiscrepancyLog(config.state_dir)
+        discrepancies = DiscrepancyLog(own_dir)
+        locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
         try:
             try:
-                port = server.add_insecure_port(config.listen)
+                port = server.add_insecure_port(listen)
             except RuntimeError:
-                message = f"listen: cannot listen on {config.listen} (in use, or not an address here)"
+                message = f"listen: cannot listen on {listen} (in use, or not an address here)"
                 raise CannotListen(message) from None
             await server.start()
             await admin.start()
-            admin_host, _, admin_port = config.admin_listen.rpartition(":")
+            admin_host, _, admin_port = admin_listen.rpartition(":")
             try:
                 admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
             except OSError as exc:
-                message = f"admin.listen: cannot listen on {config.admin_listen}: {exc.strerror or exc}"
+                message = f"admin.listen: cannot listen on {admin_listen}: {exc.strerror or exc}"
                 raise CannotListen(message) from None
-            (config.state_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
+            (own_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
             self._install_signal_handlers()
             old = await self._open(config.old)
             new = await self._open(config.new)
             store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
             self._opened.append(store)
-            locks = KeyLocks()
             backends = {Route.OLD: old, Route.NEW: new}
             queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks)
             left = await queue.load()
@@ -115,10 +128,17 @@ class Proxy:
             watcher.start()
             # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)
-            address = f"{config.listen.rpartition(':')[0]}:{port}"
-            (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
-            announce(f"admin on {admin_address}")
-            announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
+            address = f"{listen.rpartition(':')[0]}:{port}"
+            if role is None:
+                (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
+                announce(f"admin on {admin_address}")
+                announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
+            else:
+                self._follow_supervisor(role.lifeline_fd)
+                role.say_ready()
+                if role.index == 0:
+                    announce(f"admin on {admin_address}")
+                log.info("worker %d of %d serving on %s (pid %d)", role.index, role.count, address, os.getpid())
             settle_garbage_collector()
             await self.stopping.wait()
             log.info("shutting down: letting in-flight calls finish")
@@ -132,7 +152,10 @@ class Proxy:
             await front.stop()
             await admin.stop(0)
             telemetry.shutdown()
-        announce("stopped")
+            if isinstance(locks, SharedKeyLocks):
+                locks.close()
+        if role is None:
+            announce("stopped")  # the supervisor says it once for all its workers
 
     async def _open(self, spec: BackendSpec) -> Backend:
         backend = await open_backend(spec)
@@ -151,6 +174,18 @@ class Proxy:
                 await backend.close()
             except Exception:
                 log.exception("closing the %s backend failed", backend.type_name)
+
+    def _follow_supervisor(self, lifeline_fd: int) -> None:
+        """Stop when the supervisor is gone: the lifeline pipe's only writer closes when it dies."""
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            if not os.read(lifeline_fd, 64):
+                loop.remove_reader(lifeline_fd)
+                log.warning("the supervisor is gone; stopping")
+                self.stopping.set()
+
+        loop.add_reader(lifeline_fd, readable)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,7 +214,7 @@ def serve(config: Config) -> None:
     import uvloop
 
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(Proxy(config).run())
+        uvloop.run(Proxy(config, WorkerRole.from_env()).run())
     # Shut down already: every write is flushed and the stores are closed. A late second SIGTERM
     # (a supervisor repeating itself) must not turn the clean exit into "killed by signal".
     for sig in (signal.SIGTERM, signal.SIGINT):

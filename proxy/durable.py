@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from proxy.errors import StoreLocked
@@ -65,6 +66,20 @@ def remove_file(path: Path, sync_folder: bool = True) -> bool:
     return True
 
 
+#: Lock files whose flock this process shares with its supervisor (`turnout serve --workers N`).
+_inherited: set[Path] = set()
+
+
+def inherit_store_locks(paths: Iterable[Path]) -> None:
+    """Say that these lock files are already held for this process, by the supervisor of its workers.
+
+    flock belongs to an open file, and the workers inherit the supervisor's: the stores stay locked
+    against any other turnout process for as long as one of them lives, and open here without a
+    second lock, which would only conflict with the first.
+    """
+    _inherited.update(path.absolute() for path in paths)
+
+
 class StoreLock:
     """An exclusive advisory lock (flock) on a lock file, so two turnout processes never write one store.
 
@@ -73,6 +88,9 @@ class StoreLock:
 
     def __init__(self, lock_path: Path, what: str) -> None:
         self.path = lock_path
+        if lock_path.absolute() in _inherited:
+            self._fd: int | None = None
+            return
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -84,7 +102,11 @@ class StoreLock:
             raise StoreLocked(message) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd: int | None = fd
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """The locked file, for a supervisor to hand to its workers (-1 when held through one)."""
+        return -1 if self._fd is None else self._fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -151,7 +151,8 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
 
 
 def build_server(
-    service: KeyValueService, health_servicer: health.aio.HealthServicer, max_value_bytes: int
+    service: KeyValueService, health_servicer: health.aio.HealthServicer, max_value_bytes: int,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
@@ -159,7 +160,9 @@ def build_server(
             # Sending is not limited: the old application may have stored a value past max_value_bytes
             # in its own file, and Get must still return it (the caller's channel decides what it takes).
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            # Off for a lone proxy, so a second one on the same port is refused, not load-balanced;
+            # on for the workers of `--workers N`, which share the port on purpose.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     kv_pb2_grpc.add_KeyValueServicer_to_server(service, server)

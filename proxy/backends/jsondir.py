@@ -77,6 +77,11 @@ def decode_name(stem: str) -> Key:
     return key
 
 
+def lock_path(folder: Path) -> Path:
+    """The file whose lock says which turnout process serves the folder."""
+    return folder / LOCK_NAME
+
+
 class JsonDirBackend:
     type_name = "jsondir"
     ordered_scan = False  # folder order
@@ -91,7 +96,7 @@ class JsonDirBackend:
     async def open(cls, folder: Path) -> JsonDirBackend:
         def prepare() -> StoreLock:
             folder.mkdir(parents=True, exist_ok=True)
-            return StoreLock(folder / LOCK_NAME, f"jsondir {folder}")
+            return StoreLock(lock_path(folder), f"jsondir {folder}")
 
         try:
             return cls(folder, await asyncio.to_thread(prepare))

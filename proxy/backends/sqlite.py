@@ -117,6 +117,11 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def lock_path(path: Path) -> Path:
+    """The file whose lock says which turnout process serves the store."""
+    return path.with_name(path.name + ".lock")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -150,7 +155,7 @@ class SqliteBackend:
         def prepare() -> tuple[sqlite3.Connection, StoreLock]:
             path.parent.mkdir(parents=True, exist_ok=True)
             # SQLite would let two processes write, but a migration must know no proxy writes meanwhile.
-            lock = StoreLock(path.with_name(path.name + ".lock"), f"sqlite {path}")
+            lock = StoreLock(lock_path(path), f"sqlite {path}")
             try:
                 with translated_errors(path):
                     connection = _connect(path)

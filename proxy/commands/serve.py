@@ -16,10 +16,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", help="server config (default config/turnout.yaml or $TURNOUT_CONFIG)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="serve from N processes on one port (SO_REUSEPORT); both stores must be "
+                             "ones several processes can share (sqlite, jsondir)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(load_config(config_path(args.config)))
+    path = config_path(args.config)
+    config = load_config(path)
+    if args.workers != 1:
+        from proxy.supervisor import supervise
+
+        return supervise(config, path.absolute(), args.workers, args.log_level)
+    serve(config)
     return 0
