@@ -116,7 +116,8 @@ class Proxy:
             store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
             self._opened.append(store)
             backends = {Route.OLD: old, Route.NEW: new}
-            queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks)
+            queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks,
+                                     shared=role is not None)
             left = await queue.load()
             if left:
                 log.info("replaying %d writes a previous run left in the replication queue", left)

@@ -382,7 +382,8 @@ class Dispatcher:
         try:
             # Under the kill switch a write stays on old, unless an earlier write of this key is
             # still on its way between the stores: then its direction must follow this write.
-            if decision.replicate or self.queue.pending(key) is not None:
+            if (decision.replicate or self.queue.pending(key) is not None
+                    or (self.queue.shared and await self.queue.stored(key))):
                 # The replayer is woken below only if the shadow write does not settle the intent.
                 await self.queue.record(key, decision.primary.value, decision.secondary.value, wake=False)
             shadow = self._shadow_task(decision, op, apply, call)

@@ -6,6 +6,13 @@ value or its absence, and only then forgets the intent. Replaying is therefore i
 order-free: a crash between any two steps loses nothing, and a delete is replicated like any write,
 so no deleted key comes back. The dispatcher and the replayer take the same per-key lock, so a copy
 never interleaves with a write of the same key.
+
+Shared (`turnout serve --workers N`): every worker records in one store and holds the key's turn
+across workers (proxy.sharedlocks) while it changes a key's record, so the stored record is the
+truth and a worker's memory only a hint of what to look at. A key's record may have been replaced
+by another worker's later write, with the other direction, or settled and removed: so a worker
+always writes its record (never trusting that its own earlier one is still there), copies in the
+direction the stored record says, and removes a record only if it is still the one it settled.
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ class ReplicationQueue:
         backends: Mapping[str, Backend],
         locks: KeyLocks,
         clock: Callable[[], float] = time.time,
+        shared: bool = False,
     ) -> None:
+        self.shared = shared
         self._store = store
         self._backends = backends
         self._locks = locks
@@ -102,10 +111,14 @@ class ReplicationQueue:
         write) calls wake() afterwards only if it did not, sparing the replayer a turn per write.
         """
         current = self._pending.get(key)
-        if current is not None and (current.source, current.target) == (source, target):
+        if self.shared:
+            current = None  # another worker may have replaced or removed the record since
+        elif current is not None and (current.source, current.target) == (source, target):
             return  # already durably pending with the same direction: nothing new to say
         stored = self._forget.pop(key, None)
-        if current is None and stored is not None and (stored.source, stored.target) == (source, target):
+        if self.shared:
+            stored = None
+        elif current is None and stored is not None and (stored.source, stored.target) == (source, target):
             # Settled, but its durable record is still there: it says exactly this again.
             self._pending[key] = Intent(key, source, target, self._clock())
             self._changed(wake)
@@ -153,7 +166,7 @@ class ReplicationQueue:
             async with self._locks.hold(key):
                 if self._forget.get(key) is not intent:
                     return  # reused by a new write of the key, or settled again since
-                if key not in self._pending:
+                if key not in self._pending and (not self.shared or await self._store.get(key) == intent.encode()):
                     await self._store.delete(key)
                 del self._forget[key]
 
@@ -165,6 +178,10 @@ class ReplicationQueue:
 
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
+
+    async def stored(self, key: str) -> bool:
+        """Whether any worker's record for key is in the store (shared); call holding the key's lock."""
+        return await self._store.get(key) is not None
 
     def pending_under(self, prefix: str) -> dict[str, Intent]:
         """The pending intents of the keys that start with prefix, as a snapshot.
@@ -246,6 +263,18 @@ class ReplicationQueue:
             intent = self._pending.get(key)
             if intent is None:
                 return True  # settled by a shadow write meanwhile
+            if self.shared:
+                try:
+                    raw = await self._store.get(key)
+                except Exception as exc:
+                    self.failures += 1
+                    self.last_error = f"reading the queue record of {key!r}: {exc}"
+                    return False
+                if raw is None:  # another worker copied it and removed the record
+                    self._pending.pop(key, None)
+                    self._changed()
+                    return True
+                intent = self._pending[key] = Intent.decode(key, raw)
             try:
                 await copy_key(key, self._backends[intent.source], self._backends[intent.target])
                 await self.settle(key)

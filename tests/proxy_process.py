@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ def write_config(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any], *
 class ProxyProcess:
     """One `turnout serve` subprocess; `target` is its KeyValue address once started."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.config = config
+        self.args = tuple(args)
         self.env = {**os.environ, **(env or {})}
         self.target = ""
         self.output: list[str] = []
@@ -53,7 +54,7 @@ class ProxyProcess:
     def start(self) -> ProxyProcess:
         self._serving.clear()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,0 +1,150 @@
+"""`turnout serve --workers N` against real processes: one port, shared stores, restarts, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from grpc import aio
+from turnout import AsyncClient, SyncClient
+
+from proxy.workers import worker_dir
+from tests.proxy_process import ProxyProcess, write_config
+from tests.stores import sqlite_contents
+
+SQLITE_PAIR = ({"type": "sqlite", "path": "old.sqlite"}, {"type": "sqlite", "path": "new.sqlite"})
+MOVING = "use_new_storage: true\ntraffic_percentage: {read: 30, write: 60}\n"
+
+
+def proxy(tmp_path: Path, flags: str, workers: int = 2, old: dict[str, str] = SQLITE_PAIR[0],
+          new: dict[str, str] = SQLITE_PAIR[1]) -> ProxyProcess:
+    config = write_config(tmp_path, old, new)
+    (tmp_path / "flags.yaml").write_text(flags)
+    return ProxyProcess(config, args=["--workers", str(workers)])
+
+
+def operations_of(tmp_path: Path, index: int) -> int:
+    """KeyValue operations worker `index` served, from its own /metrics."""
+    address = (worker_dir(tmp_path / "state", index) / "admin.address").read_text().strip()
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    samples = [line for line in text.splitlines() if line.startswith("turnout_operations_total{")]
+    # Worker 0 speaks for all: its samples carry a worker label once it merges the others'.
+    mine = [line for line in samples if 'worker="' not in line or f'worker="{index}"' in line]
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in mine)
+
+
+def children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+async def write_through_many_connections(target: str, connections: int, rounds: int) -> dict[str, set[str]]:
+    """Every connection writes the same shared keys and its own; returns each key's written values."""
+    written: dict[str, set[str]] = {}
+
+    async def one(connection: int) -> None:
+        # A channel of its own, not the process's shared connection: the kernel spreads connections.
+        channel = aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        async with AsyncClient(target, channel=channel) as kv:
+            for round_ in range(rounds):
+                for key in (f"shared:{round_ % 10}", f"own:{connection}:{round_}"):
+                    value = {"connection": connection, "round": round_}
+                    written.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+                    await kv.set(key, value)
+                await kv.get(f"shared:{round_ % 10}")
+        await channel.close()
+
+    await asyncio.gather(*(one(c) for c in range(connections)))
+    return written
+
+
+def test_workers_share_one_port_and_leave_both_stores_equal(tmp_path: Path) -> None:
+    """Writes spread over two workers, the same keys from every connection at once: after the
+    drain both stores hold the same thing, each key one of the values written to it."""
+    with proxy(tmp_path, MOVING) as running:
+        written = asyncio.run(write_through_many_connections(running.target, connections=12, rounds=30))
+        served = [operations_of(tmp_path, index) for index in (0, 1)]
+        assert all(count > 0 for count in served), served
+        assert sum(served) == 12 * 30 * 3
+        assert running.stop() == 0
+    old, new = sqlite_contents(tmp_path / "old.sqlite"), sqlite_contents(tmp_path / "new.sqlite")
+    assert old == new
+    assert set(old) == set(written)
+    for key, value in old.items():
+        assert json.dumps(value, sort_keys=True) in written[key]
+
+
+def test_shadow_mode_over_workers_finds_no_discrepancy_in_writes(tmp_path: Path) -> None:
+    flags = "use_new_storage: true\nshadow_mode_enabled: true\ntraffic_percentage: {read: 50, write: 50}\n"
+    with proxy(tmp_path, flags) as running:
+        asyncio.run(write_through_many_connections(running.target, connections=8, rounds=20))
+        assert running.stop() == 0
+    assert sqlite_contents(tmp_path / "old.sqlite") == sqlite_contents(tmp_path / "new.sqlite")
+
+
+def test_workers_over_jsondir_folders(tmp_path: Path) -> None:
+    old = {"type": "jsondir", "path": "old"}
+    with proxy(tmp_path, MOVING, old=old) as running:
+        asyncio.run(write_through_many_connections(running.target, connections=6, rounds=10))
+        client = SyncClient(running.target, timeout=5)
+        assert sorted(client.keys("own:0:")) == sorted(f"own:0:{r}" for r in range(10))
+        assert running.stop() == 0
+    files = {p.name for p in (tmp_path / "old").glob("*.json")}
+    assert len(files) == 10 + 6 * 10
+
+
+def test_a_store_only_one_process_can_serve_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"type": "jsonfile", "path": "legacy.json"}, SQLITE_PAIR[1])
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--workers", "2"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "backends.old is a jsonfile store" in result.stderr
+    assert not (tmp_path / "state").exists() or not (tmp_path / "state" / "listen.address").exists()
+
+
+def test_a_second_proxy_on_the_same_stores_is_refused(tmp_path: Path) -> None:
+    with proxy(tmp_path, MOVING):
+        lone = ProxyProcess(tmp_path / "turnout.yaml")
+        with pytest.raises(RuntimeError, match="locked by another turnout process"):
+            lone.start()
+
+
+def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along(tmp_path: Path) -> None:
+    with proxy(tmp_path, MOVING) as running:
+        assert running.process is not None
+        supervisor = running.process.pid
+        wait_for(lambda: len(children(supervisor)) == 2)
+        first = children(supervisor)
+        victim = max(first)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(children(supervisor)) == 2 and victim not in children(supervisor))
+        replacement = (children(supervisor) - first).pop()
+        # The new worker serves: it writes its ready line once its backends are open.
+        wait_for(lambda: "worker" in "".join(running.output) and any(
+            f"(pid {replacement})" in line for line in running.output))
+        client = SyncClient(running.target, timeout=5)
+        client.set("after-restart", {"ok": True})
+        assert client.get("after-restart") == {"ok": True}
+
+        workers = children(supervisor)
+        running.kill()
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+    # Every lock went with them: a lone proxy opens the same stores.
+    with ProxyProcess(tmp_path / "turnout.yaml") as lone:
+        assert SyncClient(lone.target, timeout=5).get("after-restart") == {"ok": True}
