@@ -14,6 +14,10 @@ from typing import Any
 MEMORY: Mapping[str, Any] = {"type": "memory"}
 JSONFILE: Mapping[str, Any] = {"type": "jsonfile", "path": "legacy.json"}
 SQLITE: Mapping[str, Any] = {"type": "sqlite", "path": "new.sqlite"}
+SQLITE_OLD: Mapping[str, Any] = {"type": "sqlite", "path": "old.sqlite"}
+#: Connections for the --workers cases: the kernel spreads connections, not calls, over the workers,
+#: and four connections land all on one of two workers one time in eight.
+WORKERS_CONNECTIONS = 16
 
 #: Tracing cases export to the console (the server's stdout is /dev/null), so span creation and
 #: export are paid without a collector; set OTEL_TRACES_EXPORTER yourself to export elsewhere.
@@ -32,6 +36,7 @@ class Server:
     env: Mapping[str, str] = field(default_factory=dict)  # set over the caller's environment
     env_defaults: Mapping[str, str] = field(default_factory=dict)  # set unless the caller set them
     needs: tuple[str, ...] = ()  # modules that must exist, else the server's cases are skipped
+    workers: int = 1  # `turnout serve --workers N`
 
     def missing(self) -> list[str]:
         """The modules this server needs that are not there (yet)."""
@@ -50,6 +55,7 @@ class Case:
     #: Rate-limited: run at this fraction of the baseline's measured requests/s instead of flat out.
     rate_fraction: float | None = None
     target_p99_ms: float | None = None
+    connections: int | None = None  # HTTP/2 connections, when not the run's --connections
 
 
 def _proxy(name: str, **fields: Any) -> Server:
@@ -77,6 +83,9 @@ SERVERS: tuple[Server, ...] = (
     _traced("proxy-memory-trace-off", "always_off"),
     _traced("proxy-memory-trace-ratio", "parentbased_traceidratio", "0.01"),
     _traced("proxy-memory-trace-on", "always_on"),
+    # Both stores SQLite, which several processes can share: one worker against two.
+    _proxy("proxy-sqlite-1-worker", old=SQLITE_OLD, new=SQLITE, needs=("proxy.backends.sqlite",)),
+    _proxy("proxy-sqlite-2-workers", old=SQLITE_OLD, new=SQLITE, workers=2, needs=("proxy.backends.sqlite",)),
 )
 
 CASES: tuple[Case, ...] = (
@@ -103,6 +112,11 @@ CASES: tuple[Case, ...] = (
     Case("trace-off-set", "proxy-memory-trace-off", "Set", baseline="proxy-memory-set"),
     Case("trace-ratio-set", "proxy-memory-trace-ratio", "Set", baseline="trace-off-set", target_ratio=0.85),
     Case("trace-on-set", "proxy-memory-trace-on", "Set", baseline="trace-off-set"),
+    # --workers N: the scaling figure (no target: this machine has two cores, and h2load needs one).
+    Case("workers-1-get", "proxy-sqlite-1-worker", "Get", connections=WORKERS_CONNECTIONS),
+    Case("workers-2-get", "proxy-sqlite-2-workers", "Get", baseline="workers-1-get", connections=WORKERS_CONNECTIONS),
+    Case("workers-1-set", "proxy-sqlite-1-worker", "Set", connections=WORKERS_CONNECTIONS),
+    Case("workers-2-set", "proxy-sqlite-2-workers", "Set", baseline="workers-1-set", connections=WORKERS_CONNECTIONS),
 )
 
 

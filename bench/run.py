@@ -81,7 +81,8 @@ def measure(
     # by a timer, and with several streams it releases them in bursts that queue behind each other,
     # which would measure the burst, not the server (the floor's p99 went from 2 ms to 8 ms that way).
     streams = 1 if rate is not None else args.streams
-    spec = LoadSpec(running.target, case.op, args.duration, args.warmup, args.connections, streams, rate,
+    spec = LoadSpec(running.target, case.op, args.duration, args.warmup, case.connections or args.connections,
+                    streams, rate,
                     keys=args.keys, processes=args.processes)
     if case.op == "Get":
         preload(running.target, spec.keys if tool == "python" else 1)

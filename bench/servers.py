@@ -42,6 +42,22 @@ def write_proxy_config(folder: Path, server: Server) -> Path:
     return config
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0  # gone meanwhile
+    # After the command name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 class RunningServer:
     """One server subprocess; `target` is the address it serves KeyValue on once started."""
 
@@ -67,7 +83,8 @@ class RunningServer:
             out, err = subprocess.PIPE, subprocess.STDOUT
         elif self.server.kind == "proxy":
             config = write_proxy_config(self.folder, self.server)
-            command = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--log-level", "WARNING"]
+            command = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--log-level", "WARNING",
+                       "--workers", str(self.server.workers)]
             # The proxy announces on stderr; its stdout is where a console span exporter writes.
             out, err = subprocess.DEVNULL, subprocess.PIPE
         else:
@@ -94,10 +111,8 @@ class RunningServer:
                 self._serving.set()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the server process (all its threads) has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        # After the command name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU the server (all its threads, and its workers under --workers) has used so far."""
+        return sum(_cpu_seconds(pid) for pid in (self.pid, *_children(self.pid)))
 
     def stop(self) -> int:
         process, self._process = self._process, None

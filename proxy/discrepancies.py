@@ -15,6 +15,7 @@ samples) is what `turnout discrepancies` prints.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.background import BackgroundTask
+from proxy.workers import WORKERS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,14 @@ class DiscrepancyLog:
 
 
 def _log_lines(folder: Path, since: float) -> Iterator[dict[str, Any]]:
-    """Each well-formed line from `since` on, oldest first, across rotated files."""
+    """Each well-formed line from `since` on, oldest first, across rotated files and across the logs
+    of the proxy's other workers (`turnout serve --workers N`: each writes its own, in its folder)."""
+    workers = sorted(path for path in (folder / WORKERS_DIR).glob("*") if path.is_dir())
+    logs = [_one_log(log_folder, since) for log_folder in (folder, *workers)]
+    return heapq.merge(*logs, key=lambda doc: float(doc["time"]))
+
+
+def _one_log(folder: Path, since: float) -> Iterator[dict[str, Any]]:
     rotated = [p for p in folder.glob(LOG_NAME + ".*") if p.suffix[1:].isdigit()]
     for path in [*sorted(rotated, key=lambda p: -int(p.suffix[1:])), folder / LOG_NAME]:
         try:

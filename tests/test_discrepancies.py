@@ -163,3 +163,20 @@ def test_the_command_reports_from_the_log_with_the_proxy_stopped(tmp_path: Path,
     assert [d["key"] for d in doc["first"]] == ["a", "b"]
     assert main(["discrepancies", "--config", str(config)]) == 0
     assert "3 discrepancies in 108 compared operations" in capsys.readouterr().out
+
+
+async def test_the_logs_of_every_worker_are_read_as_one_in_time_order(tmp_path: Path) -> None:
+    """`turnout serve --workers N`: each worker logs in its own folder; readers see one log."""
+    worker_0, worker_1 = DiscrepancyLog(tmp_path), DiscrepancyLog(tmp_path / "workers" / "1")
+    worker_0.record(found(3.0, "c"))
+    worker_1.record(found(1.0, "a"))
+    worker_1.record(found(2.0, "b"))
+    for op in ("get", "get", "set"):
+        worker_1.compared(op)
+    worker_0.compared("get")
+    await worker_0.flush()
+    await worker_1.flush()
+    assert [d.key for d in read_log(tmp_path)] == ["a", "b", "c"]
+    report = report_from_log(tmp_path)
+    assert report.total == 3
+    assert dict(report.compared) == {"get": 3, "set": 1}
