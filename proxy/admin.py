@@ -1,4 +1,9 @@
-"""The operators' API (proto turnout.admin.v1), served on `admin.listen`, never on the data port."""
+"""The operators' API (proto turnout.admin.v1), served on `admin.listen`, never on the data port.
+
+With `turnout serve --workers N`, worker 0 answers for the whole proxy: the changes it is asked for
+(override, write pause, drain, rollback record) it makes at home and then on every other worker, and
+its Status and /metrics cover them all (proxy/peers.py). Migrate and Verify run in worker 0 alone.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -28,11 +34,28 @@ from proxy.metrics import Exposition, render_latency
 from proxy.migration.migrate import load_transform, migrate
 from proxy.migration.stores import Live, Stores
 from proxy.migration.verify import verify
+from proxy.peers import (
+    RELAY_TIMEOUT_S,
+    Peer,
+    current,
+    failure,
+    holds_on,
+    merge_pause,
+    merge_replication,
+    merge_status,
+    merged_metrics,
+    relay,
+    worker_state,
+)
 from proxy.progress import Progress
 from proxy.replication import QueueStats
 from proxy.router import Op, Override, Route, bucket
 
+if TYPE_CHECKING:
+    from turnout.admin.v1.admin_pb2_grpc import AdminAsyncStub
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,6 +86,15 @@ class AdminState:
     state_dir: Path
     lease: PauseLease = dataclass_field(default_factory=PauseLease)
     last_rollback: admin_pb2.RollbackRecord | None = None
+    #: This process's index under `turnout serve --workers N` (0 for a single process).
+    worker: int = 0
+    #: Worker 0's way to the others: (index, "host:port" of its admin front) of every other worker, read
+    #: afresh on each call (a restarted worker listens on a new port). Empty everywhere else.
+    peers: Callable[[], Sequence[tuple[int, str]]] = lambda: ()
+
+    def other_workers(self) -> tuple[Peer, ...]:
+        """The workers this one speaks for: none unless it is worker 0 (the others never relay)."""
+        return current(self.peers) if self.worker == 0 else ()
 
 
 def override_state(override: Override | None) -> admin_pb2.OverrideState:
@@ -111,6 +143,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 response.backends.append(admin_pb2.BackendState(
                     name=route.value, type=backend.type_name, healthy=health.healthy, error=health.last_error,
                 ))
+        others = self._state.other_workers()
+        if others or self._state.worker:
+            response.workers.append(worker_state(self._state.worker, os.getpid(), response))
+        if others:
+            asked = admin_pb2.StatusRequest()  # records: the backends are shared, worker 0 counted them
+            merge_status(response, await relay(others, lambda stub: stub.Status(asked, timeout=RELAY_TIMEOUT_S)))
         return response
 
     async def SetOverride(self, request: admin_pb2.SetOverrideRequest, context: Any) -> admin_pb2.OverrideState:
@@ -122,12 +160,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._state.watcher.set_override(override)
         log.warning("override: everything to %s (%s)", route.value, override.reason)
         self._event("turnout.override", {"turnout.route": route.value, "turnout.override.reason": override.reason})
+        await self._relay(context, f"the override to {route.value}",
+                          lambda stub: stub.SetOverride(request, timeout=RELAY_TIMEOUT_S))
         return override_state(override)
 
     async def ClearOverride(self, request: admin_pb2.ClearOverrideRequest, context: Any) -> admin_pb2.OverrideState:
         self._state.watcher.set_override(None)
         log.warning("override cleared: the flag file decides again")
         self._event("turnout.override.cleared", {})
+        await self._relay(context, "clearing the override",
+                          lambda stub: stub.ClearOverride(request, timeout=RELAY_TIMEOUT_S))
         return override_state(None)
 
     async def Route(self, request: admin_pb2.RouteRequest, context: Any) -> admin_pb2.RouteResponse:
@@ -143,6 +185,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             shadow=decision.compare, secondary=decision.secondary.value,
         )
 
+    async def _relay(self, context: Any, what: str,
+                     call: Callable[[AdminAsyncStub], Awaitable[T]]) -> list[tuple[int, T]]:
+        """Make the same call on every other worker (worker 0 only); UNAVAILABLE, naming them, when
+        some did not take it."""
+        others = self._state.other_workers()
+        if not others:
+            return []
+        answers = await relay(others, call)
+        if any(answer.error for answer in answers):
+            message = f"{failure(what, answers)}; {holds_on(answers, self._state.worker)}"
+            log.error("%s", message)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        return [(answer.peer.index, answer.reply) for answer in answers if answer.reply is not None]
 
     def _event(self, name: str, attributes: dict[str, Any]) -> None:
         if self._state.dispatcher is not None:
@@ -161,10 +216,41 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def PauseWrites(self, request: admin_pb2.PauseWritesRequest, context: Any) -> admin_pb2.PauseState:
         dispatcher = self._dispatcher()
-        lease = self._state.lease
         if not (math.isfinite(request.lease_seconds) and request.lease_seconds >= 0):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"lease_seconds: must be 0 (no lease) or more seconds, got {request.lease_seconds}")
+        local = self._pause(dispatcher, request)
+        others = self._state.other_workers()
+        if not others:
+            return local
+        answers = await relay(others, lambda stub: stub.PauseWrites(request, timeout=RELAY_TIMEOUT_S))
+        if any(answer.error for answer in answers):
+            what = ("renewing the write pause" if request.renew
+                    else f"{'pausing' if request.paused else 'resuming'} writes")
+            message = failure(what, answers)
+            if request.paused and not request.renew:
+                # A pause in part of the proxy is no pause, and its caller hears it failed and may
+                # never resume: undo it everywhere, on the failed workers too (it may have landed),
+                # to the end even if the caller stops waiting.
+                await asyncio.shield(self._undo_pause(dispatcher, others, message))
+                message += "; the pause was undone: writes flow on every worker that answers"
+            else:
+                message += f"; {holds_on(answers, self._state.worker)}"
+            log.error("%s", message)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        return merge_pause([local] + [answer.reply for answer in answers if answer.reply is not None])
+
+    async def _undo_pause(self, dispatcher: Dispatcher, others: Sequence[Peer], why: str) -> None:
+        resume = admin_pb2.PauseWritesRequest(paused=False, reason=f"pause undone: {why}")
+        self._pause(dispatcher, resume)
+        for answer in await relay(others, lambda stub: stub.PauseWrites(resume, timeout=RELAY_TIMEOUT_S)):
+            if answer.error:
+                log.error("undoing the write pause on worker %d at %s failed: %s",
+                          answer.peer.index, answer.peer.address, answer.error)
+
+    def _pause(self, dispatcher: Dispatcher, request: admin_pb2.PauseWritesRequest) -> admin_pb2.PauseState:
+        """PauseWrites in this process alone."""
+        lease = self._state.lease
         if request.renew:
             # A renewal extends a leased pause in force and never pauses again: once the lease ran out
             # (or an operator resumed), writes may have gone through, and its holder must know.
@@ -205,8 +291,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def Drain(self, request: admin_pb2.DrainRequest, context: Any) -> admin_pb2.ReplicationState:
         queue = self._dispatcher().queue
-        await queue.drain(request.timeout_seconds or 30.0)
-        return replication_state(queue.stats())
+        timeout = request.timeout_seconds or 30.0
+        # Every worker drains at once, so the whole proxy takes as long as the slowest, not their sum.
+        _, others = await asyncio.gather(queue.drain(timeout), self._relay(
+            context, "draining replication",
+            lambda stub: stub.Drain(request, timeout=timeout + RELAY_TIMEOUT_S)))
+        local = replication_state(queue.stats())
+        if not others:
+            return local
+        return merge_replication([(self._state.worker, local), *others])
 
     async def Migrate(self, request: admin_pb2.MigrateRequest, context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
         stores = self._stores()
@@ -241,6 +334,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if self._state.dispatcher is not None:
             self._state.dispatcher.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail,
                                                       record.incident)
+        await self._relay(context, "the rollback record",
+                          lambda stub: stub.RecordRollback(request, timeout=RELAY_TIMEOUT_S))
         return record
 
 
@@ -320,6 +415,9 @@ async def admin_page(state: AdminState, path: str, query: str) -> tuple[int, str
     """The plain-HTTP side of the admin port: /metrics, /status.json, /discrepancies.json, the dashboard."""
     if path == "/metrics":
         text = await render_metrics(state, with_records="records=1" in query.split("&"))
+        others = state.other_workers()
+        if others:  # the backends are shared: their records are counted once, by worker 0
+            text = await merged_metrics(state.worker, text, others)
         return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode()
     if path == "/status.json":
         status = await AdminService(state).Status(admin_pb2.StatusRequest(), None)

@@ -38,7 +38,7 @@ from proxy.router import Route
 from proxy.server import KeyValueService, build_server, set_serving
 from proxy.sharedlocks import SharedKeyLocks
 from proxy.telemetry import Telemetry
-from proxy.workers import WorkerRole, worker_dir
+from proxy.workers import WorkerRole, peer_admin_addresses, worker_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class Proxy:
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
         server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None)
         admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
+        if role is not None:
+            admin_state.worker = role.index
+            if role.index == 0:
+                count = role.count
+                admin_state.peers = lambda: peer_admin_addresses(config.state_dir, count, ADMIN_ADDRESS_FILE)
         admin = build_admin_server(admin_state)
         # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
         admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")

@@ -36,6 +36,7 @@ from typing import Any
 from proxy.app import LISTEN_ADDRESS_FILE, QUEUE_FILE, announce
 from proxy.backends import shared_lock_path
 from proxy.backends.sqlite import lock_path as sqlite_lock_path
+from proxy.backends.sqlite import prepare_file
 from proxy.config import Config
 from proxy.durable import StoreLock
 from proxy.workers import ROLE_ENV, CannotSupervise, WorkerRole, check_shareable
@@ -85,6 +86,15 @@ def hold_store_locks(config: Config) -> list[StoreLock]:
     return held
 
 
+def prepare_stores(config: Config) -> None:
+    """Create what the workers would otherwise race to create: the SQLite files in WAL mode."""
+    for spec in (config.old, config.new):
+        if spec.type == "sqlite":
+            assert spec.path is not None
+            prepare_file(spec.path)
+    prepare_file(config.state_dir / QUEUE_FILE)
+
+
 @contextlib.contextmanager
 def _pipe() -> Iterator[tuple[int, int]]:
     read_end, write_end = os.pipe()
@@ -109,29 +119,30 @@ class Supervisor:
     async def run(self) -> int:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        locks = hold_store_locks(config)
-        reserved, address = reserve_listen(config.listen)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            with _pipe() as (lifeline, _), _pipe() as (ready_in, ready_out):
-                loop.add_reader(ready_in, self._read_ready, ready_in)
-                fds = (lifeline, ready_out, *(lock.fileno() for lock in locks))
-
-                def role(index: int) -> WorkerRole:
-                    return WorkerRole(index, self.count, address, lifeline, ready_out,
-                                      tuple(str(lock.path) for lock in locks))
-
-                try:
-                    return await self._serve(address, role, fds)
-                finally:
-                    loop.remove_reader(ready_in)
-                    await self._stop_all()
-        finally:
-            reserved.close()
+        with contextlib.ExitStack() as held:
+            locks = hold_store_locks(config)
             for lock in locks:
-                lock.release()
+                held.callback(lock.release)
+            await asyncio.to_thread(prepare_stores, config)
+            reserved, address = reserve_listen(config.listen)
+            held.callback(reserved.close)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
+            lifeline, _ = held.enter_context(_pipe())
+            ready_in, ready_out = held.enter_context(_pipe())
+            loop.add_reader(ready_in, self._read_ready, ready_in)
+            held.callback(loop.remove_reader, ready_in)
+            fds = (lifeline, ready_out, *(lock.fileno() for lock in locks))
+
+            def role(index: int) -> WorkerRole:
+                return WorkerRole(index, self.count, address, lifeline, ready_out,
+                                  tuple(str(lock.path) for lock in locks))
+
+            try:
+                return await self._serve(address, role, fds)
+            finally:
+                await self._stop_all()
 
     async def _serve(self, address: str, role: Callable[[int], WorkerRole], fds: tuple[int, ...]) -> int:
         for index in range(self.count):

@@ -63,6 +63,18 @@ def worker_dir(state_dir: Path, index: int) -> Path:
     return state_dir if index == 0 else state_dir / WORKERS_DIR / str(index)
 
 
+def peer_admin_addresses(state_dir: Path, count: int, admin_file: str) -> list[tuple[int, str]]:
+    """(index, admin address) of workers 1..count-1, as each last wrote it ("" while it has not yet)."""
+    peers = []
+    for index in range(1, count):
+        try:
+            address = (worker_dir(state_dir, index) / admin_file).read_text().strip()
+        except FileNotFoundError:
+            address = ""
+        peers.append((index, address))
+    return peers
+
+
 def check_shareable(config: Config, count: int) -> None:
     if not 1 <= count <= MAX_WORKERS:
         raise CannotSupervise(f"--workers: must be 1 to {MAX_WORKERS}, got {count}")

@@ -122,6 +122,26 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def prepare_file(path: Path) -> None:
+    """Make path a SQLite store in WAL mode with its table, before several processes open it at once:
+    switching to WAL needs the file alone, and a process that finds it busy then fails at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepared(path).close()
+
+
+def _prepared(path: Path) -> sqlite3.Connection:
+    with translated_errors(path):
+        connection = _connect(path)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(SCHEMA)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -157,16 +177,7 @@ class SqliteBackend:
             # SQLite would let two processes write, but a migration must know no proxy writes meanwhile.
             lock = StoreLock(lock_path(path), f"sqlite {path}")
             try:
-                with translated_errors(path):
-                    connection = _connect(path)
-                    try:
-                        connection.execute("PRAGMA journal_mode=WAL")
-                        connection.execute("PRAGMA synchronous=FULL")
-                        connection.execute(SCHEMA)
-                    except BaseException:
-                        connection.close()
-                        raise
-                    return connection, lock
+                return _prepared(path), lock
             except BaseException:
                 lock.release()
                 raise

@@ -97,9 +97,22 @@ def show_status(args: argparse.Namespace) -> int:
     for backend in reply.backends:
         state = "healthy" if backend.healthy else f"FAILING: {backend.error}"
         lines.append(f"backend {backend.name}: {backend.type}, {state}")
+    for worker in reply.workers:
+        lines.append(_worker_line(worker))
     lines.append("effective flags: " + json.dumps(doc["flags"]))
     emit(args, doc, "\n".join(lines))
     return 0
+
+
+def _worker_line(worker: admin_pb2.WorkerState) -> str:
+    """One worker of a proxy serving with --workers N, as worker 0 saw it."""
+    where = f" at {worker.admin_address}" if worker.admin_address else ""
+    if not worker.reachable:
+        return f"worker {worker.index}{where}: UNREACHABLE: {worker.error}"
+    state = "serving" if worker.serving else "not serving yet"
+    paused = ", WRITES PAUSED" if worker.writes_paused else ""
+    return (f"worker {worker.index}{where}: pid {worker.pid}, {state}, {worker.operations} operations, "
+            f"{worker.replication_depth} pending replication, flags {worker.flags_revision!r}{paused}")
 
 
 def resume_flags(args: argparse.Namespace) -> int:

@@ -361,6 +361,7 @@ class StatusResponse(_message.Message):
     WRITES_FIELD_NUMBER: _builtins.int
     SHADOW_JSON_FIELD_NUMBER: _builtins.int
     LAST_ROLLBACK_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     flags_json: _builtins.str
     """the effective flags, as JSON"""
@@ -381,6 +382,14 @@ class StatusResponse(_message.Message):
     def last_rollback(self) -> Global___RollbackRecord:
         """the last rollback recorded since the proxy started"""
 
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerState]:
+        """With `turnout serve --workers N` (N > 1): every worker, worker 0 (the one answering) first, each
+        as it answered or as unreachable. The counters above are then the sums over the workers that
+        answered (replication, operations, shadow counts; latency quantiles: the highest). Empty for a
+        single process.
+        """
+
     def __init__(
         self,
         *,
@@ -394,14 +403,71 @@ class StatusResponse(_message.Message):
         writes: Global___PauseState | None = ...,
         shadow_json: _builtins.str = ...,
         last_rollback: Global___RollbackRecord | None = ...,
+        workers: _abc.Iterable[Global___WorkerState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "workers", b"workers", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class WorkerState(_message.Message):
+    """One worker process of a proxy started with --workers N, as worker 0 sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    ADMIN_ADDRESS_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    REPLICATION_DEPTH_FIELD_NUMBER: _builtins.int
+    WRITES_PAUSED_FIELD_NUMBER: _builtins.int
+    FLAGS_REVISION_FIELD_NUMBER: _builtins.int
+    STARTED_UNIX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    pid: _builtins.int
+    """0 when unreachable"""
+    admin_address: _builtins.str
+    """its own admin port (loopback); empty for worker 0 (admin.listen)"""
+    reachable: _builtins.bool
+    """false: worker 0 could not ask it; the error says why, the rest is unknown"""
+    error: _builtins.str
+    serving: _builtins.bool
+    """its backends are open"""
+    operations: _builtins.int
+    """KeyValue operations it has served since it started"""
+    replication_depth: _builtins.int
+    writes_paused: _builtins.bool
+    flags_revision: _builtins.str
+    started_unix: _builtins.float
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        admin_address: _builtins.str = ...,
+        reachable: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        serving: _builtins.bool = ...,
+        operations: _builtins.int = ...,
+        replication_depth: _builtins.int = ...,
+        writes_paused: _builtins.bool = ...,
+        flags_revision: _builtins.str = ...,
+        started_unix: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_address", b"admin_address", "error", b"error", "flags_revision", b"flags_revision", "index", b"index", "operations", b"operations", "pid", b"pid", "reachable", b"reachable", "replication_depth", b"replication_depth", "serving", b"serving", "started_unix", b"started_unix", "writes_paused", b"writes_paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
 @_typing.final
 class RollbackRecord(_message.Message):
