@@ -78,10 +78,10 @@ def test_workers_share_one_port_and_leave_both_stores_equal(tmp_path: Path) -> N
     """Writes spread over two workers, the same keys from every connection at once: after the
     drain both stores hold the same thing, each key one of the values written to it."""
     with proxy(tmp_path, MOVING) as running:
-        written = asyncio.run(write_through_many_connections(running.target, connections=12, rounds=30))
+        written = asyncio.run(write_through_many_connections(running.target, connections=16, rounds=30))
         served = [operations_of(tmp_path, index) for index in (0, 1)]
         assert all(count > 0 for count in served), served
-        assert sum(served) == 12 * 30 * 3
+        assert sum(served) == 16 * 30 * 3
         assert running.stop() == 0
     old, new = sqlite_contents(tmp_path / "old.sqlite"), sqlite_contents(tmp_path / "new.sqlite")
     assert old == new
@@ -148,3 +148,44 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
     # Every lock went with them: a lone proxy opens the same stores.
     with ProxyProcess(tmp_path / "turnout.yaml") as lone:
         assert SyncClient(lone.target, timeout=5).get("after-restart") == {"ok": True}
+
+
+def test_operators_steer_every_worker_through_worker_0(tmp_path: Path) -> None:
+    """`turnout rollback` and `turnout cutover` reach every worker: after each, calls on every
+    connection take the route it set, and status lists both workers."""
+    from proxy.cli import main
+
+    cli = ["--config", str(tmp_path / "turnout.yaml")]
+    flags = "use_new_storage: true\ntraffic_percentage: {read: 50, write: 50}\n"
+
+    def routes_per_worker() -> dict[int, dict[str, int]]:
+        routes: dict[int, dict[str, int]] = {}
+        address = (tmp_path / "state" / "admin.address").read_text().strip()
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("turnout_operations_total{"):
+                    labels = dict(part.split("=") for part in line[line.index("{") + 1:line.index("}")].split(","))
+                    worker, route = int(labels["worker"].strip('"')), labels["route"].strip('"')
+                    routes.setdefault(worker, {}).setdefault(route, 0)
+                    routes[worker][route] += int(float(line.rsplit(" ", 1)[1]))
+        return routes
+
+    with proxy(tmp_path, flags) as running:
+        # 16 connections: all on one of the two workers one time in 32,768.
+        before = routes_per_worker()
+        assert main(["rollback", "--reason", "drill", *cli]) == 0
+        asyncio.run(write_through_many_connections(running.target, connections=16, rounds=5))
+        after = routes_per_worker()
+        for worker in (0, 1):
+            assert after[worker].get("new", 0) == before.get(worker, {}).get("new", 0), after
+            assert after[worker]["old"] > before.get(worker, {}).get("old", 0), after
+        assert main(["resume", *cli]) == 0
+        assert main(["verify", *cli]) == 0
+        assert main(["cutover", "--monitor", "0.5", *cli]) == 0
+        settled = routes_per_worker()
+        asyncio.run(write_through_many_connections(running.target, connections=16, rounds=5))
+        final = routes_per_worker()
+        for worker in (0, 1):
+            assert final[worker]["old"] == settled[worker]["old"], final
+            assert final[worker]["new"] > settled[worker].get("new", 0), final
+        assert main(["status", "--json", *cli]) == 0
