@@ -59,7 +59,8 @@ class SharedKeyLocks(KeyLocks):
             raise
 
         def release() -> None:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+            if self._fd >= 0:  # once closed, the kernel has dropped every byte already
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
             release_slot()
 
         return release
