@@ -41,7 +41,7 @@ from proxy import telemetry as attr
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Backend, Key, Value
 from proxy.compare import Kind, compare_key_sets, compare_presence, compare_values
 from proxy.discrepancies import Discrepancy, DiscrepancyLog, trim
-from proxy.eager import start_eagerly
+from proxy.eager import Finished, start_eagerly
 from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
@@ -65,6 +65,13 @@ _KEY_READS = frozenset({Op.GET, Op.HAS})
 MAX_COMPARED_KEYS = 100_000
 #: Presence checks a Keys listing makes at once on the source of its keys' pending writes.
 PRESENCE_CONCURRENCY = 32
+#: The names of the routes and operations as plain strings: an enum member's `.value` is a property
+#: call, and a write would read three of them.
+_ROUTE_NAME = {route: route.value for route in Route}
+_OP_NAME = {op: op.value for op in Op}
+
+#: A shadow call's outcome: at once when it never waited (see proxy.eager), else its Task.
+Shadow = Finished[T] | asyncio.Task[T]
 
 
 class RouterSource(Protocol):
@@ -193,24 +200,25 @@ class Dispatcher:
         return decision, router
 
     def _shadow_task(self, decision: Decision, op: Op, run: Callable[[Backend], Awaitable[T]],
-                     call: Call) -> asyncio.Future[T] | None:
+                     call: Call) -> Shadow[T] | None:
         if not decision.compare:
             return None
         if self.shadow.in_flight >= MAX_SHADOW_IN_FLIGHT:
             self.shadow.skipped += 1
             return None
-        self.shadow.in_flight += 1
         self.shadow.calls += 1
+        secondary = decision.secondary
         # The span starts now: the task may first run after the caller's span has ended.
-        span = self._backend_span(decision.secondary, op, call)
+        span = None if call.span is None else self._backend_span(secondary, op, call)
         # Eagerly: a store that answers without waiting is done before the primary starts, so the
         # comparison and a write's settling happen in line, with no Task and no held key lock.
-        task = start_eagerly(
-            self._call(decision.secondary, op, run(self.backends[decision.secondary]), call, span)
-        )
-        if task.done():
-            self._shadow_done(task)  # at once: a callback would cost another turn of the loop
+        task = start_eagerly(self._call(secondary, op, run(self.backends[secondary]), call, span))
+        if isinstance(task, Finished):
+            # Done already (never in flight, as nothing ran meanwhile): a callback would cost a turn.
+            if task.error is not None:
+                self.shadow.failures += 1
         else:
+            self.shadow.in_flight += 1
             task.add_done_callback(self._shadow_done)
         return task
 
@@ -222,10 +230,10 @@ class Dispatcher:
     # -- comparison ----------------------------------------------------------------------------
 
     def _compare(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
-                 shadow: asyncio.Future[Any], judge: Callable[[Any, Any], Kind | None],
+                 shadow: Shadow[Any], judge: Callable[[Any, Any], Kind | None],
                  show: Callable[[Any], str | None]) -> None:
         """Compare now if the shadow has answered, else when it does; the caller never waits."""
-        if shadow.done():
+        if isinstance(shadow, Finished) or shadow.done():
             self._judge(op, key, decision, router, call, primary, shadow, judge, show)
             return
 
@@ -236,9 +244,9 @@ class Dispatcher:
         self._keep(asyncio.create_task(later()))
 
     def _judge(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
-               shadow: asyncio.Future[Any], judge: Callable[[Any, Any], Kind | None],
+               shadow: Shadow[Any], judge: Callable[[Any, Any], Kind | None],
                show: Callable[[Any], str | None]) -> None:
-        self.discrepancies.compared(op.value)
+        self.discrepancies.compared(_OP_NAME[op])
         detail = ""
         shadow_shown: str | None = None
         if shadow.cancelled() or shadow.exception() is not None:
@@ -377,39 +385,50 @@ class Dispatcher:
         if self.writes_paused is not None:
             raise ReadOnly(f"writes are paused by an operator: {self.writes_paused}")
         decision, router = self._decide(op, key, call)
+        queue = self.queue
         release = await self.locks.acquire(key)
         handed_off = False
         try:
             # Under the kill switch a write stays on old, unless an earlier write of this key is
             # still on its way between the stores: then its direction must follow this write.
-            if (decision.replicate or self.queue.pending(key) is not None
-                    or (self.queue.shared and await self.queue.stored(key))):
+            if (decision.replicate or queue.pending(key) is not None
+                    or (queue.shared and await queue.stored(key))):
+                source, target = _ROUTE_NAME[decision.primary], _ROUTE_NAME[decision.secondary]
                 # The replayer is woken below only if the shadow write does not settle the intent.
-                await self.queue.record(key, decision.primary.value, decision.secondary.value, wake=False)
+                if not queue.record_at_once(key, source, target, wake=False):
+                    await queue.record(key, source, target, wake=False)
             shadow = self._shadow_task(decision, op, apply, call)
             try:
                 result = await self._call(decision.primary, op, apply(self.backends[decision.primary]), call)
             except BaseException:
-                if shadow is not None:
+                if isinstance(shadow, asyncio.Task) and not shadow.done():
                     # The primary may not hold what the shadow wrote: the replayer copies its state.
                     self._finish_shadow_write(key, shadow, release, settle=False)
                     handed_off = True
                 raise
             if shadow is not None:
                 judge = compare_presence if op is Op.DELETE else _no_difference
-                self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
-                if not shadow.done():
+                if isinstance(shadow, asyncio.Task) and not shadow.done():
+                    self._compare(op, key, decision, router, call, result, shadow, judge, _show_presence)
                     self._finish_shadow_write(key, shadow, release, settle=True)
                     handed_off = True
-                elif not shadow.cancelled() and shadow.exception() is None:
-                    await self.queue.settle(key)  # both stores hold this write already
+                else:
+                    ok = (shadow.error is None if isinstance(shadow, Finished)
+                          else not shadow.cancelled() and shadow.exception() is None)
+                    if ok and judge is _no_difference:
+                        # All _judge would do: a Set has no answer to compare, only its success.
+                        self.discrepancies.compared(_OP_NAME[op])
+                    else:
+                        self._judge(op, key, decision, router, call, result, shadow, judge, _show_presence)
+                    if ok:
+                        queue.settle_at_once(key)  # both stores hold this write already
             return result
         finally:
             if not handed_off:
                 release()
                 self.queue.wake()  # a no-op once the intent is settled
 
-    def _finish_shadow_write(self, key: Key, shadow: asyncio.Future[Any], release: Callable[[], None],
+    def _finish_shadow_write(self, key: Key, shadow: asyncio.Task[Any], release: Callable[[], None],
                              settle: bool) -> None:
         """Keep the key's lock until the shadow write is done; settle the intent if both hold the write."""
 

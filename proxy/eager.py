@@ -6,36 +6,72 @@ turn of the event loop, and its result is picked up on yet another turn. Running
 its first real suspension right away, as Python 3.12's eager task factory does, lets such a call
 finish before the primary has even started, so the caller compares, settles and releases the key in
 line. A call that does suspend continues in a Task from exactly where it stopped.
+
+A call that never waited needs no loop at all: its outcome is a `Finished`, which answers what a
+done Future would (done, cancelled, result, exception). Making a Future would first ask which loop
+runs, and on Python 3.11 that question is a getpid() system call, paid on every shadow call.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
 
-def start_eagerly(coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Future[T]:
-    """Run coro until it first waits; its outcome as a future (already done when it never waited)."""
-    loop = asyncio.get_running_loop()
+class Finished(Generic[T]):
+    """The outcome of a coroutine that finished without waiting, read as a done Future is read.
+
+    `error` is what it raised (None when it returned), for a caller that only asks whether it failed.
+    """
+
+    __slots__ = ("_value", "error")
+
+    def __init__(self, value: T | None = None, error: BaseException | None = None) -> None:
+        self._value = value
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return isinstance(self.error, asyncio.CancelledError)
+
+    def exception(self) -> BaseException | None:
+        if isinstance(self.error, asyncio.CancelledError):
+            raise self.error  # as a cancelled Future does
+        return self.error
+
+    def result(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self._value)  # no error: the coroutine returned this value
+
+    def cancel(self) -> bool:
+        return False  # done already, as a done Future answers
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result()
+        yield  # a generator that never waits: awaiting gives the outcome at once
+
+
+#: The outcome of every call that returned None without waiting (a Set): immutable, so shared.
+_NONE: Finished[Any] = Finished()
+
+
+def start_eagerly(coro: Coroutine[Any, Any, T], name: str | None = None) -> Finished[T] | asyncio.Task[T]:
+    """Run coro until it first waits; its outcome when it never waited, else the Task that goes on."""
     try:
         awaited = coro.send(None)
     except StopIteration as stop:
-        done: asyncio.Future[T] = loop.create_future()
-        done.set_result(stop.value)
-        return done
+        return _NONE if stop.value is None else Finished(stop.value)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # CancelledError included: the future says so, as a Task's would
-        failed: asyncio.Future[T] = loop.create_future()
-        if isinstance(exc, asyncio.CancelledError):
-            failed.cancel()
-        else:
-            failed.set_exception(exc)
-        return failed
-    return loop.create_task(_Continuation(coro, awaited), name=name)
+    except BaseException as exc:  # CancelledError included: the outcome says so, as a Task's would
+        return Finished(error=exc)
+    return asyncio.get_running_loop().create_task(_Continuation(coro, awaited), name=name)
 
 
 class _Continuation(Coroutine[Any, Any, T]):

@@ -1,0 +1,140 @@
+"""Server CPU per gRPC call, shadow mode against route old, at one fixed rate (h2load, memory stores).
+
+    .venv/bin/python bench/profile_shadow.py [--op Set] [--rate 5000] [--duration 8] [--rounds 3]
+                                             [--pyspy DIR] [--perf DIR]
+
+Throughput on a shared 2-core machine moves by several points between runs; CPU time per call at a
+rate both servers sustain moves far less, and it is what the throughput gap comes from. Each round
+starts both servers (bench/cases.py's proxy-memory and proxy-memory-shadow), loads each in turn at
+the same rate with the same framed request bench/run.py sends, and reads utime + stime of the
+server process from /proc before and after the measured window: in all, and for the event-loop
+thread alone (the rest is grpc's own threads). --pyspy and --perf record each server meanwhile (the
+figures of a profiled run then include the profiler's cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import pyspy
+from bench.cases import server_named
+from bench.load import H2LOAD, KEY_FORMAT, SERVICE_PATH, grpc_frame, preload, request_bytes
+from bench.servers import RunningServer
+
+SERVERS = ("proxy-memory", "proxy-memory-shadow")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds so far: 'all' for the process, 'loop' for its main (event-loop) thread."""
+    return {"all": _cpu(Path(f"/proc/{pid}/stat")), "loop": _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))}
+
+
+def h2load(target: str, op: str, seconds: float, rate: float, connections: int, streams: int, body: Path) -> int:
+    """Load for `seconds` at `rate` calls/s in all; the number of calls that succeeded."""
+    command = [H2LOAD, f"--duration={max(1, round(seconds))}",  # h2load takes whole seconds only
+               f"--clients={connections}", f"--max-concurrent-streams={streams}", "--threads=1",
+               "--header=content-type: application/grpc", "--header=te: trailers", f"--data={body}",
+               *([f"--rps={rate / connections:g}"] if rate else []), f"http://{target}{SERVICE_PATH}/{op}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    for line in out.splitlines():
+        if line.startswith("requests:"):
+            for part in line.removeprefix("requests:").split(","):
+                number, _, name = part.strip().partition(" ")
+                if name == "succeeded":
+                    return int(number)
+    raise RuntimeError(f"no request count in h2load's output:\n{out}")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    server: str
+    calls: int
+    us_all: float
+    us_loop: float
+
+
+def measure(running: RunningServer, args: argparse.Namespace, body: Path, profile: Path | None) -> Sample:
+    target = running.target
+    h2load(target, args.op, args.warmup, args.rate, args.connections, args.streams, body)
+    recorders: list[subprocess.Popen[bytes]] = []
+    if args.pyspy and profile is not None:
+        executable = pyspy.py_spy()
+        if executable is None:
+            raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+        recorders.append(subprocess.Popen(
+            [executable, "record", "--pid", str(running.pid), "--duration", str(max(1, round(args.duration))),
+             "--rate", str(args.pyspy_rate), "--format", "raw", "--threads",
+             # --native pauses the server at every sample (py-spy cannot read native stacks without),
+             # which inflates whatever the pause lands on (syscalls); without it py-spy never pauses.
+             *(["--native"] if args.native else ["--nonblocking"]),
+             "--output", str(profile.with_suffix(".pyspy.txt"))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    if args.perf and profile is not None:
+        recorders.append(subprocess.Popen(
+            ["/usr/bin/perf", "record", "-F", "499", "-g", "-p", str(running.pid), "-o",
+             str(profile.with_suffix(".perf.data")), "--", "sleep", str(args.duration)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    before = cpu_by_thread(running.pid)
+    calls = h2load(target, args.op, args.duration, args.rate, args.connections, args.streams, body)
+    after = cpu_by_thread(running.pid)
+    for recorder in recorders:
+        recorder.wait()
+    return Sample(running.server.name, calls, 1e6 * (after["all"] - before["all"]) / calls,
+                  1e6 * (after["loop"] - before["loop"]) / calls)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--op", default="Set", choices=("Get", "Set"))
+    parser.add_argument("--rate", type=float, default=5000.0,
+                        help="calls/s in all (both servers must sustain it); 0: flat out")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--pyspy", type=Path, help="record each server with py-spy into this folder")
+    parser.add_argument("--native", action="store_true", help="py-spy --native (pauses the server per sample)")
+    parser.add_argument("--pyspy-rate", type=int, default=pyspy.RATE_HZ, help="py-spy samples per second")
+    parser.add_argument("--perf", type=Path, help="record each server with perf -g into this folder")
+    args = parser.parse_args()
+    profile_dir: Path | None = args.pyspy or args.perf
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="turnout-bench-") as scratch:
+        body = Path(scratch) / "request.bin"
+        body.write_bytes(grpc_frame(request_bytes(args.op, KEY_FORMAT.format(0))))
+        for round_no in range(args.rounds):
+            for name in SERVERS:
+                with RunningServer(server_named(name), Path(scratch) / f"{round_no}-{name}") as running:
+                    preload(running.target, 1)
+                    profile = None if profile_dir is None else profile_dir / f"{name}-{args.op}-{round_no}"
+                    sample = measure(running, args, body, profile)
+                samples.append(sample)
+                print(f"round {round_no}: {name:22} {args.op} {sample.calls / args.duration:8.0f} calls/s  "
+                      f"{sample.us_all:6.1f} us CPU/call ({sample.us_loop:6.1f} us on the event-loop thread)",
+                      flush=True)
+    for name in SERVERS:
+        mine = [s for s in samples if s.server == name]
+        print(f"{name:22} best {min(s.us_all for s in mine):6.1f} us/call, loop thread "
+              f"{min(s.us_loop for s in mine):6.1f}; all: {', '.join(f'{s.us_all:.1f}' for s in mine)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
