@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from proxy.sharedlocks import SLOTS, SharedKeyLocks, slot
 
 # A worker stand-in: several coroutines each add 1 to a counter file, read-modify-write with a
@@ -86,3 +88,71 @@ def test_slots_are_the_same_in_every_process() -> None:
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(other.stdout) == slot("session:42")
     assert 0 <= slot("session:42") < SLOTS
+
+
+# Holds one key's turn until its stdin closes, saying "held" once it has it.
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from proxy.sharedlocks import SharedKeyLocks
+
+async def main() -> None:
+    locks = SharedKeyLocks(Path(sys.argv[1]))
+    async with locks.hold(sys.argv[2]):
+        print("held", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+def holder(state_dir: Path, key: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(state_dir), key],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
+def let_go(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(10) == 0
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+async def test_a_turn_given_up_while_another_worker_holds_it_is_not_left_behind(tmp_path: Path) -> None:
+    """A write cancelled while it waits for a key another worker holds: the next write of the key in
+    this worker still waits its turn, gets it once the other worker lets go, and then holds it."""
+    locks = SharedKeyLocks(tmp_path)
+    other = holder(tmp_path, "hot")
+    try:
+        given_up = asyncio.ensure_future(locks.acquire("hot"))
+        await asyncio.sleep(0.1)
+        given_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+        next_write = asyncio.ensure_future(locks.acquire("hot"))
+        await asyncio.sleep(0.2)
+        assert not next_write.done()  # the other worker still holds the key
+        await asyncio.to_thread(let_go, other)
+        release = await asyncio.wait_for(next_write, 5)
+        # Held here now: a third worker cannot take it until it is released.
+        third = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "hot"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert third.stdout is not None
+        said = asyncio.ensure_future(asyncio.to_thread(third.stdout.readline))
+        await asyncio.sleep(0.5)
+        assert not said.done()
+        release()
+        assert await asyncio.wait_for(said, 5) == "held\n"
+        await asyncio.to_thread(let_go, third)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        for stream in (other.stdin, other.stdout):
+            if stream is not None:
+                stream.close()
+        locks.close()
