@@ -1,8 +1,8 @@
 """The operators' API (proto turnout.admin.v1), served on `admin.listen`, never on the data port.
 
 With `turnout serve --workers N`, worker 0 answers for the whole proxy: the changes it is asked for
-(override, write pause, drain, rollback record) it makes at home and then on every other worker, and
-its Status and /metrics cover them all (proxy/peers.py). Migrate and Verify run in worker 0 alone.
+(override, write pause, drain) it makes at home and then on every other worker, and its Status and
+/metrics cover them all (proxy/peers.py). Migrate, Verify and the rollback record stay in worker 0.
 """
 
 from __future__ import annotations
@@ -334,8 +334,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if self._state.dispatcher is not None:
             self._state.dispatcher.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail,
                                                       record.incident)
-        await self._relay(context, "the rollback record",
-                          lambda stub: stub.RecordRollback(request, timeout=RELAY_TIMEOUT_S))
+        # Not relayed: worker 0's status speaks for the proxy, and one rollback is one span.
         return record
 
 
