@@ -187,10 +187,13 @@ class Supervisor:
             if index in self._ready:
                 self._ready[index].set()
 
+    async def _all_ready(self) -> None:
+        for event in self._ready.values():
+            await event.wait()
+
     async def _wait_ready(self) -> int | None:
         """None once every worker serves; else the exit status to leave with (one died, or a signal)."""
-        all_ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(event.wait() for event in self._ready.values())))
+        all_ready: asyncio.Future[Any] = asyncio.ensure_future(self._all_ready())
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         waiters = [all_ready, stop, *(asyncio.ensure_future(process.wait()) for process in self._workers.values())]
         try:
