@@ -171,12 +171,28 @@ class Dispatcher:
     def _backend_span(self, route: Route, op: Op, parent: Call) -> trace.Span | None:
         return self.telemetry.backend_span(parent.span, op.value, route.value, self.backends[route].type_name)
 
-    def _decide(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
+    async def _pending_on_other_workers(self, op: Op, key: str, call: Call) -> Intent | None:
+        """Under `--workers N`: the copy of key another worker may still have on its way, so that a
+        read on any connection sees the key's last write, as in one process.
+
+        Only a key whose writes go elsewhere than its reads can have a copy on its way to where it is
+        read, so only such a key costs a look at the shared queue store.
+        """
+        router = self.routes.router
+        read = router.route(op, key, call.caller)
+        if not read.replicate or read.reason is Reason.OVERRIDE or self.queue.pending(key) is not None:
+            return None
+        if router.route(Op.SET, key, call.caller).primary is read.primary:
+            return None
+        return await self.queue.stored_intent(key)
+
+    def _decide(self, op: Op, key: str, call: Call, elsewhere: Intent | None = None) -> tuple[Decision, Router]:
+        """`elsewhere`: a pending copy of key that another worker recorded (see _pending_on_other_workers)."""
         router = self.routes.router
         decision = router.route(op, key, call.caller)
         catching_up = False
         if op in _KEY_READS and decision.replicate and decision.reason is not Reason.OVERRIDE:
-            intent = self.queue.pending(key)
+            intent = self.queue.pending(key) or elsewhere
             if intent is not None and intent.target == decision.primary.value:
                 # Its last write is still on the way here: read it where it is (see the docstring).
                 decision = replace(decision, primary=decision.secondary, secondary=decision.primary, compare=False)
@@ -289,7 +305,8 @@ class Dispatcher:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, key: Key, call: Call) -> Value | None:
-        decision, router = self._decide(Op.GET, key, call)
+        elsewhere = await self._pending_on_other_workers(Op.GET, key, call) if self.queue.shared else None
+        decision, router = self._decide(Op.GET, key, call, elsewhere)
         shadow = self._shadow_task(decision, Op.GET, lambda b: b.get(key), call)
         value = await self._call(decision.primary, Op.GET, self.backends[decision.primary].get(key), call)
         if shadow is not None:
@@ -297,7 +314,8 @@ class Dispatcher:
         return value
 
     async def has(self, key: Key, call: Call) -> bool:
-        decision, router = self._decide(Op.HAS, key, call)
+        elsewhere = await self._pending_on_other_workers(Op.HAS, key, call) if self.queue.shared else None
+        decision, router = self._decide(Op.HAS, key, call, elsewhere)
         shadow = self._shadow_task(decision, Op.HAS, lambda b: b.has(key), call)
         found = await self._call(decision.primary, Op.HAS, self.backends[decision.primary].has(key), call)
         if shadow is not None:

@@ -213,6 +213,11 @@ class ReplicationQueue:
         """Whether any worker's record for key is in the store (shared); call holding the key's lock."""
         return await self._store.get(key) is not None
 
+    async def stored_intent(self, key: str) -> Intent | None:
+        """The record for key in the store, whichever worker wrote it (shared)."""
+        raw = await self._store.get(key)
+        return None if raw is None else Intent.decode(key, raw)
+
     def pending_under(self, prefix: str) -> dict[str, Intent]:
         """The pending intents of the keys that start with prefix, as a snapshot.
 
