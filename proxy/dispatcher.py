@@ -326,6 +326,8 @@ class Dispatcher:
         decision, router = self._decide(Op.KEYS, prefix, call)
         backend = self.backends[decision.primary]
         pending = self.queue.pending_under(prefix)  # {} at once when nothing is pending
+        if self.queue.shared:  # other workers' copies on their way too (this worker's are stored as well)
+            pending = await self.queue.stored_under(prefix) | pending
         # Keys whose last write is still being copied *to* the primary: their source says whether they exist.
         lagging: frozenset[str] = frozenset()
         if pending and decision.replicate and decision.reason is not Reason.OVERRIDE:

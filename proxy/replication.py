@@ -213,6 +213,11 @@ class ReplicationQueue:
         """Whether any worker's record for key is in the store (shared); call holding the key's lock."""
         return await self._store.get(key) is not None
 
+    async def stored_under(self, prefix: str) -> dict[str, Intent]:
+        """The records in the store of the keys that start with prefix, whichever worker wrote them
+        (shared); a record already settled but not yet removed is among them, which only costs a look."""
+        return {key: Intent.decode(key, raw) async for page in self._store.scan(prefix) for key, raw in page}
+
     async def stored_intent(self, key: str) -> Intent | None:
         """The record for key in the store, whichever worker wrote it (shared)."""
         raw = await self._store.get(key)

@@ -91,3 +91,19 @@ async def test_a_kill_switch_write_on_another_worker_turns_a_pending_copy_around
     await workers.a.queue.stop()
     assert await workers.old.get("k") == b'"written to old"'
     assert await workers.new.get("k") == b'"written to old"'
+
+
+async def test_a_listing_on_another_worker_sees_writes_whose_copies_are_pending(workers: TwoWorkers) -> None:
+    """Writes go to new, reads to old: B's Keys lists what A's last writes left, not old's stale view."""
+    workers.routes.router = Router(Flags(use_new_storage=True, write_percentage=100, read_percentage=0))
+    await workers.old.set("k:deleted", b"1")
+    await workers.old.set("k:kept", b"1")
+    await workers.a.set("k:added", b"2", Call())
+    await workers.a.delete("k:deleted", Call())
+    listed = [key async for page in workers.b.keys("k:", Call()) for key in page]
+    assert sorted(listed) == ["k:added", "k:kept"]
+    assert sorted(await _keys(workers.old, "k:")) == ["k:deleted", "k:kept"]  # the copies are still pending
+
+
+async def _keys(backend: MemoryBackend, prefix: str) -> list[str]:
+    return [key async for page in backend.keys(prefix) for key in page]
