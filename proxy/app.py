@@ -33,6 +33,7 @@ from proxy.errors import TurnoutError
 from proxy.flagwatch import FlagWatcher
 from proxy.keylocks import KeyLocks
 from proxy.metrics import Metrics
+from proxy.migration.stores import QUEUE_FILE
 from proxy.replication import ReplicationQueue
 from proxy.router import Route
 from proxy.server import KeyValueService, build_server, set_serving
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 10.0
 #: How long shutdown waits for the replication queue to drain before leaving the rest for next start.
 DRAIN_ON_SHUTDOWN_S = 10.0
-QUEUE_FILE = "replication.sqlite"
 #: Where the proxy writes the addresses it listens on, for commands when the config asks for port 0.
 ADMIN_ADDRESS_FILE = "admin.address"
 LISTEN_ADDRESS_FILE = "listen.address"

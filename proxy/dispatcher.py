@@ -412,7 +412,7 @@ class Dispatcher:
             # Under the kill switch a write stays on old, unless an earlier write of this key is
             # still on its way between the stores: then its direction must follow this write.
             if (decision.replicate or queue.pending(key) is not None
-                    or (queue.shared and await queue.stored(key))):
+                    or (queue.shared and await queue.stored_intent(key) is not None)):
                 source, target = _ROUTE_NAME[decision.primary], _ROUTE_NAME[decision.secondary]
                 # The replayer is woken below only if the shadow write does not settle the intent.
                 if not queue.record_at_once(key, source, target, wake=False):

@@ -209,10 +209,6 @@ class ReplicationQueue:
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
 
-    async def stored(self, key: str) -> bool:
-        """Whether any worker's record for key is in the store (shared); call holding the key's lock."""
-        return await self._store.get(key) is not None
-
     async def stored_under(self, prefix: str) -> dict[str, Intent]:
         """The records in the store of the keys that start with prefix, whichever worker wrote them
         (shared); a record already settled but not yet removed is among them, which only costs a look."""
@@ -309,16 +305,16 @@ class ReplicationQueue:
                 return True  # settled by a shadow write meanwhile
             if self.shared:
                 try:
-                    raw = await self._store.get(key)
+                    stored = await self.stored_intent(key)
                 except Exception as exc:
                     self.failures += 1
                     self.last_error = f"reading the queue record of {key!r}: {exc}"
                     return False
-                if raw is None:  # another worker copied it and removed the record
+                if stored is None:  # another worker copied it and removed the record
                     self._pending.pop(key, None)
                     self._changed()
                     return True
-                intent = self._pending[key] = Intent.decode(key, raw)
+                intent = self._pending[key] = stored
             try:
                 await copy_key(key, self._backends[intent.source], self._backends[intent.target])
                 await self.settle(key)

@@ -33,12 +33,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from proxy.app import LISTEN_ADDRESS_FILE, QUEUE_FILE, announce
+from proxy.app import LISTEN_ADDRESS_FILE, announce
 from proxy.backends import shared_lock_path
 from proxy.backends.sqlite import lock_path as sqlite_lock_path
 from proxy.backends.sqlite import prepare_file
 from proxy.config import Config
 from proxy.durable import StoreLock
+from proxy.migration.stores import QUEUE_FILE
 from proxy.workers import ROLE_ENV, CannotSupervise, WorkerRole, check_shareable
 
 log = logging.getLogger(__name__)
