@@ -171,28 +171,37 @@ class Dispatcher:
     def _backend_span(self, route: Route, op: Op, parent: Call) -> trace.Span | None:
         return self.telemetry.backend_span(parent.span, op.value, route.value, self.backends[route].type_name)
 
-    async def _pending_on_other_workers(self, op: Op, key: str, call: Call) -> Intent | None:
-        """Under `--workers N`: the copy of key another worker may still have on its way, so that a
-        read on any connection sees the key's last write, as in one process.
+    async def _decide_shared(self, op: Op, key: str, call: Call) -> tuple[Decision, Router]:
+        """_decide for a Get or Has under `--workers N`, where the queue's stored record of a key is the
+        truth (another worker may have written the key since this one did), so that a read on any
+        connection sees the key's last write, as in one process.
 
-        Only a key whose writes go elsewhere than its reads can have a copy on its way to where it is
-        read, so only such a key costs a look at the shared queue store.
+        The record is looked up when a copy may be on its way to where the key is read: when this
+        worker knows of one (its memory may hold an older direction), or when the key's writes go
+        elsewhere than its reads. Not otherwise, to keep a lookup off every read: a key written and
+        read in one store may then, for the moments until its copy lands, still have a copy of a write
+        made before a flag change on its way.
         """
         router = self.routes.router
-        read = router.route(op, key, call.caller)
-        if not read.replicate or read.reason is Reason.OVERRIDE or self.queue.pending(key) is not None:
-            return None
-        if router.route(Op.SET, key, call.caller).primary is read.primary:
-            return None
-        return await self.queue.stored_intent(key)
-
-    def _decide(self, op: Op, key: str, call: Call, elsewhere: Intent | None = None) -> tuple[Decision, Router]:
-        """`elsewhere`: a pending copy of key that another worker recorded (see _pending_on_other_workers)."""
-        router = self.routes.router
         decision = router.route(op, key, call.caller)
+        stored = None
+        if _follows_pending(decision) and (self.queue.pending(key) is not None
+                                           or router.route(Op.SET, key, call.caller).primary is not decision.primary):
+            stored = await self.queue.stored_intent(key)
+        return self._decide(op, key, call, (router, decision), stored)
+
+    def _decide(self, op: Op, key: str, call: Call, routed: tuple[Router, Decision] | None = None,
+                stored: Intent | None = None) -> tuple[Decision, Router]:
+        """The route of one call. `routed`: the router and decision already taken for it; `stored`: under
+        `--workers N`, the key's pending copy as the queue store has it (see _decide_shared)."""
+        if routed is None:
+            router = self.routes.router
+            decision = router.route(op, key, call.caller)
+        else:
+            router, decision = routed
         catching_up = False
-        if op in _KEY_READS and decision.replicate and decision.reason is not Reason.OVERRIDE:
-            intent = self.queue.pending(key) or elsewhere
+        if op in _KEY_READS and _follows_pending(decision):
+            intent = stored if self.queue.shared else self.queue.pending(key)
             if intent is not None and intent.target == decision.primary.value:
                 # Its last write is still on the way here: read it where it is (see the docstring).
                 decision = replace(decision, primary=decision.secondary, secondary=decision.primary, compare=False)
@@ -305,8 +314,8 @@ class Dispatcher:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, key: Key, call: Call) -> Value | None:
-        elsewhere = await self._pending_on_other_workers(Op.GET, key, call) if self.queue.shared else None
-        decision, router = self._decide(Op.GET, key, call, elsewhere)
+        decision, router = (await self._decide_shared(Op.GET, key, call) if self.queue.shared
+                            else self._decide(Op.GET, key, call))
         shadow = self._shadow_task(decision, Op.GET, lambda b: b.get(key), call)
         value = await self._call(decision.primary, Op.GET, self.backends[decision.primary].get(key), call)
         if shadow is not None:
@@ -314,8 +323,8 @@ class Dispatcher:
         return value
 
     async def has(self, key: Key, call: Call) -> bool:
-        elsewhere = await self._pending_on_other_workers(Op.HAS, key, call) if self.queue.shared else None
-        decision, router = self._decide(Op.HAS, key, call, elsewhere)
+        decision, router = (await self._decide_shared(Op.HAS, key, call) if self.queue.shared
+                            else self._decide(Op.HAS, key, call))
         shadow = self._shadow_task(decision, Op.HAS, lambda b: b.has(key), call)
         found = await self._call(decision.primary, Op.HAS, self.backends[decision.primary].has(key), call)
         if shadow is not None:
@@ -325,12 +334,16 @@ class Dispatcher:
     async def keys(self, prefix: str, call: Call) -> AsyncIterator[list[Key]]:
         decision, router = self._decide(Op.KEYS, prefix, call)
         backend = self.backends[decision.primary]
-        pending = self.queue.pending_under(prefix)  # {} at once when nothing is pending
-        if self.queue.shared:  # other workers' copies on their way too (this worker's are stored as well)
-            pending = await self.queue.stored_under(prefix) | pending
+        if not self.queue.shared:
+            pending = self.queue.pending_under(prefix)  # {} at once when nothing is pending
+        elif _follows_pending(decision) or decision.compare:
+            # Under `--workers N` the store has every worker's records, this one's among them.
+            pending = await self.queue.stored_under(prefix)
+        else:
+            pending = {}
         # Keys whose last write is still being copied *to* the primary: their source says whether they exist.
         lagging: frozenset[str] = frozenset()
-        if pending and decision.replicate and decision.reason is not Reason.OVERRIDE:
+        if pending and _follows_pending(decision):
             lagging = frozenset(k for k, intent in pending.items() if intent.target == decision.primary.value)
         # Keys known to differ between the stores for now, whichever way their copy goes: not compared.
         unsure = frozenset(pending)
@@ -469,6 +482,12 @@ class Dispatcher:
         """Let shadow work still running finish; the replication queue keeps whatever it misses."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=SHADOW_DRAIN_S)
+
+
+def _follows_pending(decision: Decision) -> bool:
+    """Whether a read follows a key's pending copy: not under the kill switch or an override, which keep
+    the other store out of the answer whatever it holds (the replayer brings old up to date)."""
+    return decision.replicate and decision.reason is not Reason.OVERRIDE
 
 
 async def _all_keys(backend: Backend, prefix: str, skip: frozenset[str] = frozenset()) -> list[str] | None:

@@ -107,3 +107,18 @@ async def test_a_listing_on_another_worker_sees_writes_whose_copies_are_pending(
 
 async def _keys(backend: MemoryBackend, prefix: str) -> list[str]:
     return [key async for page in backend.keys(prefix) for key in page]
+
+
+async def test_a_worker_reads_by_the_stored_record_not_its_own_older_one(workers: TwoWorkers) -> None:
+    """A wrote k to new (its memory: a copy new -> old pending); the flags then send writes to old and
+    reads to new, and B writes k to old. A's memory is out of date: A must read k as B left it."""
+    workers.routes.router = Router(Flags(use_new_storage=True, write_percentage=100, read_percentage=0))
+    await workers.a.set("k", b'"A on new"', Call())
+    await workers.a.set("gone", b'"A on new"', Call())
+    workers.routes.router = Router(Flags(use_new_storage=True, write_percentage=0, read_percentage=100))
+    await workers.b.set("k", b'"B on old"', Call())
+    await workers.b.delete("gone", Call())
+    assert await workers.a.get("k", Call()) == b'"B on old"'
+    assert await workers.a.has("gone", Call()) is False
+    assert await _keys(workers.new, "") == ["gone", "k"]  # new itself still has A's writes
+    assert [key async for page in workers.a.keys("", Call()) for key in page] == ["k"]
