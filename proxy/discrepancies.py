@@ -213,7 +213,7 @@ def _discrepancy(doc: dict[str, Any]) -> Discrepancy | None:
 
 
 def read_log(folder: Path, since: float = 0.0) -> Iterator[Discrepancy]:
-    """The logged discrepancies from `since` on, oldest first, across rotated files."""
+    """The logged discrepancies from `since` on, oldest first, across rotated files and workers."""
     for doc in _log_lines(folder, since):
         if (discrepancy := _discrepancy(doc)) is not None:
             yield discrepancy

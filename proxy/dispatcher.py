@@ -65,10 +65,6 @@ _KEY_READS = frozenset({Op.GET, Op.HAS})
 MAX_COMPARED_KEYS = 100_000
 #: Presence checks a Keys listing makes at once on the source of its keys' pending writes.
 PRESENCE_CONCURRENCY = 32
-#: The names of the routes and operations as plain strings: an enum member's `.value` is a property
-#: call, and a write would read three of them.
-_ROUTE_NAME = {route: route.value for route in Route}
-_OP_NAME = {op: op.value for op in Op}
 
 #: A shadow call's outcome: at once when it never waited (see proxy.eager), else its Task.
 Shadow = Finished[T] | asyncio.Task[T]
@@ -271,7 +267,7 @@ class Dispatcher:
     def _judge(self, op: Op, key: str, decision: Decision, router: Router, call: Call, primary: Any,
                shadow: Shadow[Any], judge: Callable[[Any, Any], Kind | None],
                show: Callable[[Any], str | None]) -> None:
-        self.discrepancies.compared(_OP_NAME[op])
+        self.discrepancies.compared(op)
         detail = ""
         shadow_shown: str | None = None
         if shadow.cancelled() or shadow.exception() is not None:
@@ -426,7 +422,7 @@ class Dispatcher:
             # still on its way between the stores: then its direction must follow this write.
             if (decision.replicate or queue.pending(key) is not None
                     or (queue.shared and await queue.stored_intent(key) is not None)):
-                source, target = _ROUTE_NAME[decision.primary], _ROUTE_NAME[decision.secondary]
+                source, target = decision.primary, decision.secondary  # StrEnum members are their str values
                 # The replayer is woken below only if the shadow write does not settle the intent.
                 if not queue.record_at_once(key, source, target, wake=False):
                     await queue.record(key, source, target, wake=False)
@@ -446,15 +442,14 @@ class Dispatcher:
                     self._finish_shadow_write(key, shadow, release, settle=True)
                     handed_off = True
                 else:
-                    ok = (shadow.error is None if isinstance(shadow, Finished)
-                          else not shadow.cancelled() and shadow.exception() is None)
+                    ok = not shadow.cancelled() and shadow.exception() is None  # a Finished answers as a Future
                     if ok and judge is _no_difference:
                         # All _judge would do: a Set has no answer to compare, only its success.
-                        self.discrepancies.compared(_OP_NAME[op])
+                        self.discrepancies.compared(op)
                     else:
                         self._judge(op, key, decision, router, call, result, shadow, judge, _show_presence)
                     if ok:
-                        queue.settle_at_once(key)  # both stores hold this write already
+                        queue.settle(key)  # both stores hold this write already
             return result
         finally:
             if not handed_off:
@@ -469,7 +464,7 @@ class Dispatcher:
             try:
                 await asyncio.wait([shadow])
                 if settle and not shadow.cancelled() and shadow.exception() is None:
-                    await self.queue.settle(key)
+                    self.queue.settle(key)
             except Exception as exc:
                 log.warning("settling the replication intent of %r failed; the replayer will copy it: %s", key, exc)
             finally:

@@ -152,16 +152,13 @@ class ReplicationQueue:
         if self._pending:
             self._wakeup.set()
 
-    async def settle(self, key: str) -> None:
+    def settle(self, key: str) -> None:
         """Forget key's intent once its target holds the source's state. Call holding the key's lock.
 
         The durable record is removed later, in batches: until then a crash merely replays a copy
-        that was already made, which is harmless, and a write no longer pays a second fsync.
+        that was already made, which is harmless, and a write no longer pays a second fsync. Nothing
+        here waits, so a write settles without a coroutine of its own.
         """
-        self.settle_at_once(key)
-
-    def settle_at_once(self, key: str) -> None:
-        """settle(), which never waits, for a caller that would rather not make a coroutine per write."""
         intent = self._pending.pop(key, None)
         if intent is not None:
             self._forget[key] = intent
@@ -189,6 +186,7 @@ class ReplicationQueue:
         failure or a cancellation leaves it for the next pass."""
         if settled is None:
             settled = self._forget
+        # Checked again under each key's lock below; this only spares taking the locks of keys written since.
         removable = [(k, i) for k, i in settled.items() if self._forget.get(k) is i]
 
         async def remove(key: str, intent: Intent) -> None:
@@ -196,7 +194,7 @@ class ReplicationQueue:
             async with self._locks.hold(key):
                 if self._forget.get(key) is not intent:
                     return  # reused by a new write of the key, or settled again since
-                if key not in self._pending and (not self.shared or await self._store.get(key) == intent.encode()):
+                if key not in self._pending and (not self.shared or await self.stored_intent(key) == intent):
                     await self._store.delete(key)
                 del self._forget[key]
 
@@ -317,7 +315,7 @@ class ReplicationQueue:
                 intent = self._pending[key] = stored
             try:
                 await copy_key(key, self._backends[intent.source], self._backends[intent.target])
-                await self.settle(key)
+                self.settle(key)
             except Exception as exc:
                 self.failures += 1
                 self.last_error = f"{intent.source}->{intent.target} {key!r}: {exc}"

@@ -40,7 +40,7 @@ async def test_holders_of_one_key_never_overlap_and_are_served_in_arrival_order(
     assert len(locks) == 0
 
 
-async def test_a_waiter_cancelled_while_waiting_leaves_the_queue() -> None:
+async def test_a_waiter_cancelled_while_waiting_is_skipped() -> None:
     """A cancelled waiter never gets the key; the next waiter does."""
     locks = KeyLocks()
     release = await locks.acquire("k")

@@ -157,11 +157,11 @@ async def test_settled_records_are_removed_in_the_background_and_reused_meanwhil
     locks = KeyLocks()
     queue = ReplicationQueue(store, {"old": MemoryBackend(), "new": MemoryBackend()}, locks)
     await queue.record("hot", "old", "new")
-    await queue.settle("hot")
+    queue.settle("hot")
     await queue.record("hot", "old", "new")  # its record is still stored: no second write
     assert store.writes == 1
     assert queue.pending("hot") is not None
-    await queue.settle("hot")
+    queue.settle("hot")
     queue.start()
     await queue.stop()  # stopping removes what was settled
     assert await contents(store) == {}
@@ -179,6 +179,6 @@ async def test_pending_under_a_prefix_is_a_snapshot_of_the_pending_intents() -> 
     snapshot = queue.pending_under("a:")
     assert {k: (i.source, i.target) for k, i in snapshot.items()} == {"a:1": ("old", "new"), "a:2": ("new", "old")}
     assert set(queue.pending_under("")) == {"a:1", "a:2", "b:1"}
-    await queue.settle("a:1")
+    queue.settle("a:1")
     assert set(snapshot) == {"a:1", "a:2"}  # a copy, not a view
     assert set(queue.pending_under("a:")) == {"a:2"}

@@ -70,7 +70,7 @@ async def test_a_worker_never_removes_a_record_another_worker_wrote_since(worker
         worker_a.start()
         async with workers.locks.hold("k"):
             await worker_a.record("k", "old", "new", wake=False)
-            await worker_a.settle("k")  # both stores hold A's write; the record lingers a moment
+            worker_a.settle("k")  # both stores hold A's write; the record lingers a moment
         async with workers.locks.hold("k"):
             await worker_b.record("k", "new", "old", wake=False)
         stored_by_b = await workers.store.get("k")
