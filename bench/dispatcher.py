@@ -22,7 +22,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import Figure, print_table, save, with_ratio
+from bench.report import Figure, add_round_options, best_of_rounds, print_table, save, with_ratio
 from proxy.backends.memory import MemoryBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.discrepancies import DiscrepancyLog
@@ -84,19 +84,18 @@ async def calls_per_second(flags: Flags, op: str, calls: int, keys: int, folder:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=20_000, help="operations per case and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_round_options(parser)
     args = parser.parse_args()
 
     cases = [(op, keys, mode) for op in ("Get", "Set") for keys in (1, 1000) for mode in MODES]
-    best: dict[tuple[str, int, str], float] = dict.fromkeys(cases, 0.0)
     with tempfile.TemporaryDirectory(prefix="turnout-bench-") as scratch:
-        for round_no in range(args.rounds):
-            for n, (op, keys, mode) in enumerate(cases):
-                folder = Path(scratch) / f"{round_no}-{n}"
-                folder.mkdir()
-                rate = uvloop.run(calls_per_second(MODES[mode], op, args.calls, keys, folder))
-                best[op, keys, mode] = max(best[op, keys, mode], rate)
+
+        def measure(case: tuple[str, int, str]) -> float:
+            op, keys, mode = case
+            folder = Path(tempfile.mkdtemp(dir=scratch))  # a fresh queue and discrepancy log per run
+            return uvloop.run(calls_per_second(MODES[mode], op, args.calls, keys, folder))
+
+        best = best_of_rounds(args.rounds, cases, measure)
     figures: list[Figure] = []
     for op in ("Get", "Set"):
         for keys in (1, 1000):

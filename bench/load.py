@@ -123,26 +123,34 @@ def _children_cpu() -> float:
 # -- h2load ---------------------------------------------------------------------------------------
 
 
+def h2load_command(spec: LoadSpec, body: Path, log: Path | None = None) -> list[str]:
+    """The h2load command that posts body (one framed request) to spec's method as spec says, logging
+    each measured request to log when given. Durations go in milliseconds: h2load refuses a fraction
+    of a second (1.5) but takes 1500ms."""
+    command = [
+        H2LOAD,
+        f"--duration={round(spec.duration_s * 1000)}ms",
+        f"--warm-up-time={round(spec.warmup_s * 1000)}ms",
+        f"--clients={spec.connections}",
+        f"--max-concurrent-streams={spec.streams}",
+        "--threads=1",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        f"--data={body}",
+        *([f"--log-file={log}"] if log is not None else []),
+    ]
+    if spec.rate is not None:
+        command.append(f"--rps={max(spec.rate / spec.connections, 0.1):g}")
+    command.append(f"http://{spec.target}{SERVICE_PATH}/{spec.method}")
+    return command
+
+
 def _run_h2load(spec: LoadSpec) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="turnout-bench-") as folder:
         body = Path(folder) / "request.bin"
         body.write_bytes(grpc_frame(request_bytes(spec.method, KEY_FORMAT.format(0))))
         log = Path(folder) / "requests.tsv"
-        command = [
-            H2LOAD,
-            f"--duration={spec.duration_s:g}",
-            f"--warm-up-time={spec.warmup_s:g}",
-            f"--clients={spec.connections}",
-            f"--max-concurrent-streams={spec.streams}",
-            "--threads=1",
-            "--header=content-type: application/grpc",
-            "--header=te: trailers",
-            f"--data={body}",
-            f"--log-file={log}",
-        ]
-        if spec.rate is not None:
-            command.append(f"--rps={max(spec.rate / spec.connections, 0.1):g}")
-        command.append(f"http://{spec.target}{SERVICE_PATH}/{spec.method}")
+        command = h2load_command(spec, body, log)
         cpu_before = _children_cpu()
         finished = subprocess.run(
             command, capture_output=True, text=True, timeout=spec.warmup_s + spec.duration_s + OVERRUN_S, check=False
@@ -164,7 +172,8 @@ def _h2load_result(summary: str, log: str, spec: LoadSpec, cpu: float) -> LoadRe
         if fields[1] != "200":
             errors += 1
         latencies.append(int(fields[2]) / 1000.0)
-    failed = _summary_count(summary, "failed") + _summary_count(summary, "errored")
+    counts = h2load_counts(summary)
+    failed = counts.get("failed", 0) + counts.get("errored", 0)
     latencies.sort()
     return LoadResult(
         tool="h2load",
@@ -178,15 +187,17 @@ def _h2load_result(summary: str, log: str, spec: LoadSpec, cpu: float) -> LoadRe
     )
 
 
-def _summary_count(summary: str, word: str) -> int:
-    """A count from h2load's `requests: N total, N started, N done, N succeeded, N failed, ...` line."""
+def h2load_counts(summary: str) -> dict[str, int]:
+    """The counts of h2load's `requests: N total, N started, N done, N succeeded, N failed, ...` line
+    by name ({"total": N, ...}); empty when the output has no such line."""
+    counts: dict[str, int] = {}
     for line in summary.splitlines():
         if line.startswith("requests:"):
             for part in line.removeprefix("requests:").split(","):
                 number, _, name = part.strip().partition(" ")
-                if name == word and number.isdigit():
-                    return int(number)
-    return 0
+                if number.isdigit():
+                    counts.setdefault(name, int(number))
+    return counts
 
 
 # -- the Python client ----------------------------------------------------------------------------

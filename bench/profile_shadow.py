@@ -15,7 +15,6 @@ figures of a profiled run then include the profiler's cost).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,37 +25,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import pyspy
 from bench.cases import server_named
-from bench.load import H2LOAD, KEY_FORMAT, SERVICE_PATH, grpc_frame, preload, request_bytes
-from bench.servers import RunningServer
+from bench.load import (
+    KEY_FORMAT,
+    OVERRUN_S,
+    LoadSpec,
+    grpc_frame,
+    h2load_command,
+    h2load_counts,
+    preload,
+    request_bytes,
+)
+from bench.servers import RunningServer, cpu_seconds
 
 SERVERS = ("proxy-memory", "proxy-memory-shadow")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(stat: Path) -> float:
-    fields = stat.read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def cpu_by_thread(pid: int) -> dict[str, float]:
     """CPU seconds so far: 'all' for the process, 'loop' for its main (event-loop) thread."""
-    return {"all": _cpu(Path(f"/proc/{pid}/stat")), "loop": _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))}
+    return {"all": cpu_seconds(pid), "loop": cpu_seconds(pid, thread=pid)}
 
 
 def h2load(target: str, op: str, seconds: float, rate: float, connections: int, streams: int, body: Path) -> int:
-    """Load for `seconds` at `rate` calls/s in all; the number of calls that succeeded."""
-    command = [H2LOAD, f"--duration={max(1, round(seconds))}",  # h2load takes whole seconds only
-               f"--clients={connections}", f"--max-concurrent-streams={streams}", "--threads=1",
-               "--header=content-type: application/grpc", "--header=te: trailers", f"--data={body}",
-               *([f"--rps={rate / connections:g}"] if rate else []), f"http://{target}{SERVICE_PATH}/{op}"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    for line in out.splitlines():
-        if line.startswith("requests:"):
-            for part in line.removeprefix("requests:").split(","):
-                number, _, name = part.strip().partition(" ")
-                if name == "succeeded":
-                    return int(number)
-    raise RuntimeError(f"no request count in h2load's output:\n{out}")
+    """Load for `seconds` at `rate` calls/s in all (0: flat out); the number of calls that succeeded."""
+    spec = LoadSpec(target, op, duration_s=seconds, warmup_s=0, connections=connections,
+                    streams=streams, rate=rate or None)
+    out = subprocess.run(h2load_command(spec, body), capture_output=True, text=True, check=True,
+                         timeout=seconds + OVERRUN_S).stdout
+    succeeded = h2load_counts(out).get("succeeded")
+    if succeeded is None:
+        raise RuntimeError(f"no request count in h2load's output:\n{out}")
+    return succeeded
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+Case = TypeVar("Case", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,23 @@ class Figure:
 def with_ratio(figure: Figure, baseline: Figure, target: float | None = None) -> Figure:
     return Figure(figure.case, figure.value, figure.unit, baseline.case, figure.value / baseline.value, target,
                   figure.extra)
+
+
+def add_round_options(parser: argparse.ArgumentParser) -> None:
+    """--rounds (how many times every case is measured) and --json (where the figures also go)."""
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+
+
+def best_of_rounds(rounds: int, cases: Sequence[Case], measure: Callable[[Case], float]) -> dict[Case, float]:
+    """Each case's highest figure over `rounds` rounds (0.0 when there are none), since other work on a
+    shared machine only ever takes from it. Each round measures every case in turn, so the cases are
+    interleaved and a noisy moment hits one round of each."""
+    best = dict.fromkeys(cases, 0.0)
+    for _ in range(rounds):
+        for case in cases:
+            best[case] = max(best[case], measure(case))
+    return best
 
 
 def machine() -> dict[str, str | int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import Figure, print_table, save, with_ratio
+from bench.report import Figure, add_round_options, best_of_rounds, print_table, save, with_ratio
 from proxy.flags import Flags
 from proxy.router import Op, Override, Route, Router, bucket
 
@@ -90,17 +90,18 @@ def route_pass(flags: Flags, override: Override | None, op: Op) -> Callable[[], 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=0.5, help="measured seconds per case and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_round_options(parser)
     args = parser.parse_args()
 
     runs: dict[str, Callable[[], None]] = {"dict lookup (baseline)": dict_pass(), "bucket() alone": bucket_pass()}
     runs |= {f"route: {name}": route_pass(*case) for name, case in CASES.items()}
-    best = dict.fromkeys(runs, 0.0)
-    for _ in range(args.rounds):  # rounds interleave the cases, so a noisy moment hits one round of each
-        for name, run in runs.items():
-            run()  # warm the per-bucket decisions and the regex caches
-            best[name] = max(best[name], per_second(run, args.seconds))
+
+    def measure(name: str) -> float:
+        run = runs[name]
+        run()  # warm the per-bucket decisions and the regex caches
+        return per_second(run, args.seconds)
+
+    best = best_of_rounds(args.rounds, list(runs), measure)
     baseline = Figure("dict lookup (baseline)", best.pop("dict lookup (baseline)"), "ops/s")
     figures = [baseline] + [with_ratio(Figure(name, value, "ops/s"), baseline) for name, value in best.items()]
     print_table("Router.route() per second vs a bare dict lookup", figures)

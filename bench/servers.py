@@ -42,13 +42,20 @@ def write_proxy_config(folder: Path, server: Server) -> Path:
     return config
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except FileNotFoundError:
-        return 0.0  # gone meanwhile
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds process pid has used so far (all its threads), or only its thread
+    `thread` when given; raises FileNotFoundError when it is gone."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     # After the command name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except FileNotFoundError:
+        return 0.0  # gone meanwhile
 
 
 def _children(pid: int) -> list[int]:

@@ -22,9 +22,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc import aio
@@ -42,6 +42,7 @@ _MIN_ATTEMPT_S = 0.001
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+_Channel = TypeVar("_Channel", aio.Channel, grpc.Channel)
 
 
 class TurnoutError(Exception):
@@ -175,7 +176,29 @@ def _channel_options() -> list[tuple[str, int]]:
     ]
 
 
-class AsyncClient:
+class _Client(Generic[_Channel]):
+    """What both clients share: the call settings, and a channel that is theirs to close only when
+    they opened it (with `open_channel`); a `channel` passed in stays the caller's."""
+
+    def __init__(
+        self,
+        target: str,
+        open_channel: Callable[[str, list[tuple[str, int]]], _Channel],
+        channel: _Channel | None,
+        user: str | None,
+        timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        self._settings = _CallSettings.of(user, timeout, retry)
+        self._owns_channel = channel is None
+        self._channel: _Channel = channel or open_channel(target, _channel_options())
+
+    def _channel_to_close(self) -> _Channel | None:
+        """The channel when this client opened it, else None (the caller closes its own)."""
+        return self._channel if self._owns_channel else None
+
+
+class AsyncClient(_Client[aio.Channel]):
     """KeyValue over grpc.aio. Use as `async with AsyncClient("host:port", user="checkout") as kv:`.
 
     `timeout` is the default deadline of each call in seconds (each method also takes its own);
@@ -191,9 +214,7 @@ class AsyncClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         channel: aio.Channel | None = None,
     ) -> None:
-        self._settings = _CallSettings.of(user, timeout, retry)
-        self._owns_channel = channel is None
-        self._channel = channel or aio.insecure_channel(target, options=_channel_options())
+        super().__init__(target, aio.insecure_channel, channel, user, timeout, retry)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -203,8 +224,8 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._owns_channel:
-            await self._channel.close()
+        if (channel := self._channel_to_close()) is not None:
+            await channel.close()
 
     async def _unary(
         self,
@@ -280,7 +301,7 @@ class AsyncClient:
             await asyncio.sleep(delay)
 
 
-class SyncClient:
+class SyncClient(_Client[grpc.Channel]):
     """KeyValue over a plain grpc channel. Use as `with SyncClient("host:port") as kv:`.
 
     Same arguments and methods as AsyncClient, blocking.
@@ -295,9 +316,7 @@ class SyncClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._settings = _CallSettings.of(user, timeout, retry)
-        self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=_channel_options())
+        super().__init__(target, grpc.insecure_channel, channel, user, timeout, retry)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
     def __enter__(self) -> SyncClient:
@@ -307,8 +326,8 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
+        if (channel := self._channel_to_close()) is not None:
+            channel.close()
 
     def _unary(
         self,
