@@ -49,7 +49,7 @@ from proxy.peers import (
 )
 from proxy.progress import Progress
 from proxy.replication import QueueStats
-from proxy.router import Op, Override, Route, bucket
+from proxy.router import Op, Override, Route, explain
 
 if TYPE_CHECKING:
     from turnout.admin.v1.admin_pb2_grpc import AdminAsyncStub
@@ -177,13 +177,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             op = Op(request.op or "get")
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"op: must be one of {', '.join(Op)}")
-        router = self._state.watcher.router
-        decision = router.route(op, request.key, request.user or None)
-        return admin_pb2.RouteResponse(
-            route=decision.primary.value, reason=decision.reason.value,
-            bucket=bucket(request.key, router.flags.bucket_salt), flags_revision=router.flags.revision,
-            shadow=decision.compare, secondary=decision.secondary.value,
-        )
+        return admin_pb2.RouteResponse(**explain(self._state.watcher.router, op, request.key, request.user or None))
 
     async def _relay(self, context: Any, what: str,
                      call: Callable[[AdminAsyncStub], Awaitable[T]]) -> list[tuple[int, T]]:

@@ -25,13 +25,11 @@ MAX_KEY_BYTES = 1024
 #: Backend types whose store is a path on disk, and so take `path`.
 FILE_BACKENDS = frozenset({"jsonfile", "jsondir", "sqlite"})
 BACKEND_TYPES = frozenset({"memory"}) | FILE_BACKENDS
-#: The options each backend type takes besides `type` and `path` (none so far).
-BACKEND_OPTIONS: dict[str, frozenset[str]] = {kind: frozenset() for kind in BACKEND_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """How to open one backend: its type and its type's options."""
+    """How to open one backend: its type, its path, and its type's options (no type takes any yet)."""
 
     type: str
     path: Path | None = None
@@ -121,17 +119,16 @@ def _backend(raw: object, name: str, base: Path) -> BackendSpec:
     if not isinstance(kind, str) or kind not in BACKEND_TYPES:
         known = ", ".join(sorted(BACKEND_TYPES))
         raise ConfigError(f"{name}.type: must be one of {known}, got {kind!r}")
-    options = {k: v for k, v in spec.items() if k not in {"type", "path"}}
     path: Path | None = None
     if kind in FILE_BACKENDS:
         path = _path(_required(spec, "path", f"{name}."), f"{name}.path", base)
     elif "path" in spec:
         raise ConfigError(f"{name}.path: a {kind} backend takes no path")
-    unknown = sorted(set(options) - BACKEND_OPTIONS[kind])
+    unknown = sorted(set(spec) - {"type", "path"})
     if unknown:
-        # A misspelt option would otherwise be ignored without a word.
+        # No backend type takes options (yet): a field beyond type and path is a mistake, not to be ignored.
         raise ConfigError(f"{name}.{unknown[0]}: unknown field for a {kind} backend")
-    return BackendSpec(type=kind, path=path, options=options)
+    return BackendSpec(type=kind, path=path)
 
 
 def _mapping(raw: object, name: str) -> Mapping[str, Any]:

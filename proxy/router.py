@@ -28,6 +28,7 @@ import hashlib
 import math
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.flags import Flags
 
@@ -189,3 +190,13 @@ class Router:
             return shares.fixed
         digest = _sha256(self._salt_prefix + key.encode()).digest()
         return shares.decide(_first_8_bytes(digest)[0] % BUCKETS)  # bucket(key, salt), inlined
+
+
+def explain(router: Router, op: Op, key: str, user: str | None) -> dict[str, Any]:
+    """Where one operation goes under router, and why: the fields of the admin API's RouteResponse
+    (`turnout route`), the key's bucket always included."""
+    decision = router.route(op, key, user)
+    return {"route": decision.primary.value, "reason": decision.reason.value,
+            "bucket": decision.bucket if decision.bucket is not None else bucket(key, router.flags.bucket_salt),
+            "flags_revision": router.flags.revision, "shadow": decision.compare,
+            "secondary": decision.secondary.value}

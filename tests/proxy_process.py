@@ -1,7 +1,9 @@
-"""Starts the real `turnout serve` as a subprocess for integration tests, and stops it."""
+"""Starts the real `turnout serve` as a subprocess for integration tests, and stops it; runs the other
+`turnout` commands against it; lays out the files it reads (its config, a ConfigMap volume)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
 SERVING = re.compile(r"turnout: serving on (\S+:\d+)")
 START_TIMEOUT_S = 20.0
 
@@ -36,6 +39,44 @@ def write_config(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any], *
     if not flags.exists():
         flags.write_text("{}\n", encoding="utf-8")
     return path
+
+
+def configmap(mount: Path, text: str) -> Path:
+    """A Kubernetes ConfigMap volume at mount holding flags.yaml: flags.yaml -> ..data/flags.yaml -> ..v1/."""
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "flags.yaml").write_text(text)
+    (mount / "..data").symlink_to("..v1")
+    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    return mount
+
+
+def swap(mount: Path, version: str, text: str) -> None:
+    """What the kubelet does on a ConfigMap update: a new folder, then the ..data link renamed over."""
+    (mount / version).mkdir()
+    (mount / version / "flags.yaml").write_text(text)
+    (mount / "..data_tmp").symlink_to(version)
+    os.replace(mount / "..data_tmp", mount / "..data")
+
+
+def cli_command(config: Path, *args: str) -> list[str]:
+    """`turnout ARGS --config CONFIG`, run as `python -m proxy.cli` (start it from ROOT)."""
+    return [sys.executable, "-m", "proxy.cli", *args, "--config", str(config)]
+
+
+def run_cli(config: Path, *args: str, env: Mapping[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `turnout ARGS --config CONFIG` to the end from ROOT, env added to ours; output captured as text."""
+    return subprocess.run(cli_command(config, *args), cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_turnout(config: Path, *args: str, env: Mapping[str, str] | None = None, expect: int = 0,
+                timeout: float = 120) -> dict[str, Any]:
+    """The JSON answer of `turnout ARGS --json`, once it has exited with expect."""
+    done = run_cli(config, *args, "--json", env=env, timeout=timeout)
+    assert done.returncode == expect, f"turnout {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 class ProxyProcess:

@@ -26,9 +26,9 @@ from proxy.commands.common import admin_target
 from proxy.config import load_config
 from proxy.migration import cutover as steps
 from proxy.telemetry import Telemetry
-from tests.proxy_process import ProxyProcess, write_config
+from tests.fake_admin import FakeAdmin, clean_result
+from tests.proxy_process import ROOT, ProxyProcess, cli_command, run_cli, run_turnout, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV = {"PYTHONPATH": os.pathsep.join(sys.path)}
 
 
@@ -96,17 +96,15 @@ async def test_a_pause_without_a_lease_holds_and_a_resume_cancels_the_lease(tmp_
 
 # --- the cutover's side: renewing from a thread while it works -----------------------------------
 
-class LeasingAdmin:
+class LeasingAdmin(FakeAdmin):
     """The admin calls of a cutover against a proxy that honours leases (on the monotonic clock)."""
 
     def __init__(self, honour_renewals: bool = True) -> None:
+        super().__init__()
         self.honour_renewals = honour_renewals
         self.lock = threading.Lock()
         self.paused_until: float | None = None  # inf: paused without a lease
         self.expired = 0
-        self.renewals = 0
-        self.calls: list[str] = []
-        self.rollbacks: list[admin_pb2.RollbackRecord] = []
 
     def paused(self) -> bool:
         with self.lock:
@@ -114,10 +112,6 @@ class LeasingAdmin:
                 self.paused_until = None
                 self.expired += 1
             return self.paused_until is not None
-
-    def Status(self, request: Any, timeout: float) -> admin_pb2.StatusResponse:
-        return admin_pb2.StatusResponse(backends=[admin_pb2.BackendState(name="old", healthy=True),
-                                                  admin_pb2.BackendState(name="new", healthy=True)])
 
     def PauseWrites(self, request: admin_pb2.PauseWritesRequest, timeout: float) -> admin_pb2.PauseState:
         if request.renew:
@@ -132,22 +126,6 @@ class LeasingAdmin:
                                      if request.paused else None)
         return admin_pb2.PauseState(paused=self.paused(), leases_expired=self.expired)
 
-    def Drain(self, request: Any, timeout: float) -> admin_pb2.ReplicationState:
-        return admin_pb2.ReplicationState(depth=0)
-
-    def Migrate(self, request: Any) -> str:
-        return "final sync"
-
-    def Verify(self, request: Any) -> str:
-        return "verify"
-
-    def SetOverride(self, request: admin_pb2.SetOverrideRequest, timeout: float) -> None:
-        self.calls.append(f"override {request.route}")
-
-    def RecordRollback(self, request: admin_pb2.RollbackRecord, timeout: float) -> admin_pb2.RollbackRecord:
-        self.rollbacks.append(request)
-        return request
-
 
 def slow_follow(admin: LeasingAdmin, seconds: float) -> steps.Follow:
     def follow(job: Any, label: str) -> dict[str, Any]:
@@ -156,8 +134,7 @@ def slow_follow(admin: LeasingAdmin, seconds: float) -> steps.Follow:
             while time.monotonic() < deadline:  # writes stay paused all through the slow sync
                 assert admin.paused(), "the pause ran out during the final sync"
                 time.sleep(0.02)
-        return {"migrated": 0, "skipped": 0, "error_count": 0, "missing": 0, "different": 0, "extra": 0,
-                "clean": True}
+        return clean_result()
     return follow
 
 
@@ -185,8 +162,7 @@ def test_a_cutover_whose_lease_ran_out_rolls_back_instead_of_switching(tmp_path:
 
     def follow(job: Any, label: str) -> dict[str, Any]:
         time.sleep(0.5 if job == "final sync" else 0)
-        return {"migrated": 0, "skipped": 0, "error_count": 0, "missing": 0, "different": 0, "extra": 0,
-                "clean": True}
+        return clean_result()
 
     report = steps.cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, follow, 0, lease_s=0.2)
     assert not report.ok
@@ -223,8 +199,7 @@ def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(tmp
         statefile.write_json(tmp_path / "state" / "verify-last.json", {"clean": True})
         stub, channel = admin(config)
         cutover = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "cutover", "--monitor", "30", "--pause-lease", str(lease),
-             "--json", "--config", str(config)],
+            cli_command(config, "cutover", "--monitor", "30", "--pause-lease", str(lease), "--json"),
             cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
@@ -261,11 +236,9 @@ def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(tmp
         assert not writes.paused
         assert (writes.leases_expired, writes.last_lease_expired_reason) == (1, "cutover")
         assert writes.last_lease_expired_unix > 0
-        status_cli = subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--json", "--config", str(config)],
-                                    cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=30)
+        status_cli = run_cli(config, "status", "--json", env=ENV, timeout=30)
         assert json.loads(status_cli.stdout)["writes"]["leases_expired"] == 1
-        status_text = subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--config", str(config)],
-                                     cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=30)
+        status_text = run_cli(config, "status", env=ENV, timeout=30)
         assert "writes resumed by the proxy 1 time(s): a pause lease ran out" in status_text.stdout
     assert "ran out without renewal" in "".join(proxy.output)
 
@@ -277,12 +250,7 @@ def test_a_cutover_with_a_short_lease_runs_through_a_slow_final_sync(tmp_path: P
     config = seed(tmp_path, 20_000)
     with ProxyProcess(config, env=ENV):
         statefile.write_json(tmp_path / "state" / "verify-last.json", {"clean": True})
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy.cli", "cutover", "--monitor", "0", "--pause-lease", str(lease),
-             "--json", "--config", str(config)],
-            cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-        report = json.loads(done.stdout)
+        report = run_turnout(config, "cutover", "--monitor", "0", "--pause-lease", str(lease), env=ENV)
         stub, channel = admin(config)
         with channel:
             status = stub.Status(admin_pb2.StatusRequest(), timeout=5)

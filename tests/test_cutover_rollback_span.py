@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -17,18 +15,9 @@ from opentelemetry.trace import StatusCode
 from proxy import telemetry as attr
 from proxy.telemetry import Telemetry
 from tests.otlp_receiver import GrpcReceiver, ReceivedSpan
-from tests.proxy_process import ProxyProcess, write_config
+from tests.proxy_process import ProxyProcess, run_cli, run_turnout, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
-
-
-def turnout(config: Path, env: dict[str, str], *args: str, expect: int = 0) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "proxy.cli", *args, "--json", "--config", str(config)],
-                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == expect, f"turnout {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
 
 
 def rollbacks(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
@@ -44,9 +33,9 @@ def test_rollbacks_reach_the_collector_as_spans_of_their_own(tmp_path: Path, rec
            "PYTHONPATH": os.pathsep.join(sys.path)}
     with ProxyProcess(config, env=env) as proxy:
         plain = {"PYTHONPATH": env["PYTHONPATH"], "OTEL_SDK_DISABLED": "true"}  # spans only from the proxy
-        turnout(config, plain, "migrate")
-        assert turnout(config, plain, "verify")["clean"]
-        report = turnout(config, plain, "rollback", "--reason", "span drill")
+        run_turnout(config, "migrate", env=plain)
+        assert run_turnout(config, "verify", env=plain)["clean"]
+        report = run_turnout(config, "rollback", "--reason", "span drill", env=plain)
         assert report["ok"], report
         spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 1))
         span = spans[0]
@@ -56,22 +45,22 @@ def test_rollbacks_reach_the_collector_as_spans_of_their_own(tmp_path: Path, rec
         incident = Path(str(span.attributes[attr.ROLLBACK_INCIDENT]))
         assert incident.parent == tmp_path / "state" / "incidents"
         assert json.loads(incident.read_text())["reason"] == "span drill"
-        status = turnout(config, plain, "status")
+        status = run_turnout(config, "status", env=plain)
         assert (status["last_rollback"]["reason"], status["last_rollback"]["ok"]) == ("span drill", True)
         assert status["last_rollback"]["time_unix"] > 0
-        text = subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--config", str(config)], cwd=ROOT,
-                              env={**os.environ, **plain}, capture_output=True, text=True, timeout=60, check=True)
+        text = run_cli(config, "status", env=plain, timeout=60)
+        text.check_returncode()
         assert "last rollback (operator" in text.stdout
         assert "span drill: ok" in text.stdout
 
         # A cutover that fails its verify rolls back by itself: that too is a rollback span.
-        turnout(config, plain, "cutover", "--monitor", "0")
-        turnout(config, plain, "rollback", "--reason", "back again")
+        run_turnout(config, "cutover", "--monitor", "0", env=plain)
+        run_turnout(config, "rollback", "--reason", "back again", env=plain)
         connection = sqlite3.connect(tmp_path / "new.sqlite")  # a write that bypassed the proxy
         with connection:
             connection.execute("INSERT INTO kv (key, value) VALUES ('stray', '1')")
         connection.close()
-        failed = turnout(config, plain, "cutover", "--monitor", "0", expect=1)
+        failed = run_turnout(config, "cutover", "--monitor", "0", expect=1, env=plain)
         assert failed["rolled_back"]
         spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 3))
         automatic = spans[2]
@@ -82,7 +71,7 @@ def test_rollbacks_reach_the_collector_as_spans_of_their_own(tmp_path: Path, rec
     assert "operator rollback ok: span drill" in "".join(proxy.output)
 
     # No proxy running: the command sends the span itself.
-    offline = turnout(config, env, "rollback", "--reason", "offline drill")
+    offline = run_turnout(config, "rollback", "--reason", "offline drill", env=env)
     assert offline["ok"], offline
     spans = rollbacks(receiver.spans.wait_for(lambda s: len(rollbacks(s)) >= 4))
     assert (spans[3].attributes[attr.ROLLBACK_REASON], spans[3].attributes[attr.ROLLBACK_OUTCOME]) == (

@@ -12,6 +12,7 @@ import pytest
 
 from proxy.flagwatch import FlagWatcher, watched_path
 from proxy.router import Override, Route
+from tests.proxy_process import configmap, swap
 
 INTERVAL = 0.05
 
@@ -56,49 +57,22 @@ async def test_rename_over_is_picked_up(watched: tuple[FlagWatcher, Path]) -> No
 
 async def test_configmap_symlink_swap_is_picked_up(tmp_path: Path) -> None:
     """A Kubernetes ConfigMap update (the ..data link swapped to a new folder) takes effect."""
-    mount = tmp_path / "mount"
-    first = mount / "..2026_11_24_01"
-    first.mkdir(parents=True)
-    (first / "flags.yaml").write_text("revision: c1\n")
-    (mount / "..data").symlink_to(first.name)
-    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    mount = configmap(tmp_path / "mount", "revision: c1\n")
     watcher = FlagWatcher(mount / "flags.yaml", tmp_path / "state", interval=INTERVAL)
     watcher.load_initial()
     watcher.start()
     try:
         assert watcher.router.flags.revision == "c1"
-        second = mount / "..2026_11_24_02"
-        second.mkdir()
-        (second / "flags.yaml").write_text("revision: c2\n")
-        (mount / "..data_tmp").symlink_to(second.name)
-        os.replace(mount / "..data_tmp", mount / "..data")
+        swap(mount, "..v2", "revision: c2\n")
         await wait_for_revision(watcher, "c2")
     finally:
         await watcher.stop()
 
 
-def configmap(tmp_path: Path, text: str) -> Path:
-    """A Kubernetes ConfigMap volume holding flags.yaml: mount/flags.yaml -> ..data/flags.yaml -> ..v1/."""
-    mount = tmp_path / "mount"
-    (mount / "..v1").mkdir(parents=True)
-    (mount / "..v1" / "flags.yaml").write_text(text)
-    (mount / "..data").symlink_to("..v1")
-    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
-    return mount
-
-
-def swap(mount: Path, version: str, text: str) -> None:
-    """What the kubelet does on a ConfigMap update: a new folder, then the ..data link renamed over."""
-    (mount / version).mkdir()
-    (mount / version / "flags.yaml").write_text(text)
-    (mount / "..data_tmp").symlink_to(version)
-    os.replace(mount / "..data_tmp", mount / "..data")
-
-
 async def test_configmap_swap_is_picked_up_from_an_already_resolved_path(tmp_path: Path) -> None:
     """Given the resolved path (the config resolves relative paths: mount/..v1/flags.yaml), the watcher
     still follows the ..data swap, because it watches the ConfigMap's visible link instead."""
-    mount = configmap(tmp_path, "revision: c1\n")
+    mount = configmap(tmp_path / "mount", "revision: c1\n")
     resolved = (mount / "flags.yaml").resolve()
     assert resolved == (mount / "..v1" / "flags.yaml").resolve()
     watcher = FlagWatcher(resolved, tmp_path / "state", interval=INTERVAL)
@@ -121,7 +95,7 @@ def test_watched_path_leaves_other_paths_alone(tmp_path: Path) -> None:
     plain.write_text("{}\n")
     assert watched_path(plain) == plain  # a folder named ..something, but no ..data link to it
     assert watched_path(tmp_path / "flags.yaml") == tmp_path / "flags.yaml"
-    mount = configmap(tmp_path, "{}\n")
+    mount = configmap(tmp_path / "mount", "{}\n")
     swap(mount, "..v2", "{}\n")
     stale = (mount / "..v1" / "flags.yaml").resolve()
     assert watched_path(stale) == stale  # ..data no longer points at ..v1: nothing to follow
@@ -248,11 +222,12 @@ async def test_a_touch_does_not_rebuild_the_router(tmp_path: Path) -> None:
     """A changed stat with the same bytes keeps the same router object (the content hash decides)."""
     watcher, path = stepped(tmp_path, "revision: t1\n")
     router = watcher.router
+    loaded = watcher.status().last_success
     rewrite(path, "revision: t1\n")
     await watcher.check()
     await watcher.check()
     assert watcher.router is router
-    assert watcher.status().last_success > 0
+    assert watcher.status().last_success > loaded > 0  # the touch was read, and found unchanged
 
 
 async def test_a_deleted_file_keeps_the_last_good_flags(tmp_path: Path) -> None:

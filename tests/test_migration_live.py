@@ -22,10 +22,8 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.commands.common import admin_target
 from proxy.config import load_config
-from tests.proxy_process import ProxyProcess, write_config
+from tests.proxy_process import ProxyProcess, run_cli, run_turnout, write_config
 from tests.stores import legacy_contents, sqlite_contents
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def subdivisions() -> dict[str, Any]:
@@ -69,14 +67,8 @@ class Writer:
 
 
 async def turnout(config: Path, *args: str, expect: int = 0) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", *args, "--json", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == expect, f"turnout {' '.join(args)} exited {process.returncode}:\n{out.decode()}{err.decode()}"
-    result: dict[str, Any] = json.loads(out)
-    return result
+    """`run_turnout` on a thread of its own, so the event loop (and the writers) run on meanwhile."""
+    return await asyncio.to_thread(run_turnout, config, *args, expect=expect)
 
 
 @pytest.mark.slow
@@ -210,11 +202,9 @@ async def test_a_bad_transform_is_refused_by_the_admin_api_as_an_invalid_argumen
                         pass
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
                 assert message in (refused.value.details() or "")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.cli", "migrate", "--live", "--transform", "no_such_module_5c:up",
-            "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 2, out.decode() + err.decode()
-        assert "cannot import no_such_module_5c" in err.decode()
-        assert "Traceback" not in err.decode()
+        done = await asyncio.to_thread(run_cli, config, "migrate", "--live", "--transform", "no_such_module_5c:up",
+                                       timeout=60)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "cannot import no_such_module_5c" in done.stderr
+        assert "Traceback" not in done.stderr
         assert (await turnout(config, "status", "--records"))["shadow"]["records"]["new"]["records"] == 0

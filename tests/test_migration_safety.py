@@ -25,6 +25,7 @@ from proxy.migration.migrate import CHECKPOINT, load_transform, migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
 from proxy.router import Route
+from tests.fake_admin import FakeAdmin, clean_result
 from tests.faults import SwitchableBackend
 from tests.proxy_process import write_config
 from tests.stores import backend_contents, legacy_contents, seed_sqlite, sqlite_contents
@@ -210,45 +211,6 @@ def test_offline_rollback_keeps_old_only_keys_and_succeeds(tmp_path: Path,
     assert list((tmp_path / "state" / "incidents").glob("*-rollback.json"))
 
 
-class FakeAdmin:
-    """The admin calls a cutover makes, recorded; the proxy's state is two fields."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.renewals: list[float] = []
-        self.rollbacks: list[Any] = []
-
-    def Status(self, request: Any, timeout: float) -> Any:
-        from turnout.admin.v1 import admin_pb2
-        return admin_pb2.StatusResponse(backends=[admin_pb2.BackendState(name="old", healthy=True),
-                                                  admin_pb2.BackendState(name="new", healthy=True)])
-
-    def PauseWrites(self, request: Any, timeout: float) -> Any:
-        from turnout.admin.v1 import admin_pb2
-        if request.renew:
-            self.renewals.append(request.lease_seconds)
-        else:
-            self.calls.append("pause" if request.paused else "resume")
-        return admin_pb2.PauseState(paused=request.paused)
-
-    def RecordRollback(self, request: Any, timeout: float) -> Any:
-        self.rollbacks.append(request)
-        return request
-
-    def Drain(self, request: Any, timeout: float) -> Any:
-        from turnout.admin.v1 import admin_pb2
-        return admin_pb2.ReplicationState(depth=0)
-
-    def Migrate(self, request: Any) -> str:
-        return "final sync"
-
-    def Verify(self, request: Any) -> str:
-        return "verify"
-
-    def SetOverride(self, request: Any, timeout: float) -> None:
-        self.calls.append(f"override {request.route}")
-
-
 @pytest.mark.parametrize("fail_in", ["final sync", "verify"])
 def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path: Path, fail_in: str) -> None:
     """Ctrl-C (or SIGTERM) while writes are paused: writes resume; traffic was never switched."""
@@ -260,8 +222,7 @@ def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path
     def follow(job: Any, label: str) -> dict[str, Any]:
         if job == fail_in:
             raise KeyboardInterrupt
-        return {"migrated": 0, "skipped": 0, "error_count": 0, "missing": 0, "different": 0, "extra": 0,
-                "clean": True}
+        return clean_result()
 
     report = steps.cutover(admin, tmp_path, follow, 0)  # type: ignore[arg-type]
     assert not report.ok

@@ -19,7 +19,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.cli import main
 from proxy.router import bucket
-from tests.proxy_process import ProxyProcess, write_config
+from tests.proxy_process import ProxyProcess, configmap, swap, write_config
 from tests.stores import legacy_contents, seed_sqlite, sqlite_contents
 
 RELOAD_S = 2.0
@@ -257,11 +257,7 @@ def test_reloads_never_fail_a_call_in_flight(live: Live) -> None:
 def test_configmap_update_reaches_a_running_proxy(tmp_path: Path) -> None:
     """The flag file in a Kubernetes ConfigMap volume (flags.yaml -> ..data/flags.yaml, ..data swapped
     to a new folder on update), named by a relative path in the config: each update takes effect."""
-    mount = tmp_path / "flags"
-    (mount / "..v1").mkdir(parents=True)
-    (mount / "..v1" / "flags.yaml").write_text("revision: cm1\n")
-    (mount / "..data").symlink_to("..v1")
-    (mount / "flags.yaml").symlink_to("..data/flags.yaml")
+    mount = configmap(tmp_path / "flags", "revision: cm1\n")
     (tmp_path / "legacy.json").write_text(json.dumps({"user:1": {"from": "old"}}))
     seed_sqlite(tmp_path / "new.sqlite", {"user:1": {"from": "new"}})
     config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
@@ -272,13 +268,8 @@ def test_configmap_update_reaches_a_running_proxy(tmp_path: Path) -> None:
             assert live.revision() == "cm1"
             assert live.served_by("user:1") == "old"
             for n, route in ((2, "new"), (3, "old")):
-                version = mount / f"..v{n}"
-                version.mkdir()
-                (version / "flags.yaml").write_text(
-                    f"revision: cm{n}\nuse_new_storage: {'true' if route == 'new' else 'false'}\n"
-                    "traffic_percentage: {read: 100}\n")
-                (mount / "..data_tmp").symlink_to(version.name)
-                os.replace(mount / "..data_tmp", mount / "..data")
+                swap(mount, f"..v{n}", f"revision: cm{n}\nuse_new_storage: {'true' if route == 'new' else 'false'}\n"
+                                       "traffic_percentage: {read: 100}\n")
                 eventually(functools.partial(lambda wanted: live.revision() == wanted, f"cm{n}"))
                 assert live.served_by("user:1") == route
         finally:

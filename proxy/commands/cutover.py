@@ -97,8 +97,6 @@ async def _rollback_offline(config: Config, reason: str) -> steps.Report:
     incident = steps.record_incident(config.state_dir, reason, report)
     # No proxy to record it: the span leaves from here, when tracing is configured.
     telemetry = Telemetry.from_env()
-    failed = next((s for s in report.steps if not s.ok), None)
-    telemetry.rollback(reason, report.ok, False, f"{failed.name}: {failed.detail}" if failed else "offline",
-                       str(incident))
+    telemetry.rollback(reason, report.ok, False, report.outcome("offline"), str(incident))
     telemetry.shutdown()
     return report

@@ -13,7 +13,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.errors import ConfigError
 from proxy.flags import load_flags
-from proxy.router import Op, Router, bucket
+from proxy.router import Op, Router, explain
 
 
 def register(subparsers: Any) -> None:
@@ -66,15 +66,6 @@ def explain_route(args: argparse.Namespace) -> int:
     emit(args, result, f"{args.op} {args.key!r} -> {result['route']} (reason {result['reason']}, bucket "
                        f"{result['bucket']}, flags revision {result['flags_revision']!r}; from {source})")
     return 0
-
-
-def explain(router: Router, op: Op, key: str, user: str | None) -> dict[str, Any]:
-    """Where one operation goes under router, and why: the same fields the admin API's Route returns."""
-    decision = router.route(op, key, user)
-    return {"route": decision.primary.value, "reason": decision.reason.value,
-            "bucket": decision.bucket if decision.bucket is not None else bucket(key, router.flags.bucket_salt),
-            "flags_revision": router.flags.revision, "shadow": decision.compare,
-            "secondary": decision.secondary.value}
 
 
 def _ask_proxy(target: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -111,6 +111,10 @@ def _record(line: bytes, version: int) -> tuple[str, bytes]:
     return key, value
 
 
+def _damaged(path: Path, records: int) -> ArchiveError:
+    return ArchiveError(f"{path}: a damaged line after {records} records")
+
+
 def check(path: Path) -> ArchiveSummary:
     """Read the whole archive and prove it whole: header, SHA-256, count and content checksum."""
     digest = hashlib.sha256()
@@ -121,7 +125,6 @@ def check(path: Path) -> ArchiveSummary:
     for line in _lines(path):
         if trailer is not None:
             raise ArchiveError(f"{path}: data after the trailer")
-        damaged = ArchiveError(f"{path}: a damaged line after {records} records")
         if header is None:
             try:
                 doc = json.loads(line)
@@ -137,15 +140,15 @@ def check(path: Path) -> ArchiveSummary:
             try:
                 trailer = json.loads(line)
             except ValueError:
-                raise damaged from None
+                raise _damaged(path, records) from None
             if not isinstance(trailer, dict) or not trailer.get("trailer"):
-                raise damaged
+                raise _damaged(path, records)
         else:
             digest.update(line)
             try:
                 key, value = _record(line, int(header["version"]))
             except (ValueError, TypeError):
-                raise damaged from None
+                raise _damaged(path, records) from None
             records += 1
             checksum = (checksum + item_hash(key, value)) & _MASK
     if header is None or trailer is None:

@@ -82,6 +82,11 @@ class Report:
         finally:
             step.duration_s = time.monotonic() - started
 
+    def outcome(self, when_ok: str) -> str:
+        """The first failed step as "name: detail", or when_ok when no step failed."""
+        failed = next((s for s in self.steps if not s.ok), None)
+        return f"{failed.name}: {failed.detail}" if failed else when_ok
+
     def to_document(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -293,10 +298,8 @@ def rollback(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, re
     except StepFailed:
         pass
     incident = record_incident(state_dir, reason, report)
-    failed = next((s for s in report.steps if not s.ok), None)
     record_rollback(stub, admin_pb2.RollbackRecord(
-        reason=reason, ok=report.ok, detail=f"{failed.name}: {failed.detail}" if failed else "old holds everything",
-        incident=str(incident)))
+        reason=reason, ok=report.ok, detail=report.outcome("old holds everything"), incident=str(incident)))
     return report
 
 

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from proxy.backends.base import Backend
 from proxy.backends.jsondir import SUFFIX, decode_name
@@ -99,10 +99,13 @@ def _duplicates_within(value: Any) -> list[str]:
     return found
 
 
-def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any, list[str]] | None:
-    """Parse keeping duplicate member names visible; None when the bytes are not one JSON document.
+#: What _parse_document returns for bytes that are not one JSON document (None is the document `null`).
+_NOT_JSON: Final = object()
 
-    The names returned are those repeated anywhere in the document."""
+
+def _parse_document(raw: bytes, result: ValidateResult, where: str) -> Any:
+    """Parse keeping duplicate member names visible (see _duplicates_within); _NOT_JSON, recorded as a
+    problem, when the bytes are not one JSON document."""
 
     try:
         text = raw.decode("utf-8")
@@ -110,19 +113,17 @@ def _parse_document(raw: bytes, result: ValidateResult, where: str) -> tuple[Any
         result.problem("invalid_utf8", where, f"{exc.reason} at byte {exc.start}")
         text = raw.decode("utf-8", errors="replace")
     try:
-        document = json.loads(text, object_pairs_hook=_pairs)
-        return document, _duplicates_within(document)
+        return json.loads(text, object_pairs_hook=_pairs)
     except ValueError as exc:
         result.problem("not_json", where, str(exc))
-        return None
+        return _NOT_JSON
 
 
 def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
     result = ValidateResult()
-    parsed = _parse_document(path.read_bytes(), result, str(path))
-    if parsed is None:
+    document = _parse_document(path.read_bytes(), result, str(path))
+    if document is _NOT_JSON:
         return result
-    document, _ = parsed
     if not isinstance(document, dict):
         result.problem("not_an_object", str(path), "the legacy file must be one JSON object")
         return result
@@ -144,11 +145,10 @@ def validate_jsondir(folder: Path, max_value_bytes: int) -> ValidateResult:
             continue
         stem = path.name[: -len(SUFFIX)]
         key = (folder / (stem + ".key")).read_text("utf-8") if stem.startswith("~") else decode_name(stem)
-        parsed = _parse_document(path.read_bytes(), result, key)
-        if parsed is None:
+        document = _parse_document(path.read_bytes(), result, key)
+        if document is _NOT_JSON:
             continue
-        document, duplicates = parsed
-        for name in duplicates:
+        for name in _duplicates_within(document):
             result.problem("duplicate_member", key, f"member {name!r} appears twice")
         _check_member(result, key, document, max_value_bytes)
     return result
@@ -159,9 +159,9 @@ async def validate_backend(backend: Backend, max_value_bytes: int) -> ValidateRe
     result = ValidateResult()
     async for page in backend.scan():
         for key, raw in page:
-            parsed = _parse_document(raw, result, key)
-            if parsed is not None:
-                _check_member(result, key, parsed[0], max_value_bytes)
+            document = _parse_document(raw, result, key)
+            if document is not _NOT_JSON:
+                _check_member(result, key, document, max_value_bytes)
     return result
 
 
