@@ -66,6 +66,11 @@ def remove_file(path: Path, sync_folder: bool = True) -> bool:
     return True
 
 
+def sibling_lock(path: Path) -> Path:
+    """The lock file of a one-file store: beside it, named after it."""
+    return path.with_name(path.name + ".lock")
+
+
 #: Lock files whose flock this process shares with its supervisor (`turnout serve --workers N`).
 _inherited: set[Path] = set()
 

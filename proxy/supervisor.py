@@ -35,10 +35,9 @@ from typing import Any
 
 from proxy.app import LISTEN_ADDRESS_FILE, announce
 from proxy.backends import shared_lock_path
-from proxy.backends.sqlite import lock_path as sqlite_lock_path
 from proxy.backends.sqlite import prepare_file
 from proxy.config import Config
-from proxy.durable import StoreLock
+from proxy.durable import StoreLock, sibling_lock
 from proxy.migration.stores import QUEUE_FILE
 from proxy.workers import ROLE_ENV, CannotSupervise, WorkerRole, check_shareable
 
@@ -75,7 +74,7 @@ def reserve_listen(listen: str) -> tuple[socket.socket, str]:
 def hold_store_locks(config: Config) -> list[StoreLock]:
     """Lock both stores and the replication queue for this proxy's workers, or refuse to start."""
     paths = [shared_lock_path(config.old), shared_lock_path(config.new),
-             sqlite_lock_path(config.state_dir / QUEUE_FILE)]
+             sibling_lock(config.state_dir / QUEUE_FILE)]
     held: list[StoreLock] = []
     try:
         for path in paths:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.groupcommit import GroupCommit
-from proxy.durable import StoreLock, fsync_dir, replace_file, temp_name
+from proxy.durable import StoreLock, fsync_dir, replace_file, sibling_lock, temp_name
 from proxy.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class JsonFileBackend:
     async def open(cls, path: Path, group_commit: bool = True) -> JsonFileBackend:
         def load() -> tuple[StoreLock, dict[Key, Value], Signature]:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = StoreLock(path.with_name(path.name + ".lock"), f"jsonfile {path}")
+            lock = StoreLock(sibling_lock(path), f"jsonfile {path}")
             try:
                 if not path.exists():
                     create_empty_store(path)

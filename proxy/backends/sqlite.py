@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
-from proxy.durable import StoreLock
+from proxy.durable import StoreLock, sibling_lock
 from proxy.errors import BackendUnavailable
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
@@ -117,11 +117,6 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
-def lock_path(path: Path) -> Path:
-    """The file whose lock says which turnout process serves the store."""
-    return path.with_name(path.name + ".lock")
-
-
 def prepare_file(path: Path) -> None:
     """Make path a SQLite store in WAL mode with its table, before several processes open it at once:
     switching to WAL needs the file alone, and a process that finds it busy then fails at once."""
@@ -175,7 +170,7 @@ class SqliteBackend:
         def prepare() -> tuple[sqlite3.Connection, StoreLock]:
             path.parent.mkdir(parents=True, exist_ok=True)
             # SQLite would let two processes write, but a migration must know no proxy writes meanwhile.
-            lock = StoreLock(lock_path(path), f"sqlite {path}")
+            lock = StoreLock(sibling_lock(path), f"sqlite {path}")
             try:
                 return _prepared(path), lock
             except BaseException:
