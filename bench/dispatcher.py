@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import Figure, add_round_options, best_of_rounds, print_table, save, with_ratio
 from proxy.backends.memory import MemoryBackend
 from proxy.backends.sqlite import SqliteBackend
-from proxy.discrepancies import DiscrepancyLog
-from proxy.dispatcher import Call, Dispatcher
-from proxy.flags import Flags
-from proxy.keylocks import KeyLocks
-from proxy.replication import ReplicationQueue
-from proxy.router import Route, Router
+from proxy.data.discrepancies import DiscrepancyLog
+from proxy.data.dispatcher import Call, Dispatcher
+from proxy.data.keylocks import KeyLocks
+from proxy.replication.queue import ReplicationQueue
+from proxy.routing.flags import Flags
+from proxy.routing.router import Route, Router
 
 CALLERS = 32
 VALUE = b'{"name":"Ada","visits":3}'

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import Figure, print_table, save, with_ratio
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SCHEMA, SqliteBackend
-from proxy.flags import Flags
 from proxy.migration.migrate import migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
-from proxy.router import Router
+from proxy.routing.flags import Flags
+from proxy.routing.router import Router
 
 
 def document(i: int) -> dict[str, object]:

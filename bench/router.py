@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Figure, add_round_options, best_of_rounds, print_table, save, with_ratio
-from proxy.flags import Flags
-from proxy.router import Op, Override, Route, Router, bucket
+from proxy.routing.flags import Flags
+from proxy.routing.router import Op, Override, Route, Router, bucket
 
 KEYS = [f"{('user', 'session', 'cart', 'billing')[i % 4]}:{i:06}" for i in range(10_000)]
 CALLERS = [("checkout", "search", None, "billing-job")[i % 4] for i in range(len(KEYS))]

@@ -10,11 +10,11 @@ import pytest
 
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SqliteBackend
-from proxy.flags import Flags
 from proxy.migration.stores import Stores
-from proxy.router import Router
-from tests.otlp_receiver import GrpcReceiver
-from tests.proxy_process import ProxyProcess, write_config
+from proxy.routing.flags import Flags
+from proxy.routing.router import Router
+from tests.support.otlp_receiver import GrpcReceiver
+from tests.support.proxy_process import ProxyProcess, write_config
 
 
 @pytest.fixture

@@ -8,17 +8,17 @@ import signal
 import time
 from typing import Any
 
-from proxy import statefile
+from proxy import statedir
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load, positive_seconds
 from proxy.commands.migration import admin_stub, follow
 from proxy.config import Config
+from proxy.control import cutover as steps
 from proxy.errors import BackendUnavailable
-from proxy.flagwatch import OVERRIDE_FILE
-from proxy.migration import cutover as steps
 from proxy.migration.stores import open_offline
 from proxy.migration.verify import verify
-from proxy.router import Route
-from proxy.telemetry import Telemetry
+from proxy.routing.router import Route
+from proxy.routing.watcher import OVERRIDE_FILE
+from proxy.telemetry.tracing import Telemetry
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +84,7 @@ async def _rollback_offline(config: Config, reason: str) -> steps.Report:
     report = steps.Report("rollback")
     try:
         with report.step("route everything to old (for the next start)"):
-            statefile.write_json(config.state_dir / OVERRIDE_FILE, {"route": "old", "reason": reason,
+            statedir.write_json(config.state_dir / OVERRIDE_FILE, {"route": "old", "reason": reason,
                                                                     "since": time.time()})
         async with open_offline(config) as stores:
             with report.step("sync back what only new has") as step:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
-from proxy.discrepancies import report_from_log
+from proxy.data.discrepancies import report_from_log
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -12,8 +12,8 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.errors import ConfigError
-from proxy.flags import load_flags
-from proxy.router import Op, Router, explain
+from proxy.routing.flags import load_flags
+from proxy.routing.router import Op, Router, explain
 
 
 def register(subparsers: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy import statefile
+from proxy import statedir
 from proxy.backends import open_backend
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.config import Config
@@ -26,7 +26,7 @@ from proxy.migration.stores import open_offline
 from proxy.migration.validate import validate
 from proxy.migration.verify import verify
 from proxy.progress import Progress
-from proxy.router import Route
+from proxy.routing.router import Route
 
 LAST_VERIFY = "verify-last.json"
 
@@ -170,7 +170,7 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         doc = asyncio.run(_verify_offline(args, config))
         doc["mode"] = "offline"
-    statefile.write_json(config.state_dir / LAST_VERIFY, {**doc, "samples": None})
+    statedir.write_json(config.state_dir / LAST_VERIFY, {**doc, "samples": None})
     emit(args, doc, verify_summary(doc))
     return 0 if doc["clean"] else 1
 

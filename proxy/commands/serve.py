@@ -6,8 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-from proxy.app import serve
 from proxy.config import config_path, load_config
+from proxy.serving.app import serve
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     config = load_config(path)
     if args.workers != 1:
-        from proxy.supervisor import supervise
+        from proxy.workers.supervisor import supervise
 
         return supervise(config, path.absolute(), args.workers, args.log_level)
     serve(config)

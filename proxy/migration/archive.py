@@ -24,8 +24,8 @@ from typing import Any
 import zstandard
 
 from proxy.backends.base import Backend, Item
-from proxy.checksum import item_hash
 from proxy.errors import TurnoutError
+from proxy.migration.checksum import item_hash
 from proxy.progress import Progress
 
 FORMAT = "turnout-archive"

@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy import statefile
+from proxy import statedir
 from proxy.backends.base import Backend, Item, get_many
-from proxy.compare import documents_equal
+from proxy.data.compare import documents_equal
 from proxy.errors import InvalidArgument
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
-from proxy.router import Route
+from proxy.routing.router import Route
 
 CHECKPOINT = "migrate-checkpoint.json"
 MAX_ERROR_SAMPLES = 100
@@ -103,7 +103,7 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
     started = time.monotonic()
     src, dst = stores.backend(source), stores.backend(source.other)
     checkpoint_path = state_dir / CHECKPOINT
-    checkpoint = None if restart else statefile.read_json(checkpoint_path)
+    checkpoint = None if restart else statedir.read_json(checkpoint_path)
     if checkpoint is not None and checkpoint.get("source") != source.value:
         checkpoint = None
     result = MigrateResult()
@@ -126,7 +126,7 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
         await task
         result.total += len(done_page)
         # Batches finish in the order they were started here, so every key up to this one is done.
-        statefile.write_json(checkpoint_path, {"source": source.value, "last_key": done_page[-1][0],
+        statedir.write_json(checkpoint_path, {"source": source.value, "last_key": done_page[-1][0],
                                                "complete": False, "migrated": result.migrated,
                                                "errors": result.error_count})
         if progress is not None:
@@ -154,7 +154,7 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
         if in_flight:
             await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
     complete = result.error_count == 0
-    statefile.write_json(checkpoint_path, {"source": source.value, "last_key": None, "complete": complete,
+    statedir.write_json(checkpoint_path, {"source": source.value, "last_key": None, "complete": complete,
                                            "migrated": result.migrated, "errors": result.error_count,
                                            "finished": time.time()})
     result.duration_s = time.monotonic() - started

@@ -11,11 +11,11 @@ from proxy.backends import open_backend
 from proxy.backends.base import Backend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.config import Config
+from proxy.data.keylocks import KeyLocks
 from proxy.errors import BackendUnavailable
-from proxy.flagwatch import FlagWatcher
-from proxy.keylocks import KeyLocks
-from proxy.replication import ReplicationQueue
-from proxy.router import Op, Route, Router
+from proxy.replication.queue import ReplicationQueue
+from proxy.routing.router import Op, Route, Router
+from proxy.routing.watcher import FlagWatcher
 
 QUEUE_FILE = "replication.sqlite"
 

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from proxy.backends.base import Backend, Item
-from proxy.checksum import item_hash
-from proxy.compare import documents_equal
+from proxy.data.compare import documents_equal
+from proxy.migration.checksum import item_hash
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
-from proxy.replication import put_state
-from proxy.router import Route
+from proxy.replication.queue import put_state
+from proxy.routing.router import Route
 
 SAMPLES = 10
 #: Keys remembered for re-checking and repair; beyond it only counts are kept.

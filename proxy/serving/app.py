@@ -1,0 +1,227 @@
+"""The lifecycle of a running proxy: open the backends, serve, and shut down without losing a write.
+
+Start-up registers every service first (health says NOT_SERVING), then opens the backends, then
+says SERVING, so probes and callers see a clear state at every moment. SIGTERM or SIGINT stops
+accepting calls, lets in-flight calls finish, lets the replication queue drain (what it cannot
+copy stays durable for the next start) and closes the backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from grpc_health.v1 import health
+
+from proxy.admin.front import AdminFront
+from proxy.admin.service import AdminState, admin_page, build_admin_server
+from proxy.backends import open_backend
+from proxy.backends.base import Backend
+from proxy.backends.sqlite import SqliteBackend
+from proxy.config import BackendSpec, Config
+from proxy.data.discrepancies import DiscrepancyLog
+from proxy.data.dispatcher import Dispatcher
+from proxy.data.keylocks import KeyLocks
+from proxy.data.sharedlocks import SharedKeyLocks
+from proxy.durable import inherit_store_locks
+from proxy.errors import TurnoutError
+from proxy.migration.stores import QUEUE_FILE
+from proxy.replication.queue import ReplicationQueue
+from proxy.routing.router import Route
+from proxy.routing.watcher import FlagWatcher
+from proxy.serving.kvservice import KeyValueService, build_server, set_serving
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.tracing import Telemetry
+from proxy.workers.role import WorkerRole, peer_admin_addresses, worker_dir
+
+log = logging.getLogger(__name__)
+
+#: How long in-flight calls may take to finish after SIGTERM.
+SHUTDOWN_GRACE_S = 10.0
+#: How long shutdown waits for the replication queue to drain before leaving the rest for next start.
+DRAIN_ON_SHUTDOWN_S = 10.0
+#: Where the proxy writes the addresses it listens on, for commands when the config asks for port 0.
+ADMIN_ADDRESS_FILE = "admin.address"
+LISTEN_ADDRESS_FILE = "listen.address"
+
+
+class CannotListen(TurnoutError):
+    """An address of the config cannot be listened on; the message names the field."""
+
+
+def announce(message: str) -> None:
+    """A line on stderr that tests and operators read (the listen addresses may ask for port 0)."""
+    print(f"turnout: {message}", file=sys.stderr, flush=True)
+
+
+class Proxy:
+    def __init__(self, config: Config, role: WorkerRole | None = None) -> None:
+        self.config = config
+        self.role = role
+        self.dispatcher: Dispatcher | None = None
+        self.stopping = asyncio.Event()
+        self._opened: list[Backend] = []
+
+    async def run(self) -> None:
+        config, role = self.config, self.role
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        listen = config.listen if role is None else role.listen
+        own_dir = config.state_dir if role is None else worker_dir(config.state_dir, role.index)
+        own_dir.mkdir(parents=True, exist_ok=True)
+        if role is not None:
+            inherit_store_locks(Path(path) for path in role.store_locks)
+        # Worker 0 answers on admin.listen; other workers' admin APIs are for worker 0 to reach.
+        admin_listen = config.admin_listen if role is None or role.index == 0 else "127.0.0.1:0"
+        watcher = FlagWatcher(config.flags, config.state_dir)
+        await asyncio.to_thread(watcher.load_initial)
+
+        telemetry = Telemetry.from_env(config.record_keys)
+        health_servicer = health.aio.HealthServicer()
+        await set_serving(health_servicer, False)
+        service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
+        server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None)
+        admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
+        if role is not None:
+            admin_state.worker = role.index
+            if role.index == 0:
+                count = role.count
+                admin_state.peers = lambda: peer_admin_addresses(config.state_dir, count, ADMIN_ADDRESS_FILE)
+        admin = build_admin_server(admin_state)
+        # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
+        admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")
+        front = AdminFront(("127.0.0.1", admin_grpc_port), lambda path, query: admin_page(admin_state, path, query))
+        queue: ReplicationQueue | None = None
+        discrepancies = DiscrepancyLog(own_dir)
+        locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
+        try:
+            try:
+                port = server.add_insecure_port(listen)
+            except RuntimeError:
+                message = f"listen: cannot listen on {listen} (in use, or not an address here)"
+                raise CannotListen(message) from None
+            await server.start()
+            await admin.start()
+            admin_host, _, admin_port = admin_listen.rpartition(":")
+            try:
+                admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
+            except OSError as exc:
+                message = f"admin.listen: cannot listen on {admin_listen}: {exc.strerror or exc}"
+                raise CannotListen(message) from None
+            (own_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
+            self._install_signal_handlers()
+            old = await self._open(config.old)
+            new = await self._open(config.new)
+            store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
+            self._opened.append(store)
+            backends = {Route.OLD: old, Route.NEW: new}
+            queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks,
+                                     shared=role is not None)
+            left = await queue.load()
+            if left:
+                log.info("replaying %d writes a previous run left in the replication queue", left)
+            queue.start()
+            discrepancies.start()
+            self.dispatcher = admin_state.dispatcher = Dispatcher(
+                backends, watcher, queue, locks, discrepancies, Metrics(), telemetry
+            )
+            watcher.start()
+            # Only now, with both backends open, do probes and callers hear that the proxy serves.
+            await set_serving(health_servicer, True)
+            address = f"{listen.rpartition(':')[0]}:{port}"
+            if role is None:
+                (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
+                announce(f"admin on {admin_address}")
+                announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
+            else:
+                self._follow_supervisor(role.lifeline_fd)
+                role.say_ready()
+                if role.index == 0:
+                    announce(f"admin on {admin_address}")
+                log.info("worker %d of %d serving on %s (pid %d)", role.index, role.count, address, os.getpid())
+            settle_garbage_collector()
+            await self.stopping.wait()
+            log.info("shutting down: letting in-flight calls finish")
+            await set_serving(health_servicer, False)
+            await server.stop(SHUTDOWN_GRACE_S)
+        finally:
+            await server.stop(0)
+            await watcher.stop()
+            await self._close(queue)
+            await discrepancies.stop()
+            await front.stop()
+            await admin.stop(0)
+            telemetry.shutdown()
+            if isinstance(locks, SharedKeyLocks):
+                locks.close()
+        if role is None:
+            announce("stopped")  # the supervisor says it once for all its workers
+
+    async def _open(self, spec: BackendSpec) -> Backend:
+        backend = await open_backend(spec)
+        self._opened.append(backend)
+        return backend
+
+    async def _close(self, queue: ReplicationQueue | None) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        if queue is not None:
+            if not await queue.drain(DRAIN_ON_SHUTDOWN_S):
+                log.warning("%d writes still to replicate; they are kept for the next start", queue.stats().depth)
+            await queue.stop()
+        for backend in reversed(self._opened):
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing the %s backend failed", backend.type_name)
+
+    def _follow_supervisor(self, lifeline_fd: int) -> None:
+        """Stop when the supervisor is gone: the lifeline pipe's only writer closes when it dies."""
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            if not os.read(lifeline_fd, 64):
+                loop.remove_reader(lifeline_fd)
+                log.warning("the supervisor is gone; stopping")
+                self.stopping.set()
+
+        loop.add_reader(lifeline_fd, readable)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+
+#: Allocations between two young-generation collections (Python's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Keep the collector off the hot path once start-up is done.
+
+    Every gRPC call allocates a few dozen short-lived objects, so at the default threshold a young
+    collection ran every few dozen calls, and each one also walked what start-up left alive. Frozen,
+    start-up's objects are never walked again; the higher threshold makes young collections rarer
+    at a cost of a little memory (the KeyValue benchmark's server CPU per call shows the difference).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def serve(config: Config) -> None:
+    import uvloop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(Proxy(config, WorkerRole.from_env()).run())
+    # Shut down already: every write is flushed and the stores are closed. A late second SIGTERM
+    # (a supervisor repeating itself) must not turn the clean exit into "killed by signal".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)

@@ -1,0 +1,34 @@
+"""docker-compose.yml runs the proxy beside Jaeger all-in-one, wired by the standard OTEL_* variables only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.support.paths import ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def services() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return dict(doc["services"])
+
+
+def test_jaeger_all_in_one_takes_otlp_on_4317_and_shows_the_ui_on_16686() -> None:
+    """The Jaeger service is all-in-one and publishes OTLP/gRPC and the UI on their usual ports."""
+    jaeger = services()["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert {"4317:4317", "16686:16686"} <= set(jaeger["ports"])
+
+
+def test_the_proxy_exports_to_jaeger_through_otel_variables_alone() -> None:
+    """The proxy is built from this repository and pointed at Jaeger's OTLP port with OTEL_* variables, nothing else."""
+    proxy = services()["turnout"]
+    assert proxy["build"] == "."
+    assert "jaeger" in proxy["depends_on"]
+    env = proxy["environment"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "grpc"
+    assert all(name.startswith("OTEL_") for name in env)
