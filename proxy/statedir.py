@@ -1,12 +1,48 @@
-"""Small JSON documents in state_dir (overrides, checkpoints, ...), replaced atomically and durably."""
+"""Everything a proxy keeps in `state_dir`: one name for each file, and atomic JSON documents.
+
+Whoever reads or writes a file there (the proxy, its workers, the command line, the cutover) takes
+its name from here, so a file one side writes is the file the other side reads.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from proxy.durable import remove_file, replace_file
+
+#: The durable replication queue (a SQLite file), shared by every worker.
+QUEUE_FILE = "replication.sqlite"
+#: An operator's (or an automatic) override above the flag file.
+OVERRIDE_FILE = "override.json"
+#: The last flag file that passed validation, served when the file is broken at start-up.
+LAST_GOOD_FILE = "flags.last-good.yaml"
+#: The outcome of the last verify, whoever ran it; the cutover's gate reads it.
+LAST_VERIFY_FILE = "verify-last.json"
+#: Where a migrate stopped, so that it resumes there.
+CHECKPOINT_FILE = "migrate-checkpoint.json"
+#: One document per rollback or failed cutover.
+INCIDENTS_DIR = "incidents"
+#: The discrepancy log of one process (rotated beside itself).
+DISCREPANCY_LOG_FILE = "discrepancies.jsonl"
+#: The byte locks workers take turns on a key through.
+KEY_LOCKS_FILE = "keys.lock"
+#: The addresses a proxy listens on, written once taken (the config may ask for port 0).
+ADMIN_ADDRESS_FILE = "admin.address"
+HTTP_ADDRESS_FILE = "http.address"
+LISTEN_ADDRESS_FILE = "listen.address"
+#: Worker N > 0 of `turnout serve --workers` keeps its own files in workers/N.
+WORKERS_DIR = "workers"
+
+
+def worker_dir(state_dir: Path, index: int) -> Path:
+    """Where worker `index` keeps what is its own (its addresses, its discrepancy log).
+
+    Worker 0 uses state_dir itself, as a lone proxy does, so commands find it where they always did.
+    """
+    return state_dir if index == 0 else state_dir / WORKERS_DIR / str(index)
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -24,3 +60,33 @@ def read_json(path: Path) -> Any | None:
 
 def remove(path: Path) -> None:
     remove_file(path)
+
+
+def record_verify(state_dir: Path, doc: dict[str, Any]) -> None:
+    """Keep a verify's outcome (without its samples) for the cutover's gate."""
+    write_json(state_dir / LAST_VERIFY_FILE, {**doc, "samples": None})
+
+
+def last_verify(state_dir: Path) -> tuple[dict[str, Any] | None, float | None]:
+    """The last verify's outcome and its age in seconds, or (None, None) when none was recorded."""
+    path = state_dir / LAST_VERIFY_FILE
+    doc = read_json(path)
+    if doc is None:
+        return None, None
+    return doc, time.time() - path.stat().st_mtime
+
+
+def incident_path(state_dir: Path, stamp: str, action: str) -> Path:
+    return state_dir / INCIDENTS_DIR / f"{stamp}-{action}.json"
+
+
+def read_address(state_dir: Path, name: str) -> str | None:
+    """An address a proxy wrote down (ADMIN_ADDRESS_FILE, ...), or None before it did."""
+    try:
+        return (state_dir / name).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def write_address(state_dir: Path, name: str, address: str) -> None:
+    (state_dir / name).write_text(address + "\n")

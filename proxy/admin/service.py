@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,17 +25,19 @@ from google.protobuf.message import Message
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import __version__
-from proxy.data.dispatcher import Dispatcher
+from proxy.data.plane import DataPlane
+from proxy.data.writegate import PauseStatus
 from proxy.errors import TurnoutError
 from proxy.migration.checksum import summarize
 from proxy.migration.migrate import load_transform, migrate
-from proxy.migration.stores import Live, Stores
+from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
 from proxy.progress import Progress
 from proxy.replication.queue import QueueStats
 from proxy.routing.router import Op, Override, Route, explain
 from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.metrics import Exposition, render_latency
+from proxy.telemetry.tracing import Telemetry
 from proxy.workers.relay import (
     RELAY_TIMEOUT_S,
     Peer,
@@ -59,32 +60,14 @@ T = TypeVar("T")
 
 
 @dataclass
-class PauseLease:
-    """The lease of a write pause: when it runs out without renewal the proxy resumes writes itself,
-    so that a cutover killed while writes are paused cannot leave the proxy read-only."""
-
-    timer: asyncio.TimerHandle | None = None
-    expires: float = 0.0  # unix time; 0 while there is no lease
-    expired: int = 0
-    last_expired: float = 0.0
-    last_expired_reason: str = ""
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = None
-        self.expires = 0.0
-
-
-@dataclass
 class AdminState:
-    """What the admin API reads and steers; the dispatcher is None until the backends are open."""
+    """What the admin API reads and steers; the data plane is None until the backends are open."""
 
     watcher: FlagWatcher
-    dispatcher: Dispatcher | None
+    plane: DataPlane | None
     started: float
     state_dir: Path
-    lease: PauseLease = dataclass_field(default_factory=PauseLease)
+    telemetry: Telemetry
     last_rollback: admin_pb2.RollbackRecord | None = None
     #: This process's index under `turnout serve --workers N` (0 for a single process).
     worker: int = 0
@@ -123,25 +106,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
         if self._state.last_rollback is not None:
             response.last_rollback.CopyFrom(self._state.last_rollback)
-        dispatcher = self._state.dispatcher
-        if dispatcher is not None:
-            response.replication.CopyFrom(replication_state(dispatcher.queue.stats()))
-            response.writes.CopyFrom(pause_state(dispatcher, self._state.lease))
-            report = dispatcher.discrepancies.report
+        plane = self._state.plane
+        if plane is not None:
+            snapshot = plane.snapshot()
+            response.replication.CopyFrom(replication_state(snapshot.replication))
+            response.writes.CopyFrom(pause_state(snapshot.writes))
+            report, shadow = snapshot.discrepancies, snapshot.shadow
             response.shadow_json = json.dumps({
                 "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
                 "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
-                "skipped": dispatcher.shadow.skipped, "failures": dispatcher.shadow.failures,
-                "pending_not_compared": dispatcher.shadow.pending_not_compared,
-                "keys_not_compared": dispatcher.shadow.keys_not_compared,
-                **dispatcher.metrics.to_document(),
+                "skipped": shadow.skipped, "failures": shadow.failures,
+                "pending_not_compared": shadow.pending_not_compared,
+                "keys_not_compared": shadow.keys_not_compared,
+                **snapshot.metrics.to_document(),
                 **({"records": {route.value: (await summarize(backend)).to_document()
-                                for route, backend in dispatcher.backends.items()}} if request.records else {}),
+                                for route, backend in plane.backends().items()}} if request.records else {}),
             })
-            for route, backend in dispatcher.backends.items():
-                health = dispatcher.health[route]
+            for backend in snapshot.backends:
                 response.backends.append(admin_pb2.BackendState(
-                    name=route.value, type=backend.type_name, healthy=health.healthy, error=health.last_error,
+                    name=backend.name, type=backend.type, healthy=backend.healthy, error=backend.error,
                 ))
         others = self._state.other_workers()
         if others or self._state.worker:
@@ -194,26 +177,24 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return [(answer.peer.index, answer.reply) for answer in answers if answer.reply is not None]
 
     def _event(self, name: str, attributes: dict[str, Any]) -> None:
-        if self._state.dispatcher is not None:
-            self._state.dispatcher.telemetry.event(name, attributes)
+        self._state.telemetry.event(name, attributes)
 
-    def _dispatcher(self) -> Dispatcher:
-        if self._state.dispatcher is None:
+    def _plane(self) -> DataPlane:
+        if self._state.plane is None:
             raise RuntimeError("the backends are not open yet")
-        return self._state.dispatcher
+        return self._state.plane
 
     def _stores(self) -> Stores:
-        dispatcher = self._dispatcher()
-        watcher = self._state.watcher
-        return Stores(dispatcher.backends[Route.OLD], dispatcher.backends[Route.NEW], watcher.router,
-                      Live(dispatcher.locks, dispatcher.queue, watcher))
+        plane = self._plane()
+        backends = plane.backends()
+        return Stores(backends[Route.OLD], backends[Route.NEW], self._state.watcher.router, plane.live())
 
     async def PauseWrites(self, request: admin_pb2.PauseWritesRequest, context: Any) -> admin_pb2.PauseState:
-        dispatcher = self._dispatcher()
+        plane = self._plane()
         if not (math.isfinite(request.lease_seconds) and request.lease_seconds >= 0):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"lease_seconds: must be 0 (no lease) or more seconds, got {request.lease_seconds}")
-        local = self._pause(dispatcher, request)
+        local = self._pause(plane, request)
         others = self._state.other_workers()
         if not others:
             return local
@@ -226,7 +207,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 # A pause in part of the proxy is no pause, and its caller hears it failed and may
                 # never resume: undo it everywhere, on the failed workers too (it may have landed),
                 # to the end even if the caller stops waiting.
-                await asyncio.shield(self._undo_pause(dispatcher, others, message))
+                await asyncio.shield(self._undo_pause(plane, others, message))
                 message += "; the pause was undone: writes flow on every worker that answers"
             else:
                 message += f"; {holds_on(answers, self._state.worker)}"
@@ -234,63 +215,30 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         return merge_pause([local] + [answer.reply for answer in answers if answer.reply is not None])
 
-    async def _undo_pause(self, dispatcher: Dispatcher, others: Sequence[Peer], why: str) -> None:
+    async def _undo_pause(self, plane: DataPlane, others: Sequence[Peer], why: str) -> None:
         resume = admin_pb2.PauseWritesRequest(paused=False, reason=f"pause undone: {why}")
-        self._pause(dispatcher, resume)
+        self._pause(plane, resume)
         for answer in await relay(others, lambda stub: stub.PauseWrites(resume, timeout=RELAY_TIMEOUT_S)):
             if answer.error:
                 log.error("undoing the write pause on worker %d at %s failed: %s",
                           answer.peer.index, answer.peer.address, answer.error)
 
-    def _pause(self, dispatcher: Dispatcher, request: admin_pb2.PauseWritesRequest) -> admin_pb2.PauseState:
+    def _pause(self, plane: DataPlane, request: admin_pb2.PauseWritesRequest) -> admin_pb2.PauseState:
         """PauseWrites in this process alone."""
-        lease = self._state.lease
         if request.renew:
-            # A renewal extends a leased pause in force and never pauses again: once the lease ran out
-            # (or an operator resumed), writes may have gone through, and its holder must know.
-            if dispatcher.writes_paused is not None and lease.timer is not None and request.lease_seconds > 0:
-                self._lease(dispatcher, request.lease_seconds)
-            return pause_state(dispatcher, lease)
-        lease.cancel()
-        dispatcher.writes_paused = (request.reason or "paused by an operator") if request.paused else None
-        if request.paused and request.lease_seconds > 0:
-            self._lease(dispatcher, request.lease_seconds)
-        log.warning("writes %s: %s%s", "paused" if request.paused else "resumed", request.reason,
-                    f" (lease {request.lease_seconds:g}s)" if request.paused and request.lease_seconds > 0 else "")
-        self._event("turnout.writes.paused" if request.paused else "turnout.writes.resumed",
-                    {"turnout.reason": request.reason, "turnout.writes.lease_seconds": request.lease_seconds})
-        return pause_state(dispatcher, lease)
-
-    def _lease(self, dispatcher: Dispatcher, seconds: float) -> None:
-        lease = self._state.lease
-        if lease.timer is not None:
-            lease.timer.cancel()
-        lease.timer = asyncio.get_running_loop().call_later(seconds, self._lease_ran_out, dispatcher)
-        lease.expires = time.time() + seconds
-
-    def _lease_ran_out(self, dispatcher: Dispatcher) -> None:
-        lease = self._state.lease
-        reason = dispatcher.writes_paused or ""
-        lease.timer = None
-        lease.expires = 0.0
-        if dispatcher.writes_paused is None:
-            return
-        dispatcher.writes_paused = None
-        lease.expired += 1
-        lease.last_expired = time.time()
-        lease.last_expired_reason = reason
-        log.warning("writes resumed: the lease of the write pause (%s) ran out without renewal; "
-                    "whoever paused them (a cutover?) is gone or stuck", reason)
-        self._event("turnout.writes.lease_expired", {"turnout.reason": reason})
+            return pause_state(plane.renew_pause(request.lease_seconds))
+        if request.paused:
+            return pause_state(plane.pause_writes(request.reason, request.lease_seconds))
+        return pause_state(plane.resume_writes(request.reason))
 
     async def Drain(self, request: admin_pb2.DrainRequest, context: Any) -> admin_pb2.ReplicationState:
-        queue = self._dispatcher().queue
+        plane = self._plane()
         timeout = request.timeout_seconds or 30.0
         # Every worker drains at once, so the whole proxy takes as long as the slowest, not their sum.
-        _, others = await asyncio.gather(queue.drain(timeout), self._relay(
+        stats, others = await asyncio.gather(plane.drain(timeout), self._relay(
             context, "draining replication",
             lambda stub: stub.Drain(request, timeout=timeout + RELAY_TIMEOUT_S)))
-        local = replication_state(queue.stats())
+        local = replication_state(stats)
         if not others:
             return local
         return merge_replication([(self._state.worker, local), *others])
@@ -312,7 +260,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Verify(self, request: admin_pb2.VerifyRequest, context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
         progress = Progress("verify", None, enabled=False)
         truth = Route(request.truth) if request.truth else None
-        job = asyncio.create_task(verify(self._stores(), request.repair, progress, truth))
+        job = asyncio.create_task(verify(self._stores(), request.repair, progress, truth, self._state.state_dir))
         async for update in _follow(job, progress):
             yield update
 
@@ -325,9 +273,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         (log.warning if record.ok else log.error)(
             "%s rollback %s: %s%s%s", "automatic" if record.automatic else "operator", outcome, record.reason,
             f"; {record.detail}" if record.detail else "", f"; incident {record.incident}" if record.incident else "")
-        if self._state.dispatcher is not None:
-            self._state.dispatcher.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail,
-                                                      record.incident)
+        self._state.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail, record.incident)
         # Not relayed: worker 0's status speaks for the proxy, and one rollback is one span.
         return record
 
@@ -384,12 +330,10 @@ def status_document(status: admin_pb2.StatusResponse) -> dict[str, Any]:
     return doc
 
 
-def pause_state(dispatcher: Dispatcher, lease: PauseLease) -> admin_pb2.PauseState:
-    paused = dispatcher.writes_paused
-    return admin_pb2.PauseState(paused=paused is not None, reason=paused or "",
-                                lease_expires_unix=lease.expires if paused is not None else 0.0,
-                                leases_expired=lease.expired, last_lease_expired_unix=lease.last_expired,
-                                last_lease_expired_reason=lease.last_expired_reason)
+def pause_state(status: PauseStatus) -> admin_pb2.PauseState:
+    return admin_pb2.PauseState(paused=status.paused, reason=status.reason, lease_expires_unix=status.lease_expires,
+                                leases_expired=status.leases_expired, last_lease_expired_unix=status.last_expired,
+                                last_lease_expired_reason=status.last_expired_reason)
 
 
 def replication_state(stats: QueueStats) -> admin_pb2.ReplicationState:
@@ -416,7 +360,7 @@ async def admin_page(state: AdminState, path: str, query: str) -> tuple[int, str
         status = await AdminService(state).Status(admin_pb2.StatusRequest(), None)
         return 200, "application/json", json.dumps(status_document(status)).encode()
     if path == "/discrepancies.json":
-        report = state.dispatcher.discrepancies.report.to_document() if state.dispatcher else {}
+        report = state.plane.snapshot().discrepancies.to_document() if state.plane else {}
         return 200, "application/json", json.dumps(report).encode()
     if path in ("/", "/dashboard"):
         return 200, "text/html; charset=utf-8", DASHBOARD.encode()
@@ -432,13 +376,14 @@ async def render_metrics(state: AdminState, with_records: bool = False) -> str:
     override = watcher.override
     out.family("turnout_override_active", "gauge", "1 while an operator override routes everything to one backend.",
                [({"route": override.route.value if override else ""}, 1 if override else 0)])
-    dispatcher = state.dispatcher
-    if dispatcher is None:
+    plane = state.plane
+    if plane is None:
         return out.text()
-    metrics = dispatcher.metrics
+    snapshot = plane.snapshot()
+    metrics = snapshot.metrics
     out.family("turnout_operations_total", "counter", "Operations by operation and route.",
                [({"op": op, "route": route}, n) for (op, route), n in sorted(metrics.operations.items())])
-    report = dispatcher.discrepancies.report
+    report = snapshot.discrepancies
     out.family("turnout_shadow_compared_total", "counter", "Operations compared in shadow mode.",
                [({"op": op}, n) for op, n in sorted(report.compared.items())])
     out.family("turnout_discrepancies_total", "counter", "Discrepancies by kind.",
@@ -447,15 +392,15 @@ async def render_metrics(state: AdminState, with_records: bool = False) -> str:
                [({"op": op}, n) for op, n in sorted(report.by_op.items())])
     out.family("turnout_discrepancy_rate", "gauge", "Discrepancies over compared operations.", [({}, report.rate)])
     out.family("turnout_shadow_skipped_total", "counter", "Shadow calls skipped over the in-flight bound.",
-               [({}, dispatcher.shadow.skipped)])
+               [({}, snapshot.shadow.skipped)])
     out.family("turnout_discrepancy_log_dropped_total", "counter", "Discrepancies the log could not write.",
-               [({}, dispatcher.discrepancies.dropped)])
+               [({}, snapshot.dropped_discrepancies)])
     render_latency(out, metrics)
     out.family("turnout_backend_errors_total", "counter", "Failed backend calls by backend and operation.",
                [({"backend": b, "op": o}, n) for (b, o), n in sorted(metrics.errors.items())])
     out.family("turnout_backend_healthy", "gauge", "1 when the backend's last call succeeded.",
-               [({"backend": r.value}, 1 if h.healthy else 0) for r, h in dispatcher.health.items()])
-    stats = dispatcher.queue.stats()
+               [({"backend": b.name}, 1 if b.healthy else 0) for b in snapshot.backends])
+    stats = snapshot.replication
     out.family("turnout_replication_queue_depth", "gauge", "Writes waiting to reach the other backend.",
                [({}, stats.depth)])
     out.family("turnout_replication_oldest_age_seconds", "gauge", "Age of the oldest waiting write.",
@@ -464,7 +409,7 @@ async def render_metrics(state: AdminState, with_records: bool = False) -> str:
                [({}, stats.replayed)])
     out.family("turnout_replication_failures_total", "counter", "Failed replay attempts.", [({}, stats.failures)])
     if with_records:
-        summaries = {route.value: await summarize(backend) for route, backend in dispatcher.backends.items()}
+        summaries = {route.value: await summarize(backend) for route, backend in plane.backends().items()}
         out.family("turnout_backend_records", "gauge", "Records each backend holds (on request).",
                    [({"backend": name}, s.records) for name, s in summaries.items()])
         out.family("turnout_backend_checksum_info", "gauge", "Content checksum of each backend (on request).",

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from proxy.config import Config, config_path, load_config
-from proxy.serving.app import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE
+from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

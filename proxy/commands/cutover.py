@@ -17,7 +17,7 @@ from proxy.errors import BackendUnavailable
 from proxy.migration.stores import open_offline
 from proxy.migration.verify import verify
 from proxy.routing.router import Route
-from proxy.routing.watcher import OVERRIDE_FILE
+from proxy.statedir import OVERRIDE_FILE
 from proxy.telemetry.tracing import Telemetry
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy import statedir
 from proxy.backends import open_backend
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.config import Config
@@ -27,8 +26,6 @@ from proxy.migration.validate import validate
 from proxy.migration.verify import verify
 from proxy.progress import Progress
 from proxy.routing.router import Route
-
-LAST_VERIFY = "verify-last.json"
 
 
 def register(subparsers: Any) -> None:
@@ -170,7 +167,6 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         doc = asyncio.run(_verify_offline(args, config))
         doc["mode"] = "offline"
-    statedir.write_json(config.state_dir / LAST_VERIFY, {**doc, "samples": None})
     emit(args, doc, verify_summary(doc))
     return 0 if doc["clean"] else 1
 
@@ -180,7 +176,7 @@ async def _verify_offline(args: argparse.Namespace, config: Config) -> dict[str,
     try:
         async with open_offline(config) as stores:
             truth = Route(args.truth) if args.truth else None
-            return (await verify(stores, args.repair, progress, truth)).to_document()
+            return (await verify(stores, args.repair, progress, truth, config.state_dir)).to_document()
     finally:
         progress.close()
 

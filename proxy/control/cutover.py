@@ -161,8 +161,7 @@ def gates(stub: admin_pb2_grpc.AdminStub, state_dir: Path, report: Report) -> No
         if rep.depth > MAX_REPLICATION_DEPTH or rep.oldest_age_seconds > MAX_REPLICATION_AGE_S:
             raise StepFailed(step.detail)
     with report.step("gate: last verify clean") as step:
-        last = statedir.read_json(state_dir / "verify-last.json")
-        age = time.time() - (state_dir / "verify-last.json").stat().st_mtime if last else None
+        last, age = statedir.last_verify(state_dir)
         if last is None or age is None:
             step.detail = "no verify on record: run `turnout verify` first"
             raise StepFailed(step.detail)

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.background import BackgroundTask
-from proxy.workers.role import WORKERS_DIR
+from proxy.statedir import DISCREPANCY_LOG_FILE, WORKERS_DIR
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "discrepancies.jsonl"
 #: Each side's answer is trimmed to this many characters in the log and the report.
 TRIM = 200
 SAMPLES = 5
@@ -107,7 +106,7 @@ class Report:
 
 class DiscrepancyLog:
     def __init__(self, folder: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
-        self.path = folder / LOG_NAME
+        self.path = folder / DISCREPANCY_LOG_FILE
         self.max_bytes = max_bytes
         self.keep = keep
         self.report = Report()
@@ -171,11 +170,11 @@ class DiscrepancyLog:
 
     def _rotate(self) -> None:
         for n in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{LOG_NAME}.{n}")
+            older = self.path.with_name(f"{DISCREPANCY_LOG_FILE}.{n}")
             if older.exists():
-                os.replace(older, self.path.with_name(f"{LOG_NAME}.{n + 1}"))
-        os.replace(self.path, self.path.with_name(f"{LOG_NAME}.1"))
-        self.path.with_name(f"{LOG_NAME}.{self.keep + 1}").unlink(missing_ok=True)
+                os.replace(older, self.path.with_name(f"{DISCREPANCY_LOG_FILE}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{DISCREPANCY_LOG_FILE}.1"))
+        self.path.with_name(f"{DISCREPANCY_LOG_FILE}.{self.keep + 1}").unlink(missing_ok=True)
 
 
 def _log_lines(folder: Path, since: float) -> Iterator[dict[str, Any]]:
@@ -187,8 +186,8 @@ def _log_lines(folder: Path, since: float) -> Iterator[dict[str, Any]]:
 
 
 def _one_log(folder: Path, since: float) -> Iterator[dict[str, Any]]:
-    rotated = [p for p in folder.glob(LOG_NAME + ".*") if p.suffix[1:].isdigit()]
-    for path in [*sorted(rotated, key=lambda p: -int(p.suffix[1:])), folder / LOG_NAME]:
+    rotated = [p for p in folder.glob(DISCREPANCY_LOG_FILE + ".*") if p.suffix[1:].isdigit()]
+    for path in [*sorted(rotated, key=lambda p: -int(p.suffix[1:])), folder / DISCREPANCY_LOG_FILE]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:

@@ -42,6 +42,7 @@ from proxy.data.compare import Kind, compare_key_sets, compare_presence, compare
 from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, trim
 from proxy.data.eager import Finished, start_eagerly
 from proxy.data.keylocks import KeyLocks
+from proxy.data.writegate import WriteGate
 from proxy.errors import BackendUnavailable, ReadOnly
 from proxy.replication.queue import Intent, ReplicationQueue
 from proxy.routing.router import Decision, Op, Reason, Route, Router
@@ -119,6 +120,7 @@ class Dispatcher:
         discrepancies: DiscrepancyLog,
         metrics: Metrics | None = None,
         telemetry: Telemetry | None = None,
+        gate: WriteGate | None = None,
     ) -> None:
         self.backends = backends
         self.routes = routes
@@ -129,8 +131,8 @@ class Dispatcher:
         self.telemetry = telemetry or Telemetry(enabled=False)
         self.health = {route: BackendHealth() for route in backends}
         self.shadow = ShadowCounters()
-        #: An operator's write pause (the cutover window), above the flag file; None when writes flow.
-        self.writes_paused: str | None = None
+        #: An operator's write pause (the cutover window), above the flag file.
+        self.gate = gate or WriteGate(self.telemetry.event)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- the plumbing of one backend call ------------------------------------------------------
@@ -411,8 +413,8 @@ class Dispatcher:
         if router.flags.read_only:
             revision = router.flags.revision
             raise ReadOnly(f"writes are paused: the flag file says read_only: true (revision {revision!r})")
-        if self.writes_paused is not None:
-            raise ReadOnly(f"writes are paused by an operator: {self.writes_paused}")
+        if self.gate.paused is not None:
+            self.gate.check()
         decision, router = self._decide(op, key, call)
         queue = self.queue
         release = await self.locks.acquire(key)
@@ -475,6 +477,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Let shadow work still running finish; the replication queue keeps whatever it misses."""
+        self.gate.close()
         if self._background:
             await asyncio.wait(set(self._background), timeout=SHADOW_DRAIN_S)
 

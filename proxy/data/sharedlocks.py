@@ -33,8 +33,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from proxy.data.keylocks import KeyLocks
+from proxy.statedir import KEY_LOCKS_FILE
 
-LOCK_FILE = "keys.lock"
 #: Bytes of the lock file, one per slot; keys are spread over them by CRC-32.
 SLOTS = 1 << 16
 #: Threads that may wait for bytes other workers hold, at once.
@@ -54,7 +54,7 @@ class SharedKeyLocks(KeyLocks):
     def __init__(self, state_dir: Path) -> None:
         super().__init__()
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(state_dir / KEY_LOCKS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         self._waiting = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="key-turn")
 
     async def acquire(self, key: str) -> Callable[[], None]:

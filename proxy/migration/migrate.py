@@ -34,8 +34,8 @@ from proxy.errors import InvalidArgument
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
 from proxy.routing.router import Route
+from proxy.statedir import CHECKPOINT_FILE
 
-CHECKPOINT = "migrate-checkpoint.json"
 MAX_ERROR_SAMPLES = 100
 
 Transform = Callable[[str, Any], Any]
@@ -102,7 +102,7 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
                   restart: bool = False, progress: Progress | None = None) -> MigrateResult:
     started = time.monotonic()
     src, dst = stores.backend(source), stores.backend(source.other)
-    checkpoint_path = state_dir / CHECKPOINT
+    checkpoint_path = state_dir / CHECKPOINT_FILE
     checkpoint = None if restart else statedir.read_json(checkpoint_path)
     if checkpoint is not None and checkpoint.get("source") != source.value:
         checkpoint = None

@@ -12,21 +12,12 @@ from proxy.backends.base import Backend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.config import Config
 from proxy.data.keylocks import KeyLocks
+from proxy.data.plane import Live
 from proxy.errors import BackendUnavailable
 from proxy.replication.queue import ReplicationQueue
 from proxy.routing.router import Op, Route, Router
 from proxy.routing.watcher import FlagWatcher
-
-QUEUE_FILE = "replication.sqlite"
-
-
-@dataclass
-class Live:
-    """Inside a running proxy: writes of a key wait for its lock, and the queue says what is in flight."""
-
-    locks: KeyLocks
-    queue: ReplicationQueue
-    routes: FlagWatcher
+from proxy.statedir import QUEUE_FILE
 
 
 @dataclass

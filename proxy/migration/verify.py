@@ -17,8 +17,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from proxy import statedir
 from proxy.backends.base import Backend, Item
 from proxy.data.compare import documents_equal
 from proxy.migration.checksum import item_hash
@@ -224,7 +226,9 @@ async def repair(stores: Stores, result: VerifyResult, truth_for_all: Route | No
 
 
 async def verify(stores: Stores, fix: bool = False, progress: Progress | None = None,
-                 truth: Route | None = None) -> VerifyResult:
+                 truth: Route | None = None, record_in: Path | None = None) -> VerifyResult:
+    """Compare the stores (and repair them with `fix`); with `record_in`, keep the outcome in that
+    state_dir for the cutover's gate, whoever asked for the verify (the command line or the admin API)."""
     started = time.monotonic()
     result = await compare_stores(stores.old, stores.new, progress)
     if stores.live is not None and not result.clean:
@@ -236,4 +240,6 @@ async def verify(stores: Stores, fix: bool = False, progress: Progress | None = 
             result = await _recheck(stores, result)
         result.repaired = repaired
     result.duration_s = time.monotonic() - started
+    if record_in is not None:
+        statedir.record_verify(record_in, result.to_document())
     return result

@@ -40,12 +40,11 @@ from proxy.durable import replace_file
 from proxy.errors import ConfigError
 from proxy.routing.flags import Flags, LoadedFlags, digest, load_flags, parse_loaded, read_flag_file
 from proxy.routing.router import Override, Route, Router
+from proxy.statedir import LAST_GOOD_FILE, OVERRIDE_FILE
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
-OVERRIDE_FILE = "override.json"
-LAST_GOOD_FILE = "flags.last-good.yaml"
 
 Signature = tuple[int, int, int, int]
 

@@ -29,17 +29,18 @@ from proxy.config import BackendSpec, Config
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
+from proxy.data.plane import DataPlane
 from proxy.data.sharedlocks import SharedKeyLocks
 from proxy.durable import inherit_store_locks
 from proxy.errors import TurnoutError
-from proxy.migration.stores import QUEUE_FILE
 from proxy.replication.queue import ReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.serving.kvservice import KeyValueService, build_server, set_serving
+from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, QUEUE_FILE, worker_dir
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Telemetry
-from proxy.workers.role import WorkerRole, peer_admin_addresses, worker_dir
+from proxy.workers.role import WorkerRole, peer_admin_addresses
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 10.0
 #: How long shutdown waits for the replication queue to drain before leaving the rest for next start.
 DRAIN_ON_SHUTDOWN_S = 10.0
-#: Where the proxy writes the addresses it listens on, for commands when the config asks for port 0.
-ADMIN_ADDRESS_FILE = "admin.address"
-LISTEN_ADDRESS_FILE = "listen.address"
-
 
 class CannotListen(TurnoutError):
     """An address of the config cannot be listened on; the message names the field."""
@@ -87,7 +84,8 @@ class Proxy:
         await set_serving(health_servicer, False)
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
         server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None)
-        admin_state = AdminState(watcher=watcher, dispatcher=None, started=time.time(), state_dir=config.state_dir)
+        admin_state = AdminState(watcher=watcher, plane=None, started=time.time(), state_dir=config.state_dir,
+                                 telemetry=telemetry)
         if role is not None:
             admin_state.worker = role.index
             if role.index == 0:
@@ -128,9 +126,8 @@ class Proxy:
                 log.info("replaying %d writes a previous run left in the replication queue", left)
             queue.start()
             discrepancies.start()
-            self.dispatcher = admin_state.dispatcher = Dispatcher(
-                backends, watcher, queue, locks, discrepancies, Metrics(), telemetry
-            )
+            self.dispatcher = Dispatcher(backends, watcher, queue, locks, discrepancies, Metrics(), telemetry)
+            admin_state.plane = DataPlane(self.dispatcher, watcher)
             watcher.start()
             # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)

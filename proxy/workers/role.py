@@ -14,10 +14,10 @@ from pathlib import Path
 from proxy.backends import SHARED_BY_PROCESSES
 from proxy.config import Config
 from proxy.errors import TurnoutError
+from proxy.statedir import worker_dir
 
 #: The environment variable that makes `turnout serve` a worker, holding its WorkerRole as JSON.
 ROLE_ENV = "TURNOUT_WORKER"
-WORKERS_DIR = "workers"
 MAX_WORKERS = 64
 
 
@@ -53,14 +53,6 @@ class WorkerRole:
 
     def say_ready(self) -> None:
         os.write(self.ready_fd, f"{self.index} {os.getpid()}\n".encode())
-
-
-def worker_dir(state_dir: Path, index: int) -> Path:
-    """Where worker `index` keeps what is its own (its admin address, its discrepancy log).
-
-    Worker 0 uses state_dir itself, as a lone proxy does, so commands find it where they always did.
-    """
-    return state_dir if index == 0 else state_dir / WORKERS_DIR / str(index)
 
 
 def peer_admin_addresses(state_dir: Path, count: int, admin_file: str) -> list[tuple[int, str]]:

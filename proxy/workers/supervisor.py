@@ -37,8 +37,8 @@ from proxy.backends import shared_lock_path
 from proxy.backends.sqlite import prepare_file
 from proxy.config import Config
 from proxy.durable import StoreLock, sibling_lock
-from proxy.migration.stores import QUEUE_FILE
-from proxy.serving.app import LISTEN_ADDRESS_FILE, announce
+from proxy.serving.app import announce
+from proxy.statedir import LISTEN_ADDRESS_FILE, QUEUE_FILE
 from proxy.workers.role import ROLE_ENV, CannotSupervise, WorkerRole, check_shareable
 
 log = logging.getLogger(__name__)

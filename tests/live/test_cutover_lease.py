@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -22,9 +21,18 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import statedir
 from proxy.admin.service import AdminService, AdminState
+from proxy.backends.memory import MemoryBackend
 from proxy.commands.common import admin_target
 from proxy.config import load_config
 from proxy.control import cutover as steps
+from proxy.data.discrepancies import DiscrepancyLog
+from proxy.data.dispatcher import Dispatcher
+from proxy.data.keylocks import KeyLocks
+from proxy.data.plane import DataPlane
+from proxy.data.writegate import WriteGate
+from proxy.replication.queue import ReplicationQueue
+from proxy.routing.router import Route
+from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.tracing import Telemetry
 from tests.support.fake_admin import FakeAdmin, clean_result
 from tests.support.paths import ROOT
@@ -44,11 +52,18 @@ class Context:
         raise Aborted(code, details)
 
 
-def admin_service(tmp_path: Path) -> tuple[AdminService, Any, AdminState]:
-    dispatcher = SimpleNamespace(writes_paused=None, telemetry=Telemetry(enabled=False))
-    state = AdminState(watcher=cast(Any, None), dispatcher=cast(Any, dispatcher), started=time.time(),
-                       state_dir=tmp_path)
-    return AdminService(state), dispatcher, state
+def admin_service(tmp_path: Path) -> tuple[AdminService, WriteGate, AdminState]:
+    """The admin service over a real data plane on memory stores; the write gate it steers."""
+    (tmp_path / "flags.yaml").write_text("revision: r1\n")
+    watcher = FlagWatcher(tmp_path / "flags.yaml", tmp_path)
+    watcher.load_initial()
+    old, new = MemoryBackend(), MemoryBackend()
+    locks = KeyLocks()
+    queue = ReplicationQueue(MemoryBackend(), {"old": old, "new": new}, locks)
+    dispatcher = Dispatcher({Route.OLD: old, Route.NEW: new}, watcher, queue, locks, DiscrepancyLog(tmp_path))
+    state = AdminState(watcher=watcher, plane=DataPlane(dispatcher, watcher), started=time.time(),
+                       state_dir=tmp_path, telemetry=Telemetry(enabled=False))
+    return AdminService(state), dispatcher.gate, state
 
 
 def pause(lease: float = 0.0, paused: bool = True, renew: bool = False) -> admin_pb2.PauseWritesRequest:
@@ -57,39 +72,39 @@ def pause(lease: float = 0.0, paused: bool = True, renew: bool = False) -> admin
 
 async def test_a_pause_whose_lease_runs_out_resumes_writes_and_says_so(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    service, dispatcher, _ = admin_service(tmp_path)
+    service, gate, _ = admin_service(tmp_path)
     state = await service.PauseWrites(pause(0.3), Context())
     assert state.paused
     assert state.lease_expires_unix > time.time()
     for _ in range(4):  # renewed past several leases: still paused
         await asyncio.sleep(0.15)
         assert (await service.PauseWrites(pause(0.3, renew=True), Context())).paused
-    assert dispatcher.writes_paused == "cutover"
+    assert gate.paused == "cutover"
     await asyncio.sleep(0.5)  # no renewal: the proxy resumes writes itself
-    assert dispatcher.writes_paused is None
+    assert gate.paused is None
     state = await service.PauseWrites(pause(0.3, renew=True), Context())  # a late renewal never pauses again
     assert not state.paused
-    assert dispatcher.writes_paused is None
+    assert gate.paused is None
     assert (state.leases_expired, state.last_lease_expired_reason) == (1, "cutover")
     assert state.last_lease_expired_unix > 0
     assert "ran out without renewal" in caplog.text
 
 
 async def test_a_pause_without_a_lease_holds_and_a_resume_cancels_the_lease(tmp_path: Path) -> None:
-    service, dispatcher, _ = admin_service(tmp_path)
+    service, gate, _ = admin_service(tmp_path)
     await service.PauseWrites(pause(0.2), Context())
     await service.PauseWrites(pause(paused=False), Context())  # resumed: the lease is gone with the pause
     await service.PauseWrites(pause(), Context())  # an old client's pause: no lease, held until resumed
     await asyncio.sleep(0.4)
-    assert dispatcher.writes_paused == "cutover"
+    assert gate.paused == "cutover"
     state = await service.PauseWrites(pause(0.2, renew=True), Context())  # no lease to renew: nothing changes
     assert (state.paused, state.lease_expires_unix, state.leases_expired) == (True, 0.0, 0)
     await asyncio.sleep(0.4)
-    assert dispatcher.writes_paused == "cutover"
+    assert gate.paused == "cutover"
     await service.PauseWrites(pause(0.2), Context())  # a leased pause replaces an unleased one
     await service.PauseWrites(pause(), Context())  # and an unleased one a leased one
     await asyncio.sleep(0.4)
-    assert dispatcher.writes_paused == "cutover"
+    assert gate.paused == "cutover"
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(Aborted, match="lease_seconds"):
             await service.PauseWrites(pause(bad), Context())
@@ -140,7 +155,7 @@ def slow_follow(admin: LeasingAdmin, seconds: float) -> steps.Follow:
 
 
 def test_a_slow_final_sync_is_not_cut_short_by_the_lease(tmp_path: Path) -> None:
-    statedir.write_json(tmp_path / "verify-last.json", {"clean": True})
+    statedir.record_verify(tmp_path, {"clean": True})
     admin = LeasingAdmin()
     report = steps.cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, slow_follow(admin, 1.2), 0,
                            lease_s=0.3)
@@ -158,7 +173,7 @@ def test_a_slow_final_sync_is_not_cut_short_by_the_lease(tmp_path: Path) -> None
 
 def test_a_cutover_whose_lease_ran_out_rolls_back_instead_of_switching(tmp_path: Path) -> None:
     """Writes went through once the proxy resumed them: the final sync missed them, so no switch."""
-    statedir.write_json(tmp_path / "verify-last.json", {"clean": True})
+    statedir.record_verify(tmp_path, {"clean": True})
     admin = LeasingAdmin(honour_renewals=False)
 
     def follow(job: Any, label: str) -> dict[str, Any]:
@@ -197,7 +212,7 @@ def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(tmp
     lease = 1.0
     config = seed(tmp_path, 40_000)  # a final sync of several seconds
     with ProxyProcess(config, env=ENV) as proxy, SyncClient(proxy.target, timeout=5) as client:
-        statedir.write_json(tmp_path / "state" / "verify-last.json", {"clean": True})
+        statedir.record_verify(tmp_path / "state", {"clean": True})
         stub, channel = admin(config)
         cutover = subprocess.Popen(
             cli_command(config, "cutover", "--monitor", "30", "--pause-lease", str(lease), "--json"),
@@ -250,7 +265,7 @@ def test_a_cutover_with_a_short_lease_runs_through_a_slow_final_sync(tmp_path: P
     lease = 0.5
     config = seed(tmp_path, 20_000)
     with ProxyProcess(config, env=ENV):
-        statedir.write_json(tmp_path / "state" / "verify-last.json", {"clean": True})
+        statedir.record_verify(tmp_path / "state", {"clean": True})
         report = run_turnout(config, "cutover", "--monitor", "0", "--pause-lease", str(lease), env=ENV)
         stub, channel = admin(config)
         with channel:

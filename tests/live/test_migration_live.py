@@ -208,3 +208,19 @@ async def test_a_bad_transform_is_refused_by_the_admin_api_as_an_invalid_argumen
         assert "cannot import no_such_module_5c" in done.stderr
         assert "Traceback" not in done.stderr
         assert (await turnout(config, "status", "--records"))["shadow"]["records"]["new"]["records"] == 0
+
+
+async def test_a_verify_through_the_admin_api_satisfies_the_cutover_gate(tmp_path: Path) -> None:
+    """The verify record is written by the proxy's own Verify, not only by the command line."""
+    (tmp_path / "legacy.json").write_text(json.dumps({"user:1": {"name": "Ada"}}))
+    config = write_config(tmp_path, old={"type": "jsonfile", "path": "legacy.json"},
+                          new={"type": "sqlite", "path": "new.sqlite"})
+    with ProxyProcess(config):
+        before = await turnout(config, "cutover", "--dry-run", "--json", expect=1)
+        assert any(s["name"] == "gate: last verify clean" and not s["ok"] for s in before["steps"])
+        await turnout(config, "migrate", "--json")
+        async with grpc.aio.insecure_channel(admin_target(load_config(config))) as channel:
+            updates = [u async for u in admin_pb2_grpc.AdminStub(channel).Verify(admin_pb2.VerifyRequest())]
+        assert json.loads(updates[-1].result_json)["clean"]
+        after = await turnout(config, "cutover", "--dry-run", "--json")
+        assert [s["ok"] for s in after["steps"] if s["name"] == "gate: last verify clean"] == [True]

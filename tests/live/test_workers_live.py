@@ -17,7 +17,7 @@ import pytest
 from grpc import aio
 from turnout import AsyncClient, SyncClient, TurnoutError
 
-from proxy.workers.role import worker_dir
+from proxy.statedir import worker_dir
 from tests.support.proxy_process import ProxyProcess, write_config
 from tests.support.stores import sqlite_contents
 

@@ -11,7 +11,8 @@ import pytest
 from proxy.cli import main
 from proxy.commands.discrepancies import parse_since
 from proxy.data import discrepancies
-from proxy.data.discrepancies import LOG_NAME, Discrepancy, DiscrepancyLog, read_log, report_from_log, trim
+from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, read_log, report_from_log, trim
+from proxy.statedir import DISCREPANCY_LOG_FILE
 from tests.support.proxy_process import write_config
 
 
@@ -77,7 +78,7 @@ async def test_the_log_rotates_and_stays_bounded(tmp_path: Path) -> None:
             await log.flush()
     await log.stop()
     names = {p.name for p in tmp_path.iterdir()}
-    assert {f"{LOG_NAME}.1", f"{LOG_NAME}.2"} <= names <= {LOG_NAME, f"{LOG_NAME}.1", f"{LOG_NAME}.2"}
+    assert {f"{DISCREPANCY_LOG_FILE}.1", f"{DISCREPANCY_LOG_FILE}.2"} <= names <= {DISCREPANCY_LOG_FILE, f"{DISCREPANCY_LOG_FILE}.1", f"{DISCREPANCY_LOG_FILE}.2"}
     assert all(p.stat().st_size < 2000 + 10 * 200 for p in tmp_path.iterdir())
     keys = [d.key for d in read_log(tmp_path)]
     assert keys == sorted(keys)
@@ -102,7 +103,7 @@ async def test_a_stalled_disk_drops_and_counts_rather_than_growing_without_bound
 def test_torn_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
     """A line cut short by a crash, or not a record at all, does not stop the report."""
     good = found(1.0, "k").to_json()
-    (tmp_path / LOG_NAME).write_text(f'{good}\n{{"time": 2, "op": "ge\n[1, 2]\n{{"time": 3, "compared": {{"get": 4}}}}\n')
+    (tmp_path / DISCREPANCY_LOG_FILE).write_text(f'{good}\n{{"time": 2, "op": "ge\n[1, 2]\n{{"time": 3, "compared": {{"get": 4}}}}\n')
     report = report_from_log(tmp_path)
     assert (report.total, dict(report.compared)) == (1, {"get": 4})
 
@@ -125,7 +126,7 @@ def test_report_keeps_the_first_and_the_latest_samples_with_both_answers_trimmed
 
 def test_rate_is_unknown_not_zero_without_compared_counts(tmp_path: Path) -> None:
     """A log with discrepancies but no compared counts (an older proxy wrote it) gives rate null."""
-    (tmp_path / LOG_NAME).write_text(found(1.0, "k").to_json() + "\n")
+    (tmp_path / DISCREPANCY_LOG_FILE).write_text(found(1.0, "k").to_json() + "\n")
     assert report_from_log(tmp_path).to_document()["rate"] is None
     assert report_from_log(tmp_path / "empty").to_document()["rate"] == 0.0
 
@@ -154,7 +155,7 @@ def test_the_command_reports_from_the_log_with_the_proxy_stopped(tmp_path: Path,
     lines = [found(50.0, "old-one").to_json(), json.dumps({"time": 50.0, "compared": {"get": 100}}),
              found(150.0, "a").to_json(), found(160.0, "b", "missing_in_shadow", "has").to_json(),
              json.dumps({"time": 160.0, "compared": {"get": 6, "has": 2}})]
-    (state / LOG_NAME).write_text("\n".join(lines) + "\n")
+    (state / DISCREPANCY_LOG_FILE).write_text("\n".join(lines) + "\n")
     assert main(["discrepancies", "--json", "--since", "100", "--config", str(config)]) == 0
     doc: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert (doc["total"], doc["compared"], doc["rate"]) == (2, 8, 0.25)

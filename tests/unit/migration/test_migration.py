@@ -13,12 +13,13 @@ from proxy.backends.jsondir import JsonDirBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.cli import main
 from proxy.migration import archive as archives
-from proxy.migration.migrate import CHECKPOINT, migrate
+from proxy.migration.migrate import migrate
 from proxy.migration.stores import Stores
 from proxy.migration.validate import validate_jsonfile
 from proxy.migration.verify import verify
 from proxy.routing.flags import Flags
 from proxy.routing.router import Router
+from proxy.statedir import CHECKPOINT_FILE
 from tests.support.proxy_process import write_config
 from tests.support.stores import backend_contents
 
@@ -37,7 +38,7 @@ async def test_migrate_copies_everything_and_reruns_as_a_no_op(stores: Stores, t
 
 async def test_interrupted_migration_resumes_after_its_checkpoint(stores: Stores, tmp_path: Path) -> None:
     """With a checkpoint at user:199, a new run copies only the keys after it."""
-    statedir.write_json(tmp_path / CHECKPOINT, {"source": "old", "last_key": "user:199", "complete": False})
+    statedir.write_json(tmp_path / CHECKPOINT_FILE, {"source": "old", "last_key": "user:199", "complete": False})
     result = await migrate(stores, tmp_path, batch_size=50)
     assert result.resumed_after == "user:199"
     assert (result.total, result.migrated) == (100, 100)

@@ -21,10 +21,11 @@ from proxy import statedir
 from proxy.backends.base import Backend, Item
 from proxy.cli import main
 from proxy.errors import InvalidArgument
-from proxy.migration.migrate import CHECKPOINT, load_transform, migrate
+from proxy.migration.migrate import load_transform, migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
 from proxy.routing.router import Route
+from proxy.statedir import CHECKPOINT_FILE
 from tests.support.fake_admin import FakeAdmin, clean_result
 from tests.support.faults import SwitchableBackend
 from tests.support.paths import ROOT
@@ -43,7 +44,7 @@ async def test_a_run_that_left_errors_is_not_complete_and_the_next_retries_them(
 
     first = await migrate(stores, tmp_path, batch_size=50, transform=failing)
     assert (first.migrated, first.error_count) == (298, 2)
-    assert statedir.read_json(tmp_path / CHECKPOINT)["complete"] is False  # type: ignore[index]
+    assert statedir.read_json(tmp_path / CHECKPOINT_FILE)["complete"] is False  # type: ignore[index]
     second = await migrate(stores, tmp_path, batch_size=50)
     assert not second.already_complete
     assert (second.migrated, second.skipped, second.error_count) == (2, 298, 0)
@@ -95,7 +96,7 @@ async def test_a_failed_batch_leaves_the_checkpoint_before_it(stores: Stores, tm
     new.inner.get = get  # type: ignore[method-assign]
     with pytest.raises(Exception, match="down"):
         await migrate(Stores(stores.old, new, stores.router), tmp_path, batch_size=20, concurrency=3)
-    checkpoint = statedir.read_json(tmp_path / CHECKPOINT)
+    checkpoint = statedir.read_json(tmp_path / CHECKPOINT_FILE)
     assert checkpoint is not None
     assert checkpoint["complete"] is False
     copied = await backend_contents(stores.new)
@@ -141,7 +142,7 @@ def test_a_killed_migrate_resumes_and_a_finished_one_reruns_as_a_no_op(tmp_path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen([*command, "--rate", "1000", "--batch-size", "50"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    checkpoint_path = tmp_path / "state" / CHECKPOINT
+    checkpoint_path = tmp_path / "state" / CHECKPOINT_FILE
     deadline = time.monotonic() + 30
     try:
         while True:
@@ -215,7 +216,7 @@ def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path
     """Ctrl-C (or SIGTERM) while writes are paused: writes resume; traffic was never switched."""
     from proxy.control import cutover as steps
 
-    statedir.write_json(tmp_path / "verify-last.json", {"clean": True})
+    statedir.record_verify(tmp_path, {"clean": True})
     admin = FakeAdmin()
 
     def follow(job: Any, label: str) -> dict[str, Any]:

@@ -30,9 +30,11 @@ from proxy.cli import main
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.data.keylocks import KeyLocks
+from proxy.data.plane import DataPlane
 from proxy.replication.queue import ReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
+from proxy.telemetry.tracing import Telemetry
 from proxy.workers.relay import fetch_page, merge_expositions
 from tests.support.proxy_process import write_config
 
@@ -76,8 +78,8 @@ async def start_worker(tmp_path: Path, index: int, old: Backend, new: Backend,
     locks = KeyLocks()
     queue = ReplicationQueue(MemoryBackend(), {"old": old, "new": new}, locks)
     dispatcher = Dispatcher({Route.OLD: old, Route.NEW: new}, watcher, queue, locks, DiscrepancyLog(state_dir))
-    state = AdminState(watcher=watcher, dispatcher=dispatcher, started=time.time(), state_dir=state_dir,
-                       worker=index, peers=peers)
+    state = AdminState(watcher=watcher, plane=DataPlane(dispatcher, watcher), started=time.time(),
+                       state_dir=state_dir, telemetry=Telemetry(enabled=False), worker=index, peers=peers)
     server = build_admin_server(state)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -100,7 +102,7 @@ async def proxy(tmp_path: Path) -> AsyncIterator[Proxy]:
     proxy.peers.extend((w.index, w.address) for w in proxy.workers[1:])
     yield proxy
     for worker in proxy.workers:
-        worker.state.lease.cancel()
+        worker.dispatcher.gate.close()
         await worker.queue.stop()
         await worker.front.stop()
         await worker.server.stop(0)
@@ -134,14 +136,13 @@ async def test_a_pause_holds_on_every_worker_until_resumed_and_a_renewal_says_wh
         state = await stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=True, reason="cutover", lease_seconds=30))
         assert state.paused
         assert state.lease_expires_unix > time.time()
-        assert [w.dispatcher.writes_paused for w in proxy.workers] == ["cutover"] * 3
+        assert [w.dispatcher.gate.paused for w in proxy.workers] == ["cutover"] * 3
         renewal = admin_pb2.PauseWritesRequest(paused=True, reason="cutover", lease_seconds=30, renew=True)
         assert (await stub.PauseWrites(renewal)).paused
-        proxy.workers[2].state.lease.cancel()  # worker 2 restarted: its pause is gone
-        proxy.workers[2].dispatcher.writes_paused = None
+        proxy.workers[2].dispatcher.gate.resume("restarted")  # worker 2 restarted: its pause is gone
         assert not (await stub.PauseWrites(renewal)).paused
         await stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="done"))
-        assert [w.dispatcher.writes_paused for w in proxy.workers] == [None, None, None]
+        assert [w.dispatcher.gate.paused for w in proxy.workers] == [None, None, None]
 
 
 async def test_a_pause_a_worker_cannot_take_is_undone_everywhere_and_names_that_worker(proxy: Proxy) -> None:
@@ -155,8 +156,8 @@ async def test_a_pause_a_worker_cannot_take_is_undone_everywhere_and_names_that_
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"worker 3 at {dead}" in (failed.value.details() or "")
     assert "the pause was undone" in (failed.value.details() or "")
-    assert [w.dispatcher.writes_paused for w in proxy.workers] == [None, None, None]
-    assert [w.state.lease.timer for w in proxy.workers] == [None, None, None]
+    assert [w.dispatcher.gate.paused for w in proxy.workers] == [None, None, None]
+    assert [w.dispatcher.gate.leased for w in proxy.workers] == [False, False, False]
 
 
 async def test_a_change_a_worker_misses_is_unavailable_naming_it(proxy: Proxy) -> None:
