@@ -12,7 +12,10 @@ from proxy import statedir
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load, positive_seconds
 from proxy.commands.migration import admin_stub, follow
 from proxy.config import Config
-from proxy.control import cutover as steps
+from proxy.control.cutover import cutover
+from proxy.control.lease import PAUSE_LEASE_S
+from proxy.control.report import Report, StepFailed, record_incident, summary
+from proxy.control.rollback import check_old_holds_new, rollback
 from proxy.errors import BackendUnavailable
 from proxy.migration.stores import open_offline
 from proxy.migration.verify import verify
@@ -28,9 +31,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--monitor", type=float, default=30.0, metavar="SECONDS", help="health watch after the switch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check every gate, change nothing")
     parser.add_argument("--reason", default="cutover")
-    parser.add_argument("--pause-lease", type=positive_seconds, default=steps.PAUSE_LEASE_S, metavar="SECONDS",
+    parser.add_argument("--pause-lease", type=positive_seconds, default=PAUSE_LEASE_S, metavar="SECONDS",
                         help="the proxy resumes writes by itself if the cutover stops renewing its pause this long "
-                             f"(renewed every quarter of it; default {steps.PAUSE_LEASE_S:g})")
+                             f"(renewed every quarter of it; default {PAUSE_LEASE_S:g})")
     add_config_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run_cutover)
@@ -52,13 +55,13 @@ def run_cutover(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with channel:
-            report = steps.cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason,
+            report = cutover(stub, config.state_dir, follow, args.monitor, args.dry_run, args.reason,
                                    args.pause_lease)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.dry_run and not report.ok:
-        steps.record_incident(config.state_dir, args.reason, report)
-    emit(args, report.to_document(), steps.summary(report))
+        record_incident(config.state_dir, args.reason, report)
+    emit(args, report.to_document(), summary(report))
     return 0 if report.ok else 1
 
 
@@ -72,16 +75,16 @@ def run_rollback(args: argparse.Namespace) -> int:
     if found is not None:
         stub, channel = found
         with channel:
-            report = steps.rollback(stub, config.state_dir, follow, args.reason)
+            report = rollback(stub, config.state_dir, follow, args.reason)
     else:
         report = asyncio.run(_rollback_offline(config, args.reason))
-    emit(args, report.to_document(), steps.summary(report))
+    emit(args, report.to_document(), summary(report))
     return 0 if report.ok else 1
 
 
-async def _rollback_offline(config: Config, reason: str) -> steps.Report:
+async def _rollback_offline(config: Config, reason: str) -> Report:
     """No proxy running: persist the override for its next start, then sync old from new directly."""
-    report = steps.Report("rollback")
+    report = Report("rollback")
     try:
         with report.step("route everything to old (for the next start)"):
             statedir.write_json(config.state_dir / OVERRIDE_FILE, {"route": "old", "reason": reason,
@@ -91,10 +94,10 @@ async def _rollback_offline(config: Config, reason: str) -> steps.Report:
                 result = await verify(stores, fix=True, truth=Route.NEW)
                 step.detail = f"{result.repaired} keys copied from new"
             with report.step("verify old") as step:
-                steps.check_old_holds_new((await verify(stores)).to_document(), step)
-    except steps.StepFailed:
+                check_old_holds_new((await verify(stores)).to_document(), step)
+    except StepFailed:
         pass
-    incident = steps.record_incident(config.state_dir, reason, report)
+    incident = record_incident(config.state_dir, reason, report)
     # No proxy to record it: the span leaves from here, when tracing is configured.
     telemetry = Telemetry.from_env()
     telemetry.rollback(reason, report.ok, False, report.outcome("offline"), str(incident))

@@ -12,7 +12,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
 from proxy.errors import ConfigError
-from proxy.routing.flags import load_flags
+from proxy.routing.flagfile import load_flags
 from proxy.routing.router import Op, Router, explain
 
 

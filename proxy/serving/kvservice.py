@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -61,6 +61,40 @@ def caller_of(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+class Handling:
+    """The one error-and-span context of every handler: an expected error becomes its status code
+    (and an error on the call's span), and the span ends however the call ends.
+
+    A class rather than a generator-based context manager: it sits on every call, and costs one
+    small object instead of a generator.
+    """
+
+    __slots__ = ("_context", "call")
+
+    def __init__(self, call: Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.call = call
+        self._context = context
+
+    async def __aenter__(self) -> Call:
+        return self.call
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        span = self.call.span
+        if error is None:
+            if span is not None:
+                span.end()
+            return
+        if isinstance(error, TurnoutError):
+            code = status_for(error)
+            if span is not None:
+                span.set_status(trace.StatusCode.ERROR, f"{code.name}: {error}")
+                span.end()
+            await self._context.abort(code, str(error))
+        if span is not None:  # a programming error: INTERNAL, and the span still ends
+            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            span.end()
+
+
 class KeyValueService(kv_pb2_grpc.KeyValueServicer):
     def __init__(self, dispatcher: Callable[[], Dispatcher | None], max_value_bytes: int,
                  telemetry: Telemetry | None = None) -> None:
@@ -75,79 +109,45 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
             raise BackendUnavailable("turnout is starting: backends not open yet")
         return dispatcher
 
-    def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
+    def _handling(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Handling:
         metadata = context.invocation_metadata()
-        return Call(caller_of(metadata), self._telemetry.server_span(method, metadata))
-
-    @staticmethod
-    async def _fail(call: Call, context: grpc.aio.ServicerContext[Any, Any], error: TurnoutError) -> NoReturn:
-        """The one place an expected error becomes a status code (and an error on the call's span)."""
-        code = status_for(error)
-        if call.span is not None:
-            call.span.set_status(trace.StatusCode.ERROR, f"{code.name}: {error}")
-            call.span.end()
-        await context.abort(code, str(error))
+        return Handling(Call(caller_of(metadata), self._telemetry.server_span(method, metadata)), context)
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
-        call = self._call("Get", context)
-        try:
+        async with self._handling("Get", context) as call:
             check_key(request.key)
             value = await self._ready().get(request.key, call)
-        except TurnoutError as exc:
-            await self._fail(call, context, exc)
-        if call.span is not None:
-            call.span.end()
         if value is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(found=True, value=value)
 
     async def Set(self, request: kv_pb2.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
-        call = self._call("Set", context)
-        try:
+        async with self._handling("Set", context) as call:
             check_key(request.key)
             check_value(request.value, self._max_value_bytes)
             await self._ready().set(request.key, request.value, call)
-        except TurnoutError as exc:
-            await self._fail(call, context, exc)
-        if call.span is not None:
-            call.span.end()
         return kv_pb2.SetResponse()
 
     async def Has(self, request: kv_pb2.HasRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
-        call = self._call("Has", context)
-        try:
+        async with self._handling("Has", context) as call:
             check_key(request.key)
             found = await self._ready().has(request.key, call)
-        except TurnoutError as exc:
-            await self._fail(call, context, exc)
-        if call.span is not None:
-            call.span.end()
         return kv_pb2.HasResponse(found=found)
 
     async def Delete(
         self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.DeleteResponse:
-        call = self._call("Delete", context)
-        try:
+        async with self._handling("Delete", context) as call:
             check_key(request.key)
             existed = await self._ready().delete(request.key, call)
-        except TurnoutError as exc:
-            await self._fail(call, context, exc)
-        if call.span is not None:
-            call.span.end()
         return kv_pb2.DeleteResponse(existed=existed)
 
     async def Keys(
         self, request: kv_pb2.KeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[kv_pb2.KeysResponse]:
-        call = self._call("Keys", context)
-        try:
+        async with self._handling("Keys", context) as call:
             async for page in self._ready().keys(request.prefix, call):
                 yield kv_pb2.KeysResponse(keys=page)
-        except TurnoutError as exc:
-            await self._fail(call, context, exc)
-        if call.span is not None:
-            call.span.end()
 
 
 def build_server(

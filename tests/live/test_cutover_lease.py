@@ -24,7 +24,8 @@ from proxy.admin.service import AdminService, AdminState
 from proxy.backends.memory import MemoryBackend
 from proxy.commands.common import admin_target
 from proxy.config import load_config
-from proxy.control import cutover as steps
+from proxy.control.cutover import cutover
+from proxy.control.report import Follow, summary
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
@@ -143,7 +144,7 @@ class LeasingAdmin(FakeAdmin):
         return admin_pb2.PauseState(paused=self.paused(), leases_expired=self.expired)
 
 
-def slow_follow(admin: LeasingAdmin, seconds: float) -> steps.Follow:
+def slow_follow(admin: LeasingAdmin, seconds: float) -> Follow:
     def follow(job: Any, label: str) -> dict[str, Any]:
         if job == "final sync":
             deadline = time.monotonic() + seconds
@@ -157,9 +158,9 @@ def slow_follow(admin: LeasingAdmin, seconds: float) -> steps.Follow:
 def test_a_slow_final_sync_is_not_cut_short_by_the_lease(tmp_path: Path) -> None:
     statedir.record_verify(tmp_path, {"clean": True})
     admin = LeasingAdmin()
-    report = steps.cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, slow_follow(admin, 1.2), 0,
+    report = cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, slow_follow(admin, 1.2), 0,
                            lease_s=0.3)
-    assert report.ok, steps.summary(report)
+    assert report.ok, summary(report)
     assert admin.calls == ["pause", "override new", "resume"]
     assert admin.expired == 0
     assert admin.renewals >= 8  # every 0.075 s for 1.2 s
@@ -180,13 +181,13 @@ def test_a_cutover_whose_lease_ran_out_rolls_back_instead_of_switching(tmp_path:
         time.sleep(0.5 if job == "final sync" else 0)
         return clean_result()
 
-    report = steps.cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, follow, 0, lease_s=0.2)
+    report = cutover(cast(admin_pb2_grpc.AdminStub, admin), tmp_path, follow, 0, lease_s=0.2)
     assert not report.ok
     assert report.rolled_back
     assert "override new" not in admin.calls
     assert "lease ran out" in report.pause_lease_lost
     assert [s.name for s in report.steps if not s.ok] == ["final sync"]
-    assert "lease ran out" in steps.summary(report)
+    assert "lease ran out" in summary(report)
     assert [(r.automatic, "lease ran out" in r.reason) for r in admin.rollbacks] == [(True, True)]
 
 

@@ -20,6 +20,7 @@ import pytest
 from proxy import statedir
 from proxy.backends.base import Backend, Item
 from proxy.cli import main
+from proxy.control.cutover import cutover
 from proxy.errors import InvalidArgument
 from proxy.migration.migrate import load_transform, migrate
 from proxy.migration.stores import Stores
@@ -214,8 +215,6 @@ def test_offline_rollback_keeps_old_only_keys_and_succeeds(tmp_path: Path,
 @pytest.mark.parametrize("fail_in", ["final sync", "verify"])
 def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path: Path, fail_in: str) -> None:
     """Ctrl-C (or SIGTERM) while writes are paused: writes resume; traffic was never switched."""
-    from proxy.control import cutover as steps
-
     statedir.record_verify(tmp_path, {"clean": True})
     admin = FakeAdmin()
 
@@ -224,7 +223,7 @@ def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path
             raise KeyboardInterrupt
         return clean_result()
 
-    report = steps.cutover(admin, tmp_path, follow, 0)  # type: ignore[arg-type]
+    report = cutover(admin, tmp_path, follow, 0)  # type: ignore[arg-type]
     assert not report.ok
     assert report.rolled_back
     assert admin.calls == ["pause", "resume"]
@@ -234,10 +233,8 @@ def test_an_interrupted_cutover_resumes_writes_and_leaves_routing_alone(tmp_path
 
 
 def test_a_cutover_stopped_by_a_gate_changes_nothing(tmp_path: Path) -> None:
-    from proxy.control import cutover as steps
-
     admin = FakeAdmin()  # no verify on record: the last gate fails
-    report = steps.cutover(admin, tmp_path, lambda job, label: {}, 0)  # type: ignore[arg-type]
+    report = cutover(admin, tmp_path, lambda job, label: {}, 0)  # type: ignore[arg-type]
     assert not report.ok
     assert not report.rolled_back
     assert admin.calls == []

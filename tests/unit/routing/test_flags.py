@@ -13,7 +13,8 @@ import yaml
 
 from proxy.cli import main
 from proxy.errors import ConfigError
-from proxy.routing.flags import Flags, load_flags, parse_flags, read_document
+from proxy.routing.flagfile import load_flags, parse_flags, read_document
+from proxy.routing.flags import Flags
 from tests.support.paths import ROOT
 
 SCHEMA = json.loads((ROOT / "config" / "flags.schema.json").read_text())

@@ -1,0 +1,90 @@
+"""The report of a cutover or rollback: its steps, each timed and named, and how it is shown and kept.
+
+A step that raises fails the report and says why; the report is printed as a summary or as JSON,
+and kept in state_dir as an incident when a switch went wrong or was undone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy import statedir
+
+#: Follows a streamed admin job (Migrate, Verify) to its result document; the label names it on a terminal.
+Follow = Callable[[Any, str], dict[str, Any]]
+
+
+class StepFailed(Exception):
+    """A step did not hold; its message names the step and why."""
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool = True
+    duration_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    action: str
+    ok: bool = True
+    steps: list[Step] = field(default_factory=list)
+    write_pause_s: float | None = None
+    rolled_back: bool = False
+    dry_run: bool = False
+    pause_lease_s: float | None = None
+    pause_lease_lost: str = ""  # when the proxy resumed writes itself because the lease ran out
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        step = Step(name)
+        self.steps.append(step)
+        started = time.monotonic()
+        try:
+            yield step
+        except Exception as exc:
+            step.ok = False
+            step.detail = step.detail or str(exc)
+            self.ok = False
+            raise StepFailed(f"{name}: {step.detail}") from exc
+        finally:
+            step.duration_s = time.monotonic() - started
+
+    def outcome(self, when_ok: str) -> str:
+        """The first failed step as "name: detail", or when_ok when no step failed."""
+        failed = next((s for s in self.steps if not s.ok), None)
+        return f"{failed.name}: {failed.detail}" if failed else when_ok
+
+    def to_document(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record_incident(state_dir: Path, reason: str, report: Report) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = statedir.incident_path(state_dir, stamp, report.action)
+    statedir.write_json(path, {"time": time.time(), "reason": reason, **report.to_document()})
+    return path
+
+
+def summary(report: Report) -> str:
+    verdict = "ok" if report.ok else ("ROLLED BACK" if report.rolled_back else "FAILED")
+    title = f"{report.action}{' (dry run)' if report.dry_run else ''}: {verdict}"
+    lines = [title]
+    lines += [f"  {'ok ' if s.ok else 'FAIL'} {s.name} ({s.duration_s:.2f}s) {s.detail}" for s in report.steps]
+    if report.write_pause_s is not None:
+        lines.append(f"  writes were paused for {report.write_pause_s:.3f}s")
+    if report.pause_lease_lost:
+        lines.append(f"  {report.pause_lease_lost}")
+    return "\n".join(lines)
+
+
+def as_json(report: Report) -> str:
+    return json.dumps(report.to_document())

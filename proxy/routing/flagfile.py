@@ -1,0 +1,189 @@
+"""Reading the flag file: its bytes, the YAML and the validation, into a Flags value.
+
+Unknown fields, wrong types, out-of-range numbers, duplicate fields and regexes that do not compile
+make the whole file invalid, with a message naming the file, the line and the field
+(`flags.yaml:7: traffic_percentage.read: must be a number from 0 to 100, got 150`). Validation goes
+node by node over the composed YAML, so that every error has a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.errors import ConfigError
+from proxy.routing.flags import Flags, LoadedFlags, is_percentage
+from proxy.routing.yaml12 import NULL_TAG, FlagsLoader
+
+
+def load_flags(path: Path) -> LoadedFlags:
+    """Read and validate the flag file at path; ConfigError names the file, line and field."""
+    return parse_loaded(read_flag_file(path), str(path))
+
+
+def read_flag_file(path: Path) -> bytes:
+    """The flag file's bytes; ConfigError when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read flag file: {exc.strerror or exc}") from exc
+
+
+def parse_loaded(raw: bytes, source: str) -> LoadedFlags:
+    """parse_flags for bytes already read, with their digest."""
+    return LoadedFlags(parse_flags(raw, source), digest(raw))
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_flags(raw: bytes | str, source: str = "flags.yaml") -> Flags:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        node = yaml.compose(text, Loader=FlagsLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    try:
+        return _parse(node)
+    except _Invalid as exc:
+        line = f":{exc.node.start_mark.line + 1}" if exc.node is not None else ""
+        raise ConfigError(f"{source}{line}: {exc.field}: {exc.message}") from None
+
+
+def read_document(text: str) -> Any:
+    """The file as plain data, its scalars read exactly as parse_flags reads them (for schema checks)."""
+    return yaml.load(text, Loader=FlagsLoader)  # FlagsLoader is a SafeLoader
+
+
+_FIELDS = {
+    "revision", "use_new_storage", "shadow_mode_enabled", "traffic_percentage", "enabled_for_keys",
+    "disabled_for_keys", "enabled_for_users", "read_only", "bucket_salt",
+}
+_PERCENTAGES = {"read", "write"}
+
+
+class _Invalid(Exception):
+    def __init__(self, node: yaml.Node | None, field: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.field = field
+        self.message = message
+
+
+def _parse(node: yaml.Node | None) -> Flags:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG):
+        return Flags()  # an empty file: the defaults
+    fields = _mapping(node, "flags")
+    for name, (key_node, _) in fields.items():
+        if name not in _FIELDS:
+            raise _Invalid(key_node, name, "unknown field")
+    values: dict[str, Any] = {}
+    if "revision" in fields:
+        values["revision"] = _revision(fields["revision"][1])
+    if "bucket_salt" in fields:
+        values["bucket_salt"] = _scalar(fields["bucket_salt"][1], "bucket_salt", str, "a string")
+    for name in ("use_new_storage", "shadow_mode_enabled", "read_only"):
+        if name in fields:
+            values[name] = _scalar(fields[name][1], name, bool, "true or false")
+    if "traffic_percentage" in fields:
+        shares = _mapping(fields["traffic_percentage"][1], "traffic_percentage")
+        for share, (key_node, value_node) in shares.items():
+            if share not in _PERCENTAGES:
+                raise _Invalid(key_node, f"traffic_percentage.{share}", "unknown field (read or write)")
+            values[f"{share}_percentage"] = _percentage(value_node, f"traffic_percentage.{share}")
+    for name in ("enabled_for_keys", "disabled_for_keys"):
+        if name in fields:
+            items = _sequence(fields[name][1], name)
+            values[name] = tuple(_regex(item, f"{name}[{i}]") for i, item in enumerate(items))
+    if "enabled_for_users" in fields:
+        items = _sequence(fields["enabled_for_users"][1], "enabled_for_users")
+        values["enabled_for_users"] = tuple(
+            _scalar(item, f"enabled_for_users[{i}]", str, "a string") for i, item in enumerate(items)
+        )
+    return Flags(**values)
+
+
+def _construct(node: yaml.Node) -> Any:
+    return FlagsLoader("").construct_object(node, deep=True)
+
+
+def _mapping(node: yaml.Node, field: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, field, f"must be a mapping, got {_shown(node)}")
+    result: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        key = _construct(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(key, str):
+            raise _Invalid(key_node, field, f"field names must be strings, got {_shown(key_node)}")
+        name = key if field == "flags" else f"{field}.{key}"
+        if key in result:
+            raise _Invalid(key_node, name, "appears twice")
+        result[key] = (key_node, value_node)
+    return result
+
+
+def _sequence(node: yaml.Node, field: str) -> list[yaml.Node]:
+    if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+        return []  # `enabled_for_keys:` with nothing after it: an empty list
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(node, field, f"must be a list, got {_shown(node)}")
+    return list(node.value)
+
+
+def _scalar(node: yaml.Node, field: str, kind: type, described: str) -> Any:
+    value = _construct(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(node, yaml.ScalarNode) or type(value) is not kind:
+        raise _Invalid(node, field, f"must be {described}, got {_shown(node)}")
+    return value
+
+
+def _revision(node: yaml.Node) -> str:
+    # A string, or a number kept as written: `revision: 2026.10` is "2026.10", not 2026.1.
+    value = _construct(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(node, yaml.ScalarNode) or isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _Invalid(node, "revision", f"must be a string, got {_shown(node)}")
+    return str(node.value)
+
+
+
+
+def _percentage(node: yaml.Node, field: str) -> float:
+    value = _construct(node) if isinstance(node, yaml.ScalarNode) else None
+    if not is_percentage(value):
+        raise _Invalid(node, field, f"must be a number from 0 to 100, got {_shown(node)}")
+    return float(value)
+
+
+def _regex(node: yaml.Node, field: str) -> str:
+    pattern: str = _scalar(node, field, str, "a regular expression string")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise _Invalid(node, field, f"regular expression does not compile: {exc}") from None
+    return pattern
+
+
+def _shown(node: yaml.Node) -> str:
+    """A value as the operator wrote it: 150, true, null, 'yes please', a list, a mapping."""
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    value = _construct(node)
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value)
+    return str(node.value)
