@@ -4,12 +4,14 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY clients/python clients/python
 COPY proxy proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python . grpcio-health-checking
+# The server's wheel holds the client's `turnout` package too (see pyproject.toml); its dependencies
+# are built beside it, so the image installs from /wheels alone.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 turnout
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels turnout && rm -rf /wheels
 COPY config /etc/turnout
 RUN mkdir -p /data && chown turnout /data && \
     sed -i 's#\.\./data/#/data/#' /etc/turnout/turnout.yaml && \

@@ -28,7 +28,7 @@ from proxy.backends.sqlite import SqliteBackend
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.data.keylocks import KeyLocks
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from proxy.routing.flags import Flags
 from proxy.routing.router import Route, Router
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from proxy.backends.registry import STORE_TYPES
 from proxy.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/turnout.yaml")
@@ -21,10 +22,6 @@ DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 #: The largest max_value_bytes accepted: a gRPC message carries at most 2 GiB, key and framing included.
 MAX_MAX_VALUE_BYTES = 1024 * 1024 * 1024
 MAX_KEY_BYTES = 1024
-
-#: Backend types whose store is a path on disk, and so take `path`.
-FILE_BACKENDS = frozenset({"jsonfile", "jsondir", "sqlite"})
-BACKEND_TYPES = frozenset({"memory"}) | FILE_BACKENDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +40,9 @@ class Config:
     state_dir: Path
     old: BackendSpec
     new: BackendSpec
-    admin_listen: str = "127.0.0.1:9464"
+    admin_listen: str = "127.0.0.1:9465"
+    #: The HTTP side (/metrics, the dashboard, /healthz); None: there is none.
+    admin_http: str | None = None
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     record_keys: bool = False
     source: Path | None = None
@@ -87,7 +86,7 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
     backends = _mapping(_required(doc, "backends", ""), "backends")
     _no_unknown(backends, {"old", "new"}, "backends.")
     admin = _mapping(doc.get("admin", {}), "admin")
-    _no_unknown(admin, {"listen"}, "admin.")
+    _no_unknown(admin, {"listen", "http"}, "admin.")
     telemetry = _mapping(doc.get("telemetry", {}), "telemetry")
     _no_unknown(telemetry, {"record_keys"}, "telemetry.")
     max_value_bytes = doc.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
@@ -106,7 +105,8 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         state_dir=_path(_required(doc, "state_dir", ""), "state_dir", base),
         old=_backend(_required(backends, "old", "backends."), "backends.old", base),
         new=_backend(_required(backends, "new", "backends."), "backends.new", base),
-        admin_listen=_address(admin.get("listen", "127.0.0.1:9464"), "admin.listen"),
+        admin_listen=_address(admin.get("listen", "127.0.0.1:9465"), "admin.listen"),
+        admin_http=_address(admin["http"], "admin.http") if admin.get("http") is not None else None,
         max_value_bytes=max_value_bytes,
         record_keys=record_keys,
         source=source,
@@ -116,11 +116,11 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
 def _backend(raw: object, name: str, base: Path) -> BackendSpec:
     spec = _mapping(raw, name)
     kind = spec.get("type")
-    if not isinstance(kind, str) or kind not in BACKEND_TYPES:
-        known = ", ".join(sorted(BACKEND_TYPES))
+    if not isinstance(kind, str) or kind not in STORE_TYPES:
+        known = ", ".join(sorted(STORE_TYPES))
         raise ConfigError(f"{name}.type: must be one of {known}, got {kind!r}")
     path: Path | None = None
-    if kind in FILE_BACKENDS:
+    if STORE_TYPES[kind].at_path:
         path = _path(_required(spec, "path", f"{name}."), f"{name}.path", base)
     elif "path" in spec:
         raise ConfigError(f"{name}.path: a {kind} backend takes no path")

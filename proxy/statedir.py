@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.config import BackendSpec
 from proxy.durable import remove_file, replace_file
 
 #: The durable replication queue (a SQLite file), shared by every worker.
@@ -35,6 +36,11 @@ HTTP_ADDRESS_FILE = "http.address"
 LISTEN_ADDRESS_FILE = "listen.address"
 #: Worker N > 0 of `turnout serve --workers` keeps its own files in workers/N.
 WORKERS_DIR = "workers"
+
+
+def queue_store(state_dir: Path) -> BackendSpec:
+    """The store behind the replication queue, opened, locked and prepared as any backend is."""
+    return BackendSpec(type="sqlite", path=state_dir / QUEUE_FILE)
 
 
 def worker_dir(state_dir: Path, index: int) -> Path:

@@ -18,14 +18,20 @@ pick_python() {
 
 VENV="$ROOT/.venv"
 STAMP="$VENV/.turnout-installed"
-WANT="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)"
+# What is installed follows from both packages' metadata and from the commands below.
+WANT="$(cat pyproject.toml clients/python/pyproject.toml scripts/_setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   "$(pick_python)" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setting up $VENV (once) ..." >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ./clients/python -e '.[dev]'
+  # The server's package holds the client's `turnout` package itself; a turnout-client left by an
+  # older setup would be a second owner of the same module.
+  if "$VENV/bin/python" -m pip show --quiet turnout-client >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip uninstall --quiet --disable-pip-version-check --yes turnout-client
+  fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
   echo "$WANT" >"$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

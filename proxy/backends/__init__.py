@@ -1,49 +1,41 @@
-"""Backends: one module per store type behind the Protocol in base.py, opened from a BackendSpec."""
+"""Backends: one module per store type behind the Protocol in base.py, opened from a BackendSpec.
+
+What each type is (file store or not, shareable or not, its lock, its preparation) is the table in
+registry.py; the functions here answer for one spec from it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.backends.base import Backend
-from proxy.backends.jsondir import lock_path as jsondir_lock
-from proxy.config import BackendSpec
-from proxy.durable import sibling_lock
+from proxy.backends.registry import STORE_TYPES, store_type
 
-#: Store types that several processes of one proxy may serve at once (`turnout serve --workers N`),
-#: each with where its lock file is: every write is one atomic step of the store itself, and
-#: nothing is cached in a process.
-SHARED_BY_PROCESSES: Mapping[str, Callable[[Path], Path]] = {"sqlite": sibling_lock, "jsondir": jsondir_lock}
+if TYPE_CHECKING:
+    # Only for annotations: proxy.config imports the registry, which runs this module first.
+    from proxy.config import BackendSpec
+
+#: Store types that several processes of one proxy may serve at once (`turnout serve --workers N`).
+SHARED_BY_PROCESSES: tuple[str, ...] = tuple(name for name, entry in STORE_TYPES.items() if entry.shared_by_processes)
 
 
 def shared_lock_path(spec: BackendSpec) -> Path:
     """The lock file of a store several processes may serve; ValueError for a type that cannot be."""
-    lock_of = SHARED_BY_PROCESSES.get(spec.type)
-    if lock_of is None:
+    entry = store_type(spec.type)
+    lock = entry.lock_file(spec) if entry.shared_by_processes else None
+    if lock is None:
         raise ValueError(f"a {spec.type} store is served by one process alone")
-    assert spec.path is not None
-    return lock_of(spec.path)
+    return lock
+
+
+async def prepare_store(spec: BackendSpec) -> None:
+    """Make a store ready for several processes to open at once (a no-op for types that need nothing)."""
+    preparer = store_type(spec.type).preparer
+    if preparer is not None:
+        await preparer(spec)
 
 
 async def open_backend(spec: BackendSpec) -> Backend:
     """Open the store a spec names; the import is lazy so unused drivers are never loaded."""
-    if spec.type == "memory":
-        from proxy.backends.memory import MemoryBackend
-
-        return MemoryBackend()
-    if spec.type == "jsonfile":
-        from proxy.backends.jsonfile import JsonFileBackend
-
-        assert spec.path is not None
-        return await JsonFileBackend.open(spec.path)
-    if spec.type == "jsondir":
-        from proxy.backends.jsondir import JsonDirBackend
-
-        assert spec.path is not None
-        return await JsonDirBackend.open(spec.path)
-    if spec.type == "sqlite":
-        from proxy.backends.sqlite import SqliteBackend
-
-        assert spec.path is not None
-        return await SqliteBackend.open(spec.path)
-    raise ValueError(f"unknown backend type {spec.type!r}")
+    return await store_type(spec.type).opener(spec)

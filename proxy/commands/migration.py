@@ -22,7 +22,7 @@ from proxy.errors import BackendUnavailable, InvalidArgument
 from proxy.migration import archive as archives
 from proxy.migration.migrate import MigrateResult, load_transform, migrate
 from proxy.migration.stores import open_offline
-from proxy.migration.validate import validate
+from proxy.migration.validate import reads_files, validate
 from proxy.migration.verify import verify
 from proxy.progress import Progress
 from proxy.routing.router import Route
@@ -200,7 +200,7 @@ def run_validate(args: argparse.Namespace) -> int:
     spec = config.old if args.store == "old" else config.new
 
     async def check() -> dict[str, Any]:
-        if spec.type in ("jsonfile", "jsondir"):
+        if reads_files(spec):
             return (await validate(spec, None, config.max_value_bytes)).to_document()
         backend = await open_backend(spec)
         try:

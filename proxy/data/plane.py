@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 
 from proxy.backends.base import Backend
 from proxy.data.discrepancies import Report
-from proxy.data.dispatcher import Dispatcher, ShadowCounters
+from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
+from proxy.data.shadow import ShadowCounters
 from proxy.data.writegate import PauseStatus, WriteGate
-from proxy.replication.queue import QueueStats, ReplicationQueue
+from proxy.replication.queue import IntentQueue, QueueStats
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.metrics import Metrics
@@ -49,7 +50,7 @@ class Live:
     which copies are in flight, and the routes say which store is each key's source of truth."""
 
     locks: KeyLocks
-    queue: ReplicationQueue
+    queue: IntentQueue
     routes: FlagWatcher
 
 

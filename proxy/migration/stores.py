@@ -9,15 +9,14 @@ from pathlib import Path
 
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
-from proxy.backends.sqlite import SqliteBackend
 from proxy.config import Config
 from proxy.data.keylocks import KeyLocks
 from proxy.data.plane import Live
 from proxy.errors import BackendUnavailable
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from proxy.routing.router import Op, Route, Router
 from proxy.routing.watcher import FlagWatcher
-from proxy.statedir import QUEUE_FILE
+from proxy.statedir import QUEUE_FILE, queue_store
 
 
 @dataclass
@@ -54,10 +53,9 @@ async def open_offline(config: Config) -> AsyncIterator[Stores]:
 
 
 async def drain_leftovers(state_dir: Path, old: Backend, new: Backend) -> None:
-    path = state_dir / QUEUE_FILE
-    if not path.exists():
+    if not (state_dir / QUEUE_FILE).exists():
         return
-    store = await SqliteBackend.open(path)
+    store = await open_backend(queue_store(state_dir))
     try:
         queue = ReplicationQueue(store, {Route.OLD.value: old, Route.NEW.value: new}, KeyLocks())
         if await queue.load():

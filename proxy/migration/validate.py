@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from proxy.backends.base import Backend
 from proxy.backends.jsondir import SUFFIX, decode_name
+from proxy.backends.registry import LegacyLayout, store_type
 from proxy.config import MAX_KEY_BYTES, BackendSpec
 
 SAMPLES = 20
@@ -165,11 +167,22 @@ async def validate_backend(backend: Backend, max_value_bytes: int) -> ValidateRe
     return result
 
 
+#: How the files of each legacy layout are read as written; any other store is validated through a scan.
+_AS_WRITTEN: Mapping[LegacyLayout, Callable[[Path, int], ValidateResult]] = {
+    LegacyLayout.OBJECT_FILE: validate_jsonfile,
+    LegacyLayout.FILE_PER_KEY: validate_jsondir,
+}
+
+
+def reads_files(spec: BackendSpec) -> bool:
+    """True when validate reads the store's files as written, so it needs no open store (and no lock)."""
+    return spec.path is not None and store_type(spec.type).layout is not None
+
+
 async def validate(spec: BackendSpec, backend: Backend | None, max_value_bytes: int) -> ValidateResult:
-    if spec.type == "jsonfile" and spec.path is not None:
-        return validate_jsonfile(spec.path, max_value_bytes)
-    if spec.type == "jsondir" and spec.path is not None:
-        return validate_jsondir(spec.path, max_value_bytes)
+    layout = store_type(spec.type).layout
+    if layout is not None and spec.path is not None:
+        return _AS_WRITTEN[layout](spec.path, max_value_bytes)
     if backend is None:
         raise ValueError(f"validating a {spec.type} store needs it open")
     return await validate_backend(backend, max_value_bytes)

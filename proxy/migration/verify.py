@@ -26,7 +26,7 @@ from proxy.data.compare import documents_equal
 from proxy.migration.checksum import item_hash
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
-from proxy.replication.queue import put_state
+from proxy.replication.replayer import put_state
 from proxy.routing.router import Route
 
 SAMPLES = 10

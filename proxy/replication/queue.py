@@ -7,16 +7,18 @@ order-free: a crash between any two steps loses nothing, and a delete is replica
 so no deleted key comes back. The dispatcher and the replayer take the same per-key lock, so a copy
 never interleaves with a write of the same key.
 
-Shared (`turnout serve --workers N`): every worker records in one store and holds the key's turn
-across workers (proxy.data.sharedlocks) while it changes a key's record, so the stored record is the
-truth and a worker's memory only a hint of what to look at. A key's record may have been replaced
-by another worker's later write, with the other direction, or settled and removed: so a worker
-always writes its record (never trusting that its own earlier one is still there), copies in the
-direction the stored record says, and removes a record only if it is still the one it settled.
+The queue comes in two forms, which differ only in where the truth of a key's pending copy is: in
+one process's memory (proxy.replication.local.ReplicationQueue), or in the store that the workers of
+`turnout serve --workers N` share (proxy.replication.shared.SharedReplicationQueue). IntentQueue here
+is everything else, and each form is one class beneath it, saying where it looks. One base rather
+than a queue holding a "where the truth is" object: a write calls `pending`, `record_at_once`,
+`settle` and `wake` on every call, and as the queue's own methods each costs one call, where
+forwarding to a part would add one more to each.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import logging
@@ -28,15 +30,10 @@ from typing import NamedTuple
 from proxy.backends.base import Backend
 from proxy.background import BackgroundTask
 from proxy.data.keylocks import KeyLocks
+from proxy.replication.replayer import copy_key, replay_forever
 
 log = logging.getLogger(__name__)
 
-#: How many keys the replayer copies at once.
-REPLAY_CONCURRENCY = 32
-#: Retry delays while a backend fails: first, factor, ceiling (seconds).
-BACKOFF_FIRST_S = 0.05
-BACKOFF_FACTOR = 2.0
-BACKOFF_MAX_S = 5.0
 #: How long a settled intent's durable record stays before it is removed (seconds).
 FORGET_DELAY_S = 0.5
 
@@ -70,8 +67,8 @@ class QueueStats:
     last_error: str | None
 
 
-class ReplicationQueue:
-    """Pending intents, kept in memory for speed and in `store` for durability."""
+class IntentQueue(abc.ABC):
+    """Pending intents, kept in memory for speed and in `store` for durability, and their replayer."""
 
     def __init__(
         self,
@@ -79,9 +76,7 @@ class ReplicationQueue:
         backends: Mapping[str, Backend],
         locks: KeyLocks,
         clock: Callable[[], float] = time.time,
-        shared: bool = False,
     ) -> None:
-        self.shared = shared
         self._store = store
         self._backends = backends
         self._locks = locks
@@ -92,13 +87,36 @@ class ReplicationQueue:
         self._drained: asyncio.Event | None = None
         #: Set when an intent is settled; made only while somebody waits, as writes settle far more often.
         self._settled: asyncio.Event | None = None
-        self._replayer = BackgroundTask(self._replay_forever, "replication-replayer")
+        self._replayer = BackgroundTask(
+            lambda: replay_forever(self._wakeup, self._pending, self._replay_one), "replication-replayer")
         self._forget: dict[str, Intent] = {}  # settled, their durable records not yet removed
         self._forget_wakeup = asyncio.Event()
         self._forgetter = BackgroundTask(self._forget_forever, "replication-forget")
         self.replayed = 0
         self.failures = 0
         self.last_error: str | None = None
+
+    # -- where each form looks for the truth ---------------------------------------------------
+
+    @abc.abstractmethod
+    def record_at_once(self, key: str, source: str, target: str, *, wake: bool = True) -> bool:
+        """record() when the store already says it (no I/O, no await); False when record() must write."""
+
+    @abc.abstractmethod
+    def _since(self, key: str) -> float:
+        """When a new record for key says its copy became pending."""
+
+    @abc.abstractmethod
+    async def _to_copy(self, key: str, remembered: Intent) -> Intent | None:
+        """The intent the replayer carries out for key (held under its lock), or None when there is
+        nothing left to copy. `remembered` is what this process's memory says."""
+
+    @abc.abstractmethod
+    async def _still_stored(self, key: str, intent: Intent) -> bool:
+        """Whether the store's record of key is still the settled `intent`, so that removing it loses
+        nothing (held under the key's lock)."""
+
+    # -- the rest, common to both --------------------------------------------------------------
 
     async def load(self) -> int:
         """Read the intents a previous run left behind; returns how many."""
@@ -117,35 +135,12 @@ class ReplicationQueue:
         """
         if self.record_at_once(key, source, target, wake=wake):
             return
-        # Another worker may have replaced or removed the record since (shared): never trust memory.
-        current = None if self.shared else self._pending.get(key)
+        since = self._since(key)
         self._forget.pop(key, None)
-        intent = Intent(key, source, target, current.since if current else self._clock())
+        intent = Intent(key, source, target, since)
         await self._store.set(key, intent.encode())
         self._pending[key] = intent
         self._changed(wake)
-
-    def record_at_once(self, key: str, source: str, target: str, *, wake: bool = True) -> bool:
-        """record() when the store already says it (no I/O, no await); False when record() must write.
-
-        The hot path of a key written again and again: its intent is still pending with the same
-        direction, or settled with its durable record not yet removed. Never so when shared.
-        """
-        if self.shared:
-            return False
-        current = self._pending.get(key)
-        if current is not None:
-            # Already durably pending: nothing new to say if the direction is the same.
-            return current.source == source and current.target == target
-        stored = self._forget.get(key)
-        if stored is None or stored.source != source or stored.target != target:
-            return False
-        # Settled, but its durable record is still there: it says exactly this again.
-        del self._forget[key]
-        self._pending[key] = Intent(key, source, target, self._clock())
-        if wake:
-            self._wakeup.set()  # all _changed(wake) does once something is pending
-        return True
 
     def wake(self) -> None:
         """Let the replayer look at the pending intents now."""
@@ -194,7 +189,7 @@ class ReplicationQueue:
             async with self._locks.hold(key):
                 if self._forget.get(key) is not intent:
                     return  # reused by a new write of the key, or settled again since
-                if key not in self._pending and (not self.shared or await self.stored_intent(key) == intent):
+                if key not in self._pending and await self._still_stored(key, intent):
                     await self._store.delete(key)
                 del self._forget[key]
 
@@ -206,16 +201,6 @@ class ReplicationQueue:
 
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
-
-    async def stored_under(self, prefix: str) -> dict[str, Intent]:
-        """The records in the store of the keys that start with prefix, whichever worker wrote them
-        (shared); a record already settled but not yet removed is among them, which only costs a look."""
-        return {key: Intent.decode(key, raw) async for page in self._store.scan(prefix) for key, raw in page}
-
-    async def stored_intent(self, key: str) -> Intent | None:
-        """The record for key in the store, whichever worker wrote it (shared)."""
-        raw = await self._store.get(key)
-        return None if raw is None else Intent.decode(key, raw)
 
     def pending_under(self, prefix: str) -> dict[str, Intent]:
         """The pending intents of the keys that start with prefix, as a snapshot.
@@ -278,41 +263,19 @@ class ReplicationQueue:
             self._drained.set()
             self._drained = None
 
-    async def _replay_forever(self) -> None:
-        delay = BACKOFF_FIRST_S
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch = list(self._pending)[: REPLAY_CONCURRENCY * 8]
-            if not batch:
-                continue
-            slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
-            results = await asyncio.gather(*(self._replay_one(key, slots) for key in batch))
-            if all(results):
-                delay = BACKOFF_FIRST_S
-            else:
-                await asyncio.sleep(delay)
-                delay = min(delay * BACKOFF_FACTOR, BACKOFF_MAX_S)
-            if self._pending:
-                self._wakeup.set()
-
     async def _replay_one(self, key: str, slots: asyncio.Semaphore) -> bool:
         async with slots, self._locks.hold(key):
-            intent = self._pending.get(key)
-            if intent is None:
+            remembered = self._pending.get(key)
+            if remembered is None:
                 return True  # settled by a shadow write meanwhile
-            if self.shared:
-                try:
-                    stored = await self.stored_intent(key)
-                except Exception as exc:
-                    self.failures += 1
-                    self.last_error = f"reading the queue record of {key!r}: {exc}"
-                    return False
-                if stored is None:  # another worker copied it and removed the record
-                    self._pending.pop(key, None)
-                    self._changed()
-                    return True
-                intent = self._pending[key] = stored
+            try:
+                intent = await self._to_copy(key, remembered)
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"reading the queue record of {key!r}: {exc}"
+                return False
+            if intent is None:
+                return True
             try:
                 await copy_key(key, self._backends[intent.source], self._backends[intent.target])
                 self.settle(key)
@@ -324,15 +287,3 @@ class ReplicationQueue:
             self.replayed += 1
             return True
 
-
-async def copy_key(key: str, source: Backend, target: Backend) -> None:
-    """Make target hold source's current state of key: its value, or its absence."""
-    await put_state(key, await source.get(key), target)
-
-
-async def put_state(key: str, value: bytes | None, target: Backend) -> None:
-    """Make target hold value for key, or not hold key when value is None."""
-    if value is None:
-        await target.delete(key)
-    else:
-        await target.set(key, value)

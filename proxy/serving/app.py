@@ -20,11 +20,12 @@ from pathlib import Path
 
 from grpc_health.v1 import health
 
-from proxy.admin.front import AdminFront
-from proxy.admin.service import AdminState, admin_page, build_admin_server
+from proxy import statedir
+from proxy.admin.http import HttpSide
+from proxy.admin.service import build_admin_server
+from proxy.admin.state import AdminState
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
-from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BackendSpec, Config
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
@@ -33,14 +34,16 @@ from proxy.data.plane import DataPlane
 from proxy.data.sharedlocks import SharedKeyLocks
 from proxy.durable import inherit_store_locks
 from proxy.errors import TurnoutError
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
+from proxy.replication.queue import IntentQueue
+from proxy.replication.shared import SharedReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.serving.kvservice import KeyValueService, build_server, set_serving
-from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, QUEUE_FILE, worker_dir
+from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, queue_store, worker_dir
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Telemetry
-from proxy.workers.role import WorkerRole, peer_admin_addresses
+from proxy.workers.role import WorkerRole, peer_addresses
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,10 @@ class Proxy:
         own_dir.mkdir(parents=True, exist_ok=True)
         if role is not None:
             inherit_store_locks(Path(path) for path in role.store_locks)
-        # Worker 0 answers on admin.listen; other workers' admin APIs are for worker 0 to reach.
-        admin_listen = config.admin_listen if role is None or role.index == 0 else "127.0.0.1:0"
+        # Worker 0 answers on admin.listen (and admin.http); the other workers' are for worker 0 to reach.
+        first = role is None or role.index == 0
+        admin_listen = config.admin_listen if first else "127.0.0.1:0"
+        http_listen = None if config.admin_http is None else config.admin_http if first else "127.0.0.1:0"
         watcher = FlagWatcher(config.flags, config.state_dir)
         await asyncio.to_thread(watcher.load_initial)
 
@@ -90,12 +95,11 @@ class Proxy:
             admin_state.worker = role.index
             if role.index == 0:
                 count = role.count
-                admin_state.peers = lambda: peer_admin_addresses(config.state_dir, count, ADMIN_ADDRESS_FILE)
+                admin_state.peers = lambda: peer_addresses(config.state_dir, count, ADMIN_ADDRESS_FILE)
+                admin_state.http_peers = lambda: peer_addresses(config.state_dir, count, statedir.HTTP_ADDRESS_FILE)
         admin = build_admin_server(admin_state)
-        # The admin gRPC server sits on loopback; the front on admin.listen pipes gRPC to it and answers HTTP.
-        admin_grpc_port = admin.add_insecure_port("127.0.0.1:0")
-        front = AdminFront(("127.0.0.1", admin_grpc_port), lambda path, query: admin_page(admin_state, path, query))
-        queue: ReplicationQueue | None = None
+        http = None if http_listen is None else HttpSide(admin_state)
+        queue: IntentQueue | None = None
         discrepancies = DiscrepancyLog(own_dir)
         locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
         try:
@@ -104,23 +108,30 @@ class Proxy:
             except RuntimeError:
                 message = f"listen: cannot listen on {listen} (in use, or not an address here)"
                 raise CannotListen(message) from None
+            try:
+                admin_port = admin.add_insecure_port(admin_listen)
+            except RuntimeError:
+                message = f"admin.listen: cannot listen on {admin_listen} (in use, or not an address here)"
+                raise CannotListen(message) from None
             await server.start()
             await admin.start()
-            admin_host, _, admin_port = admin_listen.rpartition(":")
-            try:
-                admin_address = f"{admin_host}:{await front.start(admin_host, int(admin_port))}"
-            except OSError as exc:
-                message = f"admin.listen: cannot listen on {admin_listen}: {exc.strerror or exc}"
-                raise CannotListen(message) from None
-            (own_dir / ADMIN_ADDRESS_FILE).write_text(admin_address + "\n")
+            admin_address = f"{admin_listen.rpartition(':')[0]}:{admin_port}"
+            statedir.write_address(own_dir, ADMIN_ADDRESS_FILE, admin_address)
+            operators = f"admin on {admin_address}"
+            if http is None or http_listen is None:
+                statedir.remove(own_dir / statedir.HTTP_ADDRESS_FILE)  # a previous run's: nothing listens there now
+            else:
+                operators += f", http on {await self._start_http(http, http_listen, own_dir)}"
             self._install_signal_handlers()
             old = await self._open(config.old)
             new = await self._open(config.new)
-            store = await SqliteBackend.open(config.state_dir / QUEUE_FILE)
+            store = await open_backend(queue_store(config.state_dir))
             self._opened.append(store)
             backends = {Route.OLD: old, Route.NEW: new}
-            queue = ReplicationQueue(store, {route.value: b for route, b in backends.items()}, locks,
-                                     shared=role is not None)
+            stores = {route.value: b for route, b in backends.items()}
+            # One process's memory is the truth of what is pending; under --workers N the shared store is.
+            queue = (ReplicationQueue(store, stores, locks) if role is None
+                     else SharedReplicationQueue(store, stores, locks))
             left = await queue.load()
             if left:
                 log.info("replaying %d writes a previous run left in the replication queue", left)
@@ -131,20 +142,22 @@ class Proxy:
             watcher.start()
             # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)
+            admin_state.serving = True
             address = f"{listen.rpartition(':')[0]}:{port}"
             if role is None:
                 (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
-                announce(f"admin on {admin_address}")
+                announce(operators)
                 announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
             else:
                 self._follow_supervisor(role.lifeline_fd)
                 role.say_ready()
                 if role.index == 0:
-                    announce(f"admin on {admin_address}")
+                    announce(operators)
                 log.info("worker %d of %d serving on %s (pid %d)", role.index, role.count, address, os.getpid())
             settle_garbage_collector()
             await self.stopping.wait()
             log.info("shutting down: letting in-flight calls finish")
+            admin_state.serving = False
             await set_serving(health_servicer, False)
             await server.stop(SHUTDOWN_GRACE_S)
         finally:
@@ -152,7 +165,8 @@ class Proxy:
             await watcher.stop()
             await self._close(queue)
             await discrepancies.stop()
-            await front.stop()
+            if http is not None:
+                await http.stop()
             await admin.stop(0)
             telemetry.shutdown()
             if isinstance(locks, SharedKeyLocks):
@@ -160,12 +174,23 @@ class Proxy:
         if role is None:
             announce("stopped")  # the supervisor says it once for all its workers
 
+    async def _start_http(self, http: HttpSide, listen: str, own_dir: Path) -> str:
+        """Listen on `listen` (admin.http, or any free port for a worker other than 0) and write down
+        the address taken."""
+        host, _, port = listen.rpartition(":")
+        try:
+            address = f"{host}:{await http.start(host, int(port))}"
+        except OSError as exc:
+            raise CannotListen(f"admin.http: cannot listen on {listen}: {exc.strerror or exc}") from None
+        statedir.write_address(own_dir, statedir.HTTP_ADDRESS_FILE, address)
+        return address
+
     async def _open(self, spec: BackendSpec) -> Backend:
         backend = await open_backend(spec)
         self._opened.append(backend)
         return backend
 
-    async def _close(self, queue: ReplicationQueue | None) -> None:
+    async def _close(self, queue: IntentQueue | None) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.close()
         if queue is not None:

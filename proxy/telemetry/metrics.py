@@ -1,14 +1,14 @@
-"""Shadow-mode and proxy metrics (the plan's ShadowModeMetrics), rendered as Prometheus text.
+"""Shadow-mode and proxy metrics (the plan's ShadowModeMetrics), recorded on the hot path.
 
 Recording is a dict increment and, for latency, one bisect into fixed log-spaced buckets, so it can
-sit on every call; quantiles (p50/p95/p99) are read from the buckets only when someone asks.
+sit on every call; quantiles (p50/p95/p99) are read from the buckets only when someone asks (the
+admin side's Prometheus collector, proxy.admin.metrics, reads them at scrape time).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 #: Latency bucket upper bounds in seconds: 10 µs to ~80 s, 8 buckets per doubling (~9 % wide).
@@ -76,45 +76,3 @@ class Metrics:
         calls = sum(h.count for (b, _), h in self.latency.items() if b == backend)
         errors = sum(n for (b, _), n in self.errors.items() if b == backend)
         return errors / calls if calls else 0.0
-
-
-def _labels(**labels: str) -> str:
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return "{" + body + "}" if body else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-class Exposition:
-    """Builds the Prometheus text format, one metric family at a time."""
-
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]],
-               suffixed: Iterable[tuple[str, dict[str, str], float]] = ()) -> None:
-        """One family; `suffixed` adds samples such as a summary's `_sum` and `_count`."""
-        self._lines.append(f"# HELP {name} {help_text}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self._lines.append(f"{name}{_labels(**labels)} {value:.9g}")
-        for suffix, labels, value in suffixed:
-            self._lines.append(f"{name}{suffix}{_labels(**labels)} {value:.9g}")
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def render_latency(out: Exposition, metrics: Metrics) -> None:
-    samples: list[tuple[dict[str, str], float]] = []
-    for (backend, op), histogram in sorted(metrics.latency.items()):
-        for q in (0.5, 0.95, 0.99):
-            samples.append(({"backend": backend, "op": op, "quantile": str(q)}, histogram.quantile(q)))
-    totals: list[tuple[str, dict[str, str], float]] = []
-    for (backend, op), histogram in sorted(metrics.latency.items()):
-        totals.append(("_sum", {"backend": backend, "op": op}, histogram.total))
-        totals.append(("_count", {"backend": backend, "op": op}, histogram.count))
-    out.family("turnout_backend_latency_seconds", "summary", "Backend call latency by backend and operation.",
-               samples, totals)

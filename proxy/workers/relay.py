@@ -1,9 +1,11 @@
 """Worker 0 speaking for a proxy of several workers (`turnout serve --workers N`).
 
 Each worker is a whole proxy with its own flag watcher, write pause and replication queue, and its
-own admin port on loopback. Operators and the cutover talk to worker 0 only (on `admin.listen`), so
-worker 0 passes every change on to the others (`relay`), answers Status with the figures of all of
-them (`merge_status`), and serves one /metrics page for all of them (`merge_expositions`).
+own admin API (and HTTP side) on loopback. Operators and the cutover talk to worker 0 only (on
+`admin.listen` and `admin.http`), so worker 0 passes every change on to the others (`relay`),
+answers Status with the figures of all of them (`merge_status`), and serves one /metrics page for
+all of them (`merged_metrics`: each worker's page read with prometheus-client's parser, every
+family once, every sample labelled with its worker).
 
 The other workers never relay: what they are asked, they do alone. Every peer call has a deadline,
 and a peer that fails is named (index and address) in what the operator reads.
@@ -12,17 +14,17 @@ and a peer that fails is named (index and address) in what the operator reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import aiohttp
 import grpc
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
-
-from proxy.telemetry.metrics import Exposition
 
 if TYPE_CHECKING:
     from turnout.admin.v1.admin_pb2_grpc import AdminAsyncStub
@@ -40,7 +42,8 @@ _QUANTILES = frozenset({"p50", "p95", "p99"})
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Another worker, as worker 0 reaches it: its index and its admin port ("host:port")."""
+    """Another worker, as worker 0 reaches it: its index and one of its addresses ("host:port" of its
+    admin API or of its HTTP side)."""
 
     index: int
     address: str
@@ -194,105 +197,48 @@ def _number(value: object) -> bool:
 # --- /metrics ----------------------------------------------------------------------------------
 
 
-async def fetch_page(address: str, path: str, timeout: float = RELAY_TIMEOUT_S) -> bytes:
-    """GET path from a worker's admin port (its plain-HTTP side); the body of a 200, else an error."""
-    host, _, port = address.rpartition(":")
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode())
-            await writer.drain()
-            raw = await reader.read()  # the front closes the connection after one answer
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if len(status) < 2 or status[1] != "200":
-        raise ConnectionError(f"GET {path} answered {lines[0]!r}")
-    headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-    length = next((int(v) for k, v in headers.items() if k.strip().lower() == "content-length"), len(body))
-    if len(body) < length:
-        raise ConnectionError(f"GET {path}: the answer stopped after {len(body)} of {length} bytes")
-    return body[:length]
+async def fetch_metrics(address: str, timeout: float = RELAY_TIMEOUT_S) -> list[Metric]:
+    """GET /metrics from a worker's HTTP side, parsed; an error unless it answered 200 in time."""
+    if not address:
+        raise ConnectionError("not serving yet: it has not published its HTTP address")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.get(f"http://{address}/metrics") as reply:
+        if reply.status != 200:
+            raise ConnectionError(f"GET /metrics answered {reply.status} {reply.reason}")
+        text = await reply.text()
+    return list(text_string_to_metric_families(text))
 
 
-async def merged_metrics(local: int, text: str, peers: Sequence[Peer]) -> str:
-    """Worker 0's /metrics page (text) with every peer's, as one page; a peer that cannot be read is
+async def merged_metrics(local: int, families: Sequence[Metric], peers: Sequence[Peer]) -> list[Metric]:
+    """Worker `local`'s families with every peer's, labelled by worker; a peer that cannot be read is
     left out and shown by turnout_worker_up."""
-    pages = await asyncio.gather(*(fetch_page(peer.address, "/metrics") for peer in peers), return_exceptions=True)
-    texts = [(local, text)]
-    up: list[tuple[dict[str, str], float]] = [({"worker": str(local)}, 1)]
+    pages = await asyncio.gather(*(fetch_metrics(peer.address) for peer in peers), return_exceptions=True)
+    by_worker: list[tuple[int, Sequence[Metric]]] = [(local, families)]
+    up = GaugeMetricFamily("turnout_worker_up", "1 when worker 0 could read the worker's metrics (serve --workers N).",
+                           labels=("worker",))
+    read = {local: True}
     for peer, page in zip(peers, pages, strict=True):
         if isinstance(page, BaseException):
             log.warning("metrics of worker %d at %s left out: %r", peer.index, peer.address, page)
-            up.append(({"worker": str(peer.index)}, 0))
+            read[peer.index] = False
         else:
-            texts.append((peer.index, page.decode()))
-            up.append(({"worker": str(peer.index)}, 1))
-    out = Exposition()
-    out.family("turnout_worker_up", "gauge", "1 when worker 0 could read the worker's metrics (serve --workers N).",
-               sorted(up, key=lambda sample: int(sample[0]["worker"])))
-    return merge_expositions(texts) + out.text()
+            by_worker.append((peer.index, page))
+            read[peer.index] = True
+    for index in sorted(read):
+        up.add_metric((str(index),), 1 if read[index] else 0)
+    return [*label_by_worker(by_worker), up]
 
 
-@dataclass
-class _Family:
-    name: str
-    help: str | None = None
-    kind: str | None = None
-    samples: list[str] = field(default_factory=list)
-
-
-def merge_expositions(texts: Sequence[tuple[int, str]]) -> str:
-    """Several workers' Prometheus text pages as one: each family once (HELP and TYPE as the first
-    worker gives them), its samples together, each with the label worker="<index>"."""
-    families: dict[str, _Family] = {}
-    for index, text in texts:
-        family: _Family | None = None
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            if line.startswith("#"):
-                parts = line.split(" ", 3)
-                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                    family = families.setdefault(parts[2], _Family(parts[2]))
-                    text_part = parts[3] if len(parts) > 3 else ""
-                    if parts[1] == "HELP" and family.help is None:
-                        family.help = text_part
-                    elif parts[1] == "TYPE" and family.kind is None:
-                        family.kind = text_part
-                continue  # other comments are dropped
-            name = _sample_name(line)
-            if family is None or not name.startswith(family.name):
-                family = families.setdefault(name, _Family(name))  # a sample without a family: untyped
-            family.samples.append(with_label(line, name, "worker", str(index)))
-    lines: list[str] = []
-    for family in families.values():
-        if family.help is not None:
-            lines.append(f"# HELP {family.name} {family.help}")
-        if family.kind is not None:
-            lines.append(f"# TYPE {family.name} {family.kind}")
-        lines.extend(family.samples)
-    return "\n".join(lines) + "\n"
-
-
-def _sample_name(line: str) -> str:
-    end = len(line)
-    for stop in ("{", " "):
-        found = line.find(stop)
-        if found != -1:
-            end = min(end, found)
-    return line[:end]
-
-
-def with_label(line: str, name: str, label: str, value: str) -> str:
-    """A sample line with one more label, put first."""
-    rest = line[len(name):]
-    if rest.startswith("{}"):
-        rest = rest[2:]
-    if rest.startswith("{"):
-        return f'{name}{{{label}="{value}",{rest[1:]}'
-    return f'{name}{{{label}="{value}"}}{rest}'
+def label_by_worker(pages: Iterable[tuple[int, Iterable[Metric]]]) -> list[Metric]:
+    """Several workers' families as one set: each family once (help and type as the first worker gives
+    them), its samples together, each with the label worker="<index>"."""
+    merged: dict[str, Metric] = {}
+    for index, families in pages:
+        for family in families:
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation, family.type)
+            worker = str(index)
+            into.samples.extend(sample._replace(labels={**sample.labels, "worker": worker})
+                                for sample in family.samples)
+    return list(merged.values())

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.backends import SHARED_BY_PROCESSES
+from proxy.backends.registry import store_type
 from proxy.config import Config
 from proxy.errors import TurnoutError
-from proxy.statedir import worker_dir
+from proxy.statedir import read_address, worker_dir
 
 #: The environment variable that makes `turnout serve` a worker, holding its WorkerRole as JSON.
 ROLE_ENV = "TURNOUT_WORKER"
@@ -55,25 +56,20 @@ class WorkerRole:
         os.write(self.ready_fd, f"{self.index} {os.getpid()}\n".encode())
 
 
-def peer_admin_addresses(state_dir: Path, count: int, admin_file: str) -> list[tuple[int, str]]:
-    """(index, admin address) of workers 1..count-1, as each last wrote it ("" while it has not yet)."""
-    peers = []
-    for index in range(1, count):
-        try:
-            address = (worker_dir(state_dir, index) / admin_file).read_text().strip()
-        except FileNotFoundError:
-            address = ""
-        peers.append((index, address))
-    return peers
+def peer_addresses(state_dir: Path, count: int, address_file: str) -> list[tuple[int, str]]:
+    """(index, address) of workers 1..count-1 as each last wrote it in address_file (ADMIN_ADDRESS_FILE,
+    HTTP_ADDRESS_FILE) of its own folder; "" while it has not yet."""
+    return [(index, read_address(worker_dir(state_dir, index), address_file) or "") for index in range(1, count)]
 
 
 def check_shareable(config: Config, count: int) -> None:
+    """Refuse N workers unless both stores are of types several processes may serve (the registry says)."""
     if not 1 <= count <= MAX_WORKERS:
         raise CannotSupervise(f"--workers: must be 1 to {MAX_WORKERS}, got {count}")
     if count == 1:
         return
     for name, spec in (("old", config.old), ("new", config.new)):
-        if spec.type not in SHARED_BY_PROCESSES:
+        if not store_type(spec.type).shared_by_processes:
             raise CannotSupervise(
                 f"--workers {count}: backends.{name} is a {spec.type} store, which one process alone can serve "
                 f"(several processes can share: {', '.join(SHARED_BY_PROCESSES)}); use --workers 1"

@@ -6,8 +6,9 @@ so the kernel spreads connections over them; a gRPC channel is one connection, s
 with one worker. What makes N processes one proxy:
 
 - the stores: only types whose every write is one atomic step of the store, with nothing cached in
-  a process (SHARED_BY_PROCESSES), and the supervisor holds their locks for all its workers, so no
-  other turnout process (a second proxy, an offline migrate) writes them meanwhile;
+  a process (the table in proxy.backends.registry says which), and the supervisor prepares them and
+  holds their locks for all its workers, so no other turnout process (a second proxy, an offline
+  migrate) writes them meanwhile;
 - one writer per key at a time across workers (proxy.data.sharedlocks), and one replication queue in
   state_dir that every worker records in and replays from;
 - the operators' API: worker 0 listens on admin.listen and speaks for the others (proxy.workers.relay);
@@ -33,12 +34,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from proxy.backends import shared_lock_path
-from proxy.backends.sqlite import prepare_file
+from proxy.backends import prepare_store, shared_lock_path
 from proxy.config import Config
-from proxy.durable import StoreLock, sibling_lock
+from proxy.durable import StoreLock
 from proxy.serving.app import announce
-from proxy.statedir import LISTEN_ADDRESS_FILE, QUEUE_FILE
+from proxy.statedir import LISTEN_ADDRESS_FILE, queue_store
 from proxy.workers.role import ROLE_ENV, CannotSupervise, WorkerRole, check_shareable
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ def reserve_listen(listen: str) -> tuple[socket.socket, str]:
 
 def hold_store_locks(config: Config) -> list[StoreLock]:
     """Lock both stores and the replication queue for this proxy's workers, or refuse to start."""
-    paths = [shared_lock_path(config.old), shared_lock_path(config.new),
-             sibling_lock(config.state_dir / QUEUE_FILE)]
+    paths = [shared_lock_path(spec) for spec in (config.old, config.new, queue_store(config.state_dir))]
     held: list[StoreLock] = []
     try:
         for path in paths:
@@ -86,13 +85,10 @@ def hold_store_locks(config: Config) -> list[StoreLock]:
     return held
 
 
-def prepare_stores(config: Config) -> None:
-    """Create what the workers would otherwise race to create: the SQLite files in WAL mode."""
-    for spec in (config.old, config.new):
-        if spec.type == "sqlite":
-            assert spec.path is not None
-            prepare_file(spec.path)
-    prepare_file(config.state_dir / QUEUE_FILE)
+async def prepare_stores(config: Config) -> None:
+    """Create what the workers would otherwise race to create (SQLite files in WAL mode, say)."""
+    for spec in (config.old, config.new, queue_store(config.state_dir)):
+        await prepare_store(spec)
 
 
 @contextlib.contextmanager
@@ -123,7 +119,7 @@ class Supervisor:
             locks = hold_store_locks(config)
             for lock in locks:
                 held.callback(lock.release)
-            await asyncio.to_thread(prepare_stores, config)
+            await prepare_stores(config)
             reserved, address = reserve_listen(config.listen)
             held.callback(reserved.close)
             loop = asyncio.get_running_loop()

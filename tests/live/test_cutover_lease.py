@@ -20,7 +20,8 @@ from turnout import SyncClient, TurnoutError
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import statedir
-from proxy.admin.service import AdminService, AdminState
+from proxy.admin.service import AdminService
+from proxy.admin.state import AdminState
 from proxy.backends.memory import MemoryBackend
 from proxy.commands.common import admin_target
 from proxy.config import load_config
@@ -31,7 +32,7 @@ from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
 from proxy.data.plane import DataPlane
 from proxy.data.writegate import WriteGate
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.tracing import Telemetry

@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.cli import main
 from proxy.routing.router import bucket
-from tests.support.proxy_process import ProxyProcess, configmap, swap, write_config
+from tests.support.proxy_process import ProxyProcess, configmap, get_page, http_address, swap, write_config
 from tests.support.stores import legacy_contents, seed_sqlite, sqlite_contents
 
 RELOAD_S = 2.0
@@ -298,9 +297,7 @@ def test_status_json_shows_flags_reload_override_replication_and_backends(
     assert isinstance(status["replication"]["depth"], int)
     assert [(b["name"], b["type"], b["healthy"]) for b in status["backends"]] == [
         ("old", "jsonfile", True), ("new", "sqlite", True)]
-    address = (live.folder / "state" / "admin.address").read_text().strip()
-    with urllib.request.urlopen(f"http://{address}/status.json", timeout=5) as page:
-        served: dict[str, Any] = json.loads(page.read())
+    served: dict[str, Any] = json.loads(get_page(http_address(live.folder / "state"), "/status.json"))
     assert served["reload"] == reload
     assert served["flags"] == status["flags"]
     assert isinstance(served["replication"]["depth"], int)
@@ -337,10 +334,8 @@ def test_status_shows_operations_latency_and_on_request_record_counts(
 
 
 def operations(live: Live) -> dict[tuple[str, str], float]:
-    """The proxy's turnout_operations_total by (op, route), from /metrics on the admin port."""
-    address = (live.folder / "state" / "admin.address").read_text().strip()
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as page:
-        text = page.read().decode()
+    """The proxy's turnout_operations_total by (op, route), from /metrics on the HTTP side (admin.http)."""
+    text = get_page(http_address(live.folder / "state"), "/metrics")
     counts: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if line.startswith("turnout_operations_total{"):

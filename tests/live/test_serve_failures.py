@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from turnout import SyncClient, Unavailable
@@ -66,14 +67,19 @@ def test_failing_primary_gives_unavailable_and_acknowledges_nothing(tmp_path: Pa
             client.get("lost")
 
 
-@pytest.mark.parametrize("field", ["listen", "admin.listen"])
+@pytest.mark.parametrize("field", ["listen", "admin.listen", "admin.http"])
 def test_address_in_use_stops_start_up_naming_the_field(tmp_path: Path, field: str) -> None:
     """A listen address already taken exits 2 with one line naming the field, not a traceback."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        extra = {"listen": address} if field == "listen" else {"admin": {"listen": address}}
+        by_field: dict[str, dict[str, Any]] = {
+            "listen": {"listen": address},
+            "admin.listen": {"admin": {"listen": address}},
+            "admin.http": {"admin": {"listen": "127.0.0.1:0", "http": address}},
+        }
+        extra = by_field[field]
         config = write_config(tmp_path, old={"type": "memory"}, new={"type": "memory"}, **extra)
         result = serve(config)
     assert result.returncode == 2

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from proxy.backends.jsondir import encode_name
 from tests.support.otlp_receiver import GrpcReceiver, HttpReceiver, ReceivedSpan
-from tests.support.proxy_process import ProxyProcess, write_config
+from tests.support.proxy_process import ProxyProcess, get_page, http_address, write_config
 
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
 OLD = {"same": {"a": 1, "b": 2}, "num": 1, "diff": 1, "only-old": "o"}
@@ -63,9 +62,8 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         assert discrepancy_spans(spans) == {"diff": "value_mismatch", "only-old": "missing_in_shadow",
                                             "only-new": "extra_in_shadow", "": "missing_in_shadow"}
         assert all(s.name == "turnout.discrepancy" for s in spans)  # nothing else was sampled
-        admin = (tmp_path / "state" / "admin.address").read_text().strip()
-        with urllib.request.urlopen(f"http://{admin}/metrics?records=1", timeout=5) as reply:
-            counted = reply.read().decode()
+        http = http_address(tmp_path / "state")
+        counted = get_page(http, "/metrics?records=1")
         assert 'turnout_backend_records{backend="old"} 4' in counted
         assert 'turnout_backend_records{backend="new"} 4' in counted
         checksums = re.findall(r'turnout_backend_checksum_info\{backend="(old|new)",checksum="([0-9a-f]{16})"\} 1',
@@ -81,8 +79,7 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         assert span.attributes["turnout.discrepancy"] is True
         (tmp_path / "new.d").mkdir()  # the store is back: the replication queue can deliver the write
 
-        with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as reply:
-            metrics = reply.read().decode()
+        metrics = get_page(http, "/metrics")
         assert 'turnout_discrepancies_total{kind="value_mismatch"} 1' in metrics
         assert 'turnout_discrepancies_total{kind="missing_in_shadow"} 2' in metrics
         assert "turnout_backend_records" not in metrics  # counting a whole store only on request

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import pytest
 from grpc import aio
 from turnout import AsyncClient, SyncClient, TurnoutError
 
-from proxy.statedir import worker_dir
-from tests.support.proxy_process import ProxyProcess, write_config
+from tests.support.proxy_process import ProxyProcess, get_page, http_address, write_config
 from tests.support.stores import sqlite_contents
 
 SQLITE_PAIR = ({"type": "sqlite", "path": "old.sqlite"}, {"type": "sqlite", "path": "new.sqlite"})
@@ -34,9 +32,7 @@ def proxy(tmp_path: Path, flags: str, workers: int = 2, old: dict[str, str] = SQ
 
 def operations_of(tmp_path: Path, index: int) -> int:
     """KeyValue operations worker `index` served, from its own /metrics."""
-    address = (worker_dir(tmp_path / "state", index) / "admin.address").read_text().strip()
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
+    text = get_page(http_address(tmp_path / "state", index), "/metrics")
     samples = [line for line in text.splitlines() if line.startswith("turnout_operations_total{")]
     # Worker 0 speaks for all: its samples carry a worker label once it merges the others'.
     mine = [line for line in samples if 'worker="' not in line or f'worker="{index}"' in line]
@@ -160,14 +156,12 @@ def test_operators_steer_every_worker_through_worker_0(tmp_path: Path) -> None:
 
     def routes_per_worker() -> dict[int, dict[str, int]]:
         routes: dict[int, dict[str, int]] = {}
-        address = (tmp_path / "state" / "admin.address").read_text().strip()
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-            for line in reply.read().decode().splitlines():
-                if line.startswith("turnout_operations_total{"):
-                    labels = dict(part.split("=") for part in line[line.index("{") + 1:line.index("}")].split(","))
-                    worker, route = int(labels["worker"].strip('"')), labels["route"].strip('"')
-                    routes.setdefault(worker, {}).setdefault(route, 0)
-                    routes[worker][route] += int(float(line.rsplit(" ", 1)[1]))
+        for line in get_page(http_address(tmp_path / "state"), "/metrics").splitlines():
+            if line.startswith("turnout_operations_total{"):
+                labels = dict(part.split("=") for part in line[line.index("{") + 1:line.index("}")].split(","))
+                worker, route = int(labels["worker"].strip('"')), labels["route"].strip('"')
+                routes.setdefault(worker, {}).setdefault(route, 0)
+                routes[worker][route] += int(float(line.rsplit(" ", 1)[1]))
         return routes
 
     with proxy(tmp_path, flags) as running:

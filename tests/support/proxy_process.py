@@ -11,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from proxy.statedir import ADMIN_ADDRESS_FILE, HTTP_ADDRESS_FILE, read_address, worker_dir
 from tests.support.paths import ROOT
 
 SERVING = re.compile(r"turnout: serving on (\S+:\d+)")
@@ -24,14 +26,15 @@ START_TIMEOUT_S = 20.0
 
 
 def write_config(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any], **extra: Any) -> Path:
-    """A server config in folder, listening on a free port; extra fields are merged in."""
+    """A server config in folder, its KeyValue service, admin API and HTTP side each on a free port;
+    extra fields are merged in (an `admin` given replaces the whole admin section)."""
     folder.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "flags": "flags.yaml",
         "state_dir": "state",
         "backends": {"old": dict(old), "new": dict(new)},
-        "admin": {"listen": "127.0.0.1:0"},
+        "admin": {"listen": "127.0.0.1:0", "http": "127.0.0.1:0"},
         **extra,
     }
     path = folder / "turnout.yaml"
@@ -40,6 +43,29 @@ def write_config(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any], *
     if not flags.exists():
         flags.write_text("{}\n", encoding="utf-8")
     return path
+
+
+def admin_address(state_dir: Path, worker: int = 0) -> str:
+    """The address a running proxy's admin API took (worker N's under `--workers`), from state_dir."""
+    return _written(state_dir, worker, ADMIN_ADDRESS_FILE)
+
+
+def http_address(state_dir: Path, worker: int = 0) -> str:
+    """The address a running proxy's HTTP side took (worker N's under `--workers`), from state_dir."""
+    return _written(state_dir, worker, HTTP_ADDRESS_FILE)
+
+
+def _written(state_dir: Path, worker: int, name: str) -> str:
+    address = read_address(worker_dir(state_dir, worker), name)
+    assert address, f"no {name} in {worker_dir(state_dir, worker)}: the proxy has not written it"
+    return address
+
+
+def get_page(address: str, path: str, timeout: float = 5) -> str:
+    """The body of GET path from an HTTP side (an HTTP error raises, with its status)."""
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as reply:
+        body: bytes = reply.read()
+    return body.decode()
 
 
 def configmap(mount: Path, text: str) -> Path:

@@ -26,7 +26,8 @@ def test_shipped_config_loads_with_paths_relative_to_its_folder() -> None:
     assert config.new.type == "sqlite"
     assert config.new.path == ROOT / "data" / "new.sqlite"
     assert config.flags == ROOT / "config" / "flags.yaml"
-    assert config.admin_listen == "127.0.0.1:9464"
+    assert config.admin_listen == "127.0.0.1:9465"
+    assert config.admin_http == "127.0.0.1:9464"
     assert config.max_value_bytes == 4 * 1024 * 1024
 
 
@@ -48,6 +49,9 @@ def test_shipped_config_loads_with_paths_relative_to_its_folder() -> None:
         ({"backends": {"old": {"type": "memory"}, "new": {"type": "memory", "size": 1}}},
          "backends.new.size: unknown field for a memory backend"),
         ({"admin": {"listen": 5}}, "admin.listen: must be host:port"),
+        ({"admin": {"http": "nowhere"}}, "admin.http: must be host:port"),
+        ({"admin": {"http": "h:70000"}}, "admin.http: must be host:port with a port 0-65535"),
+        ({"admin": {"htpp": "127.0.0.1:9464"}}, "admin.htpp: unknown field"),
         ({"telemetry": {"record_keys": "yes"}}, "telemetry.record_keys: must be true or false"),
         ({"state_dir": ""}, "state_dir: must be a non-empty path"),
     ],
@@ -70,3 +74,11 @@ def test_unreadable_or_malformed_file_is_a_config_error(tmp_path: Path) -> None:
     scalar.write_text("just text\n")
     with pytest.raises(ConfigError, match="config: must be a mapping"):
         load_config(scalar)
+
+
+def test_admin_http_is_optional_and_without_it_there_is_no_http_side(tmp_path: Path) -> None:
+    """A config without admin.http has none (and the admin API on its default port); with it, the address given."""
+    config = parse_config(VALID, base=tmp_path)
+    assert (config.admin_listen, config.admin_http) == ("127.0.0.1:9465", None)
+    config = parse_config({**VALID, "admin": {"listen": "127.0.0.1:0", "http": "0.0.0.0:0"}}, base=tmp_path)
+    assert (config.admin_listen, config.admin_http) == ("127.0.0.1:0", "0.0.0.0:0")

@@ -14,7 +14,7 @@ from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.data.keylocks import KeyLocks
 from proxy.errors import BackendUnavailable
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from proxy.routing.flags import Flags
 from proxy.routing.router import Override, Route, Router
 from tests.support.faults import SwitchableBackend

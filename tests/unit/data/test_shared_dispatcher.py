@@ -17,7 +17,7 @@ from proxy.backends.sqlite import SqliteBackend
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.data.keylocks import KeyLocks
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.shared import SharedReplicationQueue
 from proxy.routing.flags import Flags
 from proxy.routing.router import Route, Router
 
@@ -45,7 +45,7 @@ async def workers(tmp_path: Path) -> AsyncIterator[TwoWorkers]:
 
     def worker(name: str) -> Dispatcher:
         # No replayer runs: every copy a write leaves pending stays pending, as if not yet made.
-        queue = ReplicationQueue(store, {"old": old, "new": new}, locks, shared=True)
+        queue = SharedReplicationQueue(store, {"old": old, "new": new}, locks)
         return Dispatcher({Route.OLD: old, Route.NEW: new}, routes, queue, locks, DiscrepancyLog(tmp_path / name))
 
     try:
@@ -82,7 +82,9 @@ async def test_a_kill_switch_write_on_another_worker_turns_a_pending_copy_around
     await workers.a.set("k", b'"written to new"', Call())
     workers.routes.router = Router(Flags(use_new_storage=False))
     await workers.b.set("k", b'"written to old"', Call())
-    intent = await workers.b.queue.stored_intent("k")
+    queue = workers.b.queue
+    assert isinstance(queue, SharedReplicationQueue)
+    intent = await queue.stored_intent("k")
     assert intent is not None
     assert (intent.source, intent.target) == ("old", "new")
     workers.a.queue.start()  # A still believes its own copy (new -> old) is pending

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.backends.memory import MemoryBackend
 from proxy.data.keylocks import KeyLocks
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from tests.support.faults import SwitchableBackend
 
 

@@ -1,6 +1,6 @@
 """The replication queue shared by the workers of one proxy: the stored record is the truth.
 
-Two ReplicationQueue objects over one store stand for two workers; they share one KeyLocks here,
+Two SharedReplicationQueue objects over one store stand for two workers; they share one KeyLocks here,
 as workers share their key turns through proxy.data.sharedlocks.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from proxy.backends.memory import MemoryBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.data.keylocks import KeyLocks
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.shared import SharedReplicationQueue
 
 
 @dataclass
@@ -25,9 +25,9 @@ class Workers:
     new: MemoryBackend
     locks: KeyLocks
 
-    def queue(self) -> ReplicationQueue:
+    def queue(self) -> SharedReplicationQueue:
         """One more worker's queue over the shared store."""
-        return ReplicationQueue(self.store, {"old": self.old, "new": self.new}, self.locks, shared=True)
+        return SharedReplicationQueue(self.store, {"old": self.old, "new": self.new}, self.locks)
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""Shadow-mode metrics: latency quantiles per backend, Prometheus text, and a content checksum stores agree on."""
+"""Shadow-mode metrics: latency quantiles per backend, their status document, and a content checksum stores
+agree on (the Prometheus page built from them is tested in tests/unit/admin/test_metrics.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,16 +11,7 @@ from hypothesis import strategies as st
 
 from proxy.backends.memory import MemoryBackend
 from proxy.migration.checksum import summarize
-from proxy.telemetry.metrics import Exposition, LatencyHistogram, Metrics, render_latency
-
-SAMPLE_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? \S+$')
-
-
-def assert_prometheus_text(text: str) -> None:
-    """Every line is a HELP, a TYPE or a well-formed sample; the text ends with a newline."""
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        assert line.startswith(("# HELP ", "# TYPE ")) or SAMPLE_LINE.match(line), line
+from proxy.telemetry.metrics import LatencyHistogram, Metrics
 
 
 @given(st.lists(st.floats(min_value=20e-6, max_value=60.0), min_size=1, max_size=200),
@@ -34,37 +25,6 @@ def test_a_quantile_is_within_one_bucket_above_the_true_value(observations: list
     rank = max(1, -(-q * len(ordered) // 1))  # the q-th observation, counted from 1
     true = ordered[int(rank) - 1]
     assert true <= histogram.quantile(q) <= true * 2 ** (1 / 8) * 1.0000001
-
-
-def test_latency_is_kept_per_backend_and_rendered_as_a_summary() -> None:
-    """Each backend's calls give p50/p95/p99 samples, a _sum and a _count."""
-    metrics = Metrics()
-    for _ in range(90):
-        metrics.backend_call("old", "get", 0.001, failed=False)
-    for _ in range(10):
-        metrics.backend_call("old", "get", 0.1, failed=False)
-    metrics.backend_call("new", "get", 0.002, failed=True)
-    out = Exposition()
-    render_latency(out, metrics)
-    text = out.text()
-    assert_prometheus_text(text)
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if not line.startswith("#")}
-    assert 0.001 <= values['turnout_backend_latency_seconds{backend="old",op="get",quantile="0.5"}'] < 0.0011
-    assert 0.1 <= values['turnout_backend_latency_seconds{backend="old",op="get",quantile="0.95"}'] < 0.11
-    assert 0.1 <= values['turnout_backend_latency_seconds{backend="old",op="get",quantile="0.99"}'] < 0.11
-    assert values['turnout_backend_latency_seconds_count{backend="old",op="get"}'] == 100
-    assert values['turnout_backend_latency_seconds_count{backend="new",op="get"}'] == 1
-    assert metrics.backend_error_rate("new") == 1.0
-    assert metrics.backend_error_rate("old") == 0.0
-
-
-def test_label_values_are_escaped() -> None:
-    """A flag revision with quotes, backslashes or newlines still gives valid Prometheus text."""
-    out = Exposition()
-    out.family("turnout_flags_info", "gauge", "The flag revision in force.", [({"revision": 'a"b\\c\nd'}, 1)])
-    assert_prometheus_text(out.text())
-    assert 'revision="a\\"b\\\\c\\nd"' in out.text()
 
 
 documents = st.recursive(

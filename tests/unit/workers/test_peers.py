@@ -1,8 +1,9 @@
 """Worker 0 speaks for a proxy of several workers: changes reach every worker, Status and /metrics
 cover them all, and a worker that fails is named without leaving the proxy half changed.
 
-Each worker here is built as proxy/app.py builds one (admin gRPC server on loopback behind its own
-AdminFront), on SQLite stores they share, and worker 0 reaches the others over real gRPC and HTTP.
+Each worker here is built as proxy/serving/app.py builds one (its admin gRPC server and its aiohttp
+HTTP side, each on a loopback port of its own), on SQLite stores they share, and worker 0 reaches the
+others over real gRPC and HTTP.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy.admin.front import AdminFront
-from proxy.admin.service import AdminState, admin_page, build_admin_server
+from proxy.admin.http import HttpSide
+from proxy.admin.metrics import Families
+from proxy.admin.service import build_admin_server
+from proxy.admin.state import AdminState
 from proxy.backends.base import Backend
 from proxy.backends.memory import MemoryBackend
 from proxy.backends.sqlite import SqliteBackend
@@ -31,11 +37,11 @@ from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.data.keylocks import KeyLocks
 from proxy.data.plane import DataPlane
-from proxy.replication.queue import ReplicationQueue
+from proxy.replication.local import ReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.tracing import Telemetry
-from proxy.workers.relay import fetch_page, merge_expositions
+from proxy.workers.relay import fetch_metrics, label_by_worker
 from tests.support.proxy_process import write_config
 
 
@@ -46,16 +52,19 @@ class Worker:
     dispatcher: Dispatcher
     queue: ReplicationQueue
     server: grpc.aio.Server
-    front: AdminFront
+    http: HttpSide
     address: str = ""
+    http_address: str = ""
 
 
 @dataclass
 class Proxy:
-    """Workers in one process, worker 0 finding the others through `peers` (which a test may change)."""
+    """Workers in one process, worker 0 finding the others' admin APIs through `peers` and their HTTP
+    sides through `http_peers` (which a test may change)."""
 
     workers: list[Worker]
     peers: list[tuple[int, str]] = field(default_factory=list)
+    http_peers: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def zero(self) -> Worker:
@@ -70,7 +79,8 @@ def closed_port() -> str:
 
 
 async def start_worker(tmp_path: Path, index: int, old: Backend, new: Backend,
-                       peers: Callable[[], Sequence[tuple[int, str]]]) -> Worker:
+                       peers: Callable[[], Sequence[tuple[int, str]]],
+                       http_peers: Callable[[], Sequence[tuple[int, str]]]) -> Worker:
     state_dir = tmp_path / f"state-{index}"
     state_dir.mkdir()
     watcher = FlagWatcher(tmp_path / "flags.yaml", state_dir)
@@ -79,13 +89,14 @@ async def start_worker(tmp_path: Path, index: int, old: Backend, new: Backend,
     queue = ReplicationQueue(MemoryBackend(), {"old": old, "new": new}, locks)
     dispatcher = Dispatcher({Route.OLD: old, Route.NEW: new}, watcher, queue, locks, DiscrepancyLog(state_dir))
     state = AdminState(watcher=watcher, plane=DataPlane(dispatcher, watcher), started=time.time(),
-                       state_dir=state_dir, telemetry=Telemetry(enabled=False), worker=index, peers=peers)
+                       state_dir=state_dir, telemetry=Telemetry(enabled=False), serving=True, worker=index,
+                       peers=peers, http_peers=http_peers)
     server = build_admin_server(state)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    front = AdminFront(("127.0.0.1", port), lambda path, query: admin_page(state, path, query))
-    worker = Worker(index, state, dispatcher, queue, server, front)
-    worker.address = f"127.0.0.1:{await front.start('127.0.0.1', 0)}"
+    http = HttpSide(state)
+    worker = Worker(index, state, dispatcher, queue, server, http, address=f"127.0.0.1:{port}")
+    worker.http_address = f"127.0.0.1:{await http.start('127.0.0.1', 0)}"
     return worker
 
 
@@ -98,13 +109,16 @@ async def proxy(tmp_path: Path) -> AsyncIterator[Proxy]:
     proxy = Proxy([])
     for index in range(3):
         peers: Callable[[], Sequence[tuple[int, str]]] = (lambda: list(proxy.peers)) if index == 0 else (lambda: ())
-        proxy.workers.append(await start_worker(tmp_path, index, old, new, peers))
+        http_peers: Callable[[], Sequence[tuple[int, str]]] = (
+            (lambda: list(proxy.http_peers)) if index == 0 else (lambda: ()))
+        proxy.workers.append(await start_worker(tmp_path, index, old, new, peers, http_peers))
     proxy.peers.extend((w.index, w.address) for w in proxy.workers[1:])
+    proxy.http_peers.extend((w.index, w.http_address) for w in proxy.workers[1:])
     yield proxy
     for worker in proxy.workers:
         worker.dispatcher.gate.close()
         await worker.queue.stop()
-        await worker.front.stop()
+        await worker.http.stop()
         await worker.server.stop(0)
     await old.close()
     await new.close()
@@ -332,13 +346,21 @@ def parse_exposition(text: str) -> dict[str, Family]:
     return families
 
 
+async def page(address: str, path: str) -> str:
+    """The body of a 200 answer to GET path from an HTTP side."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://{address}{path}") as reply:
+        assert reply.status == 200, await reply.text()
+        return await reply.text()
+
+
 async def test_metrics_of_every_worker_are_one_valid_page_labelled_by_worker(proxy: Proxy) -> None:
     """Worker 0's /metrics holds every worker's samples, each family once, each sample with its worker."""
     for worker in proxy.workers:
         await worker.dispatcher.set("k", b"1", Call())
     dead = closed_port()
     proxy.peers.append((3, dead))
-    text = (await fetch_page(proxy.zero.address, "/metrics")).decode()
+    proxy.http_peers.append((3, dead))
+    text = await page(proxy.zero.http_address, "/metrics")
     assert text.count("# TYPE turnout_operations_total ") == 1
     families = parse_exposition(text)
     operations = families["turnout_operations_total"]
@@ -354,34 +376,62 @@ async def test_metrics_of_every_worker_are_one_valid_page_labelled_by_worker(pro
     assert up == {"0": 1, "1": 1, "2": 1, "3": 0}
 
 
+async def test_every_family_of_a_worker_appears_once_on_worker_0_with_the_same_type(proxy: Proxy) -> None:
+    """The families of worker 0's page are exactly a lone worker's and turnout_worker_up, each of one type."""
+    alone = {f.name: f.type for f in text_string_to_metric_families(await page(proxy.workers[1].http_address,
+                                                                               "/metrics"))}
+    merged = list(text_string_to_metric_families(await page(proxy.zero.http_address, "/metrics")))
+    assert len({f.name for f in merged}) == len(merged)
+    assert {f.name: f.type for f in merged} == {**alone, "turnout_worker_up": "gauge"}
+
+
+async def test_a_worker_that_has_not_published_its_address_is_shown_down(proxy: Proxy) -> None:
+    """A worker still starting (no HTTP address yet) is left out of the page and shown by turnout_worker_up."""
+    proxy.http_peers[1] = (2, "")
+    families = parse_exposition(await page(proxy.zero.http_address, "/metrics"))
+    up = {labels["worker"]: value for _, labels, value in families["turnout_worker_up"].samples}
+    assert up == {"0": 1, "1": 1, "2": 0}
+    assert sorted(labels["worker"] for _, labels, _ in families["turnout_flags_info"].samples) == ["0", "1"]
+
+
 async def test_metrics_of_a_single_process_stay_unlabelled(proxy: Proxy) -> None:
     """Without other workers /metrics is what it always was: no worker label, no turnout_worker_up."""
     proxy.peers.clear()
-    families = parse_exposition((await fetch_page(proxy.zero.address, "/metrics")).decode())
+    proxy.http_peers.clear()
+    families = parse_exposition(await page(proxy.zero.http_address, "/metrics"))
     assert "turnout_worker_up" not in families
     assert not any("worker" in labels for family in families.values() for _, labels, _ in family.samples)
 
 
 def test_merging_pages_labels_bare_and_labelled_samples_and_keeps_the_first_help() -> None:
-    """Samples with no labels, with labels and with suffixes each get the worker label, put first."""
+    """Samples with no labels, with labels and with suffixes each get the worker label; each family is
+    shown once, with the first worker's help."""
     one = '# HELP a_total A.\n# TYPE a_total counter\na_total 1\n# TYPE s summary\ns{q="0.5"} 2\ns_sum 3\ns_count 1\n'
     two = '# HELP a_total Another.\n# TYPE a_total counter\na_total 4\n# TYPE b gauge\nb{x="}"} 5\n'
-    merged = merge_expositions([(0, one), (1, two)])
-    assert merged == ('# HELP a_total A.\n# TYPE a_total counter\na_total{worker="0"} 1\na_total{worker="1"} 4\n'
-                      '# TYPE s summary\ns{worker="0",q="0.5"} 2\ns_sum{worker="0"} 3\ns_count{worker="0"} 1\n'
-                      '# TYPE b gauge\nb{worker="1",x="}"} 5\n')
+    families = label_by_worker([(0, text_string_to_metric_families(one)), (1, text_string_to_metric_families(two))])
+    merged = generate_latest(Families(families)).decode()
+    assert merged == ('# HELP a_total A.\n# TYPE a_total counter\na_total{worker="0"} 1.0\na_total{worker="1"} 4.0\n'
+                      '# HELP s \n# TYPE s summary\ns{q="0.5",worker="0"} 2.0\ns_sum{worker="0"} 3.0\n'
+                      's_count{worker="0"} 1.0\n'
+                      '# HELP b \n# TYPE b gauge\nb{worker="1",x="}"} 5.0\n')
     parse_exposition(merged)
 
 
 async def test_a_worker_that_hangs_is_given_up_at_the_deadline() -> None:
     """A worker that takes the connection and never answers fails the fetch at its deadline."""
+    hung_up = asyncio.Event()
+
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # never answers; returns once the client gives up and closes
-        writer.close()
-        await writer.wait_closed()
+        try:
+            await reader.read()  # never answers; returns once the client gives up and closes
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            hung_up.set()
 
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
     async with server:
         address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
         with pytest.raises(TimeoutError):
-            await fetch_page(address, "/metrics", timeout=0.2)
+            await fetch_metrics(address, timeout=0.2)
+        await asyncio.wait_for(hung_up.wait(), 5)  # and the connection it gave up on is closed

@@ -1,0 +1,94 @@
+"""The HTTP side of the operators' endpoint (`admin.http`), on aiohttp: /metrics for Prometheus, the
+dashboard, /healthz for probes, /status.json and /discrepancies.json.
+
+It starts before the backends are opened, so a probe hears "not serving yet" rather than nothing,
+and a scrape during start-up still sees the flag families.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import CollectorRegistry
+
+from proxy.admin.dashboard import DASHBOARD
+from proxy.admin.documents import status_document
+from proxy.admin.metrics import metrics_page, proxy_registry
+from proxy.admin.state import AdminState
+from proxy.admin.status import proxy_status
+
+_NOT_FOUND = "not found: try /metrics, /healthz, /status.json, /discrepancies.json or /\n"
+_STATE_KEY = web.AppKey("state", AdminState)
+_REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+
+def build_http_app(state: AdminState) -> web.Application:
+    app = web.Application()
+    app[_STATE_KEY] = state
+    app[_REGISTRY_KEY] = proxy_registry(state)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status.json", status_json)
+    app.router.add_get("/discrepancies.json", discrepancies_json)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/dashboard", dashboard)
+    app.router.add_get("/{anything:.*}", not_found)  # last: the routes above match first
+    return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus page; `?records=1` adds each backend's record count and checksum (scans both)."""
+    body = await metrics_page(request.app[_STATE_KEY], request.app[_REGISTRY_KEY],
+                              with_records=request.query.get("records") == "1")
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once the backends are open and the proxy serves; 503 while it starts or stops, saying which."""
+    state = request.app[_STATE_KEY]
+    if state.healthy():
+        return _json({"status": "serving"}, 200)
+    if state.plane is None:
+        return _json({"status": "starting", "reason": "the backends are not open yet"}, 503)
+    return _json({"status": "stopping", "reason": "shutting down: no new calls are taken"}, 503)
+
+
+async def status_json(request: web.Request) -> web.Response:
+    return _json(status_document(await proxy_status(request.app[_STATE_KEY])), 200)
+
+
+async def discrepancies_json(request: web.Request) -> web.Response:
+    plane = request.app[_STATE_KEY].plane
+    return _json(plane.snapshot().discrepancies.to_document() if plane is not None else {}, 200)
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(text=DASHBOARD, content_type="text/html", charset="utf-8")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return web.Response(text=_NOT_FOUND, status=404, content_type="text/plain")
+
+
+def _json(doc: object, status: int) -> web.Response:
+    return web.Response(text=json.dumps(doc), status=status, content_type="application/json")
+
+
+class HttpSide:
+    """The HTTP side of one proxy process, listening once started."""
+
+    def __init__(self, state: AdminState) -> None:
+        # No access log: Prometheus and probes call every few seconds, which would drown the log.
+        self._runner = web.AppRunner(build_http_app(state), access_log=None)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (port 0: any free one) and return the port taken; OSError if it cannot."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), port)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,155 @@
+"""/metrics: the proxy's figures as Prometheus families, read from the data plane and the flag
+watcher at scrape time.
+
+The hot path only bumps plain counters (proxy.telemetry.metrics.Metrics); a collector turns them
+into families when Prometheus asks, so a scrape costs the scraper, never a caller. Under
+`turnout serve --workers N`, worker 0's page holds every worker's families (proxy.workers.relay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from proxy.admin.state import AdminState
+from proxy.data.plane import Snapshot
+from proxy.migration.checksum import Summary, summarize
+from proxy.routing.watcher import FlagWatcher
+from proxy.telemetry.metrics import Metrics
+from proxy.workers.relay import merged_metrics
+
+#: The latency quantiles each backend's summary shows, as fractions and as their `quantile` label.
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+class ProxyCollector(Collector):
+    """The families of one proxy process; without open backends, only the flag families."""
+
+    def __init__(self, state: AdminState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from flag_families(self._state.watcher)
+        plane = self._state.plane
+        if plane is not None:
+            yield from plane_families(plane.snapshot())
+
+
+class Families(Collector):
+    """Families already collected, for a page put together per scrape (records, other workers)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def proxy_registry(state: AdminState) -> CollectorRegistry:
+    """A registry of the proxy's own: the process-wide default one would mix in whatever else the
+    process (or a test beside it) registers."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(state))
+    return registry
+
+
+async def metrics_page(state: AdminState, registry: CollectorRegistry, with_records: bool = False) -> bytes:
+    """The /metrics page: this process's families, each backend's records and checksum when asked
+    (a scan of both stores), and on worker 0 every other worker's families labelled by worker."""
+    others = state.other_pages()
+    plane = state.plane
+    if not others and not (with_records and plane is not None):
+        return generate_latest(registry)
+    families = list(registry.collect())
+    if with_records and plane is not None:
+        # The backends are shared by all workers: counted once, by the worker asked.
+        families.extend(record_families({route.value: await summarize(backend)
+                                         for route, backend in plane.backends().items()}))
+    if others:
+        families = await merged_metrics(state.worker, families, others)
+    return generate_latest(Families(families))
+
+
+def flag_families(watcher: FlagWatcher) -> Iterator[Metric]:
+    reload = watcher.status()
+    yield _gauge("turnout_flags_info", "The flag revision in force.", [({"revision": reload.revision}, 1)])
+    yield _counter("turnout_flags_reload_failures_total", "Flag files refused.", [({}, reload.failures)])
+    override = watcher.override
+    yield _gauge("turnout_override_active", "1 while an operator override routes everything to one backend.",
+                 [({"route": override.route.value if override else ""}, 1 if override else 0)])
+
+
+def plane_families(snapshot: Snapshot) -> Iterator[Metric]:
+    metrics = snapshot.metrics
+    yield _counter("turnout_operations_total", "Operations by operation and route.",
+                   [({"op": op, "route": route}, n) for (op, route), n in sorted(metrics.operations.items())])
+    report = snapshot.discrepancies
+    yield _counter("turnout_shadow_compared_total", "Operations compared in shadow mode.",
+                   [({"op": op}, n) for op, n in sorted(report.compared.items())])
+    yield _counter("turnout_discrepancies_total", "Discrepancies by kind.",
+                   [({"kind": kind}, n) for kind, n in sorted(report.by_kind.items())])
+    yield _counter("turnout_discrepancies_by_op_total", "Discrepancies by operation.",
+                   [({"op": op}, n) for op, n in sorted(report.by_op.items())])
+    yield _gauge("turnout_discrepancy_rate", "Discrepancies over compared operations.", [({}, report.rate)])
+    yield _counter("turnout_shadow_skipped_total", "Shadow calls skipped over the in-flight bound.",
+                   [({}, snapshot.shadow.skipped)])
+    yield _counter("turnout_discrepancy_log_dropped_total", "Discrepancies the log could not write.",
+                   [({}, snapshot.dropped_discrepancies)])
+    yield latency_family(metrics)
+    yield _counter("turnout_backend_errors_total", "Failed backend calls by backend and operation.",
+                   [({"backend": b, "op": o}, n) for (b, o), n in sorted(metrics.errors.items())])
+    yield _gauge("turnout_backend_healthy", "1 when the backend's last call succeeded.",
+                 [({"backend": b.name}, 1 if b.healthy else 0) for b in snapshot.backends])
+    stats = snapshot.replication
+    yield _gauge("turnout_replication_queue_depth", "Writes waiting to reach the other backend.",
+                 [({}, stats.depth)])
+    yield _gauge("turnout_replication_oldest_age_seconds", "Age of the oldest waiting write.",
+                 [({}, stats.oldest_age_s)])
+    yield _counter("turnout_replication_replayed_total", "Writes copied by the replayer.", [({}, stats.replayed)])
+    yield _counter("turnout_replication_failures_total", "Failed replay attempts.", [({}, stats.failures)])
+
+
+def latency_family(metrics: Metrics) -> Metric:
+    """Each backend's call latency by operation: quantiles read from the buckets, with _sum and _count."""
+    family = SummaryMetricFamily("turnout_backend_latency_seconds", "Backend call latency by backend and operation.",
+                                 labels=("backend", "op"))
+    latency = sorted(metrics.latency.items())
+    # The quantile samples by hand: SummaryMetricFamily.add_metric takes only a count and a sum.
+    for (backend, op), histogram in latency:
+        for q in QUANTILES:
+            family.add_sample(family.name, {"backend": backend, "op": op, "quantile": str(q)}, histogram.quantile(q))
+    for (backend, op), histogram in latency:
+        family.add_metric((backend, op), count_value=histogram.count, sum_value=histogram.total)
+    return family
+
+
+def record_families(summaries: Mapping[str, Summary]) -> list[Metric]:
+    """Each backend's record count and content checksum (the stores agree when both are equal)."""
+    return [
+        _gauge("turnout_backend_records", "Records each backend holds (on request).",
+               [({"backend": name}, s.records) for name, s in summaries.items()]),
+        _gauge("turnout_backend_checksum_info", "Content checksum of each backend (on request).",
+               [({"backend": name, "checksum": s.checksum}, 1) for name, s in summaries.items()]),
+    ]
+
+
+Samples = Iterable[tuple[dict[str, str], float]]
+
+
+def _gauge(name: str, help_text: str, samples: Samples) -> Metric:
+    family = GaugeMetricFamily(name, help_text)
+    for labels, value in samples:
+        family.add_sample(name, labels, value)
+    return family
+
+
+def _counter(name: str, help_text: str, samples: Samples) -> Metric:
+    # CounterMetricFamily keeps the name without `_total` and puts the suffix back on each sample and
+    # on the rendered HELP and TYPE lines, so the page shows the name as given here.
+    family = CounterMetricFamily(name, help_text)
+    for labels, value in samples:
+        family.add_sample(f"{family.name}_total", labels, value)
+    return family

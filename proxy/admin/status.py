@@ -1,0 +1,64 @@
+"""The proxy's Status: what the admin API's Status call and /status.json both answer.
+
+Worker 0 of `turnout serve --workers N` answers for the whole proxy: its own figures with every other
+worker's folded in, and one line per worker (proxy.workers.relay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from turnout.admin.v1 import admin_pb2
+
+from proxy import __version__
+from proxy.admin.documents import override_state, pause_state, replication_state
+from proxy.admin.state import AdminState
+from proxy.migration.checksum import summarize
+from proxy.workers.relay import RELAY_TIMEOUT_S, merge_status, relay, worker_state
+
+
+async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.StatusResponse:
+    """This process's status and, on worker 0, every other worker's; `records` counts and checksums
+    each backend (a scan of both stores, so only on request)."""
+    watcher = state.watcher
+    reload = watcher.status()
+    response = admin_pb2.StatusResponse(
+        version=__version__,
+        flags_json=json.dumps(watcher.router.flags.to_document()),
+        reload=admin_pb2.ReloadState(
+            path=reload.path, revision=reload.revision, last_attempt_unix=reload.last_attempt,
+            last_success_unix=reload.last_success, failures=reload.failures, last_error=reload.last_error,
+        ),
+        override=override_state(watcher.override),
+        started_unix=state.started,
+    )
+    if state.last_rollback is not None:
+        response.last_rollback.CopyFrom(state.last_rollback)
+    plane = state.plane
+    if plane is not None:
+        snapshot = plane.snapshot()
+        response.replication.CopyFrom(replication_state(snapshot.replication))
+        response.writes.CopyFrom(pause_state(snapshot.writes))
+        report, shadow = snapshot.discrepancies, snapshot.shadow
+        response.shadow_json = json.dumps({
+            "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
+            "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
+            "skipped": shadow.skipped, "failures": shadow.failures,
+            "pending_not_compared": shadow.pending_not_compared,
+            "keys_not_compared": shadow.keys_not_compared,
+            **snapshot.metrics.to_document(),
+            **({"records": {route.value: (await summarize(backend)).to_document()
+                            for route, backend in plane.backends().items()}} if records else {}),
+        })
+        for backend in snapshot.backends:
+            response.backends.append(admin_pb2.BackendState(
+                name=backend.name, type=backend.type, healthy=backend.healthy, error=backend.error,
+            ))
+    others = state.other_workers()
+    if others or state.worker:
+        response.workers.append(worker_state(state.worker, os.getpid(), response))
+    if others:
+        asked = admin_pb2.StatusRequest()  # records: the backends are shared, worker 0 counted them
+        merge_status(response, await relay(others, lambda stub: stub.Status(asked, timeout=RELAY_TIMEOUT_S)))
+    return response
