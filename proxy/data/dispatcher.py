@@ -26,7 +26,7 @@ from proxy.data.eager import Finished
 from proxy.data.keylocks import KeyLocks
 from proxy.data.listing import KeyListing
 from proxy.data.pending import ASK_STORE, follow, follows_pending, pending_copies
-from proxy.data.shadow import ShadowCall, ShadowLane, no_difference, show_presence, show_value
+from proxy.data.shadow import Judge, ShadowCall, ShadowLane, Show, no_difference, show_presence, show_value
 from proxy.data.writegate import WriteGate
 from proxy.errors import ReadOnly
 from proxy.replication.queue import IntentQueue
@@ -94,42 +94,32 @@ class Dispatcher:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, key: Key, call: Call) -> Value | None:
-        router = self.routes.router
-        decision = router.route(Op.GET, key, call.caller)
-        if follows_pending(decision):
-            intent = self._pending.for_read(key)
-            if intent is ASK_STORE:
-                intent = await self._pending.stored_for_read(key, decision, router, call.caller)
-            if intent is not None:
-                decision = follow(decision, intent, self.shadow, call.span)
-        self._note(Op.GET, key, decision, router, call)
-        shadow = None
-        if decision.compare:
-            shadow = self._shadows.start(Op.GET, key, decision, router, call,
-                                         self.backends[decision.secondary].get(key))
-        value = await self._call(decision.primary, Op.GET, self.backends[decision.primary].get(key), call)
-        if shadow is not None:
-            shadow.compare(value, compare_values, show_value)
+        value: Value | None = await self._read(Op.GET, key, call, _get, compare_values, show_value)
         return value
 
     async def has(self, key: Key, call: Call) -> bool:
+        found: bool = await self._read(Op.HAS, key, call, _has, compare_presence, show_presence)
+        return found
+
+    async def _read(self, op: Op, key: Key, call: Call, run: Callable[[Backend, Key], Coroutine[Any, Any, T]],
+                    judge: Judge, show: Show) -> T:
+        """A Get or Has: its route (following the key's pending copy), the shadow beside it, the answer."""
         router = self.routes.router
-        decision = router.route(Op.HAS, key, call.caller)
+        decision = router.route(op, key, call.caller)
         if follows_pending(decision):
             intent = self._pending.for_read(key)
             if intent is ASK_STORE:
                 intent = await self._pending.stored_for_read(key, decision, router, call.caller)
             if intent is not None:
                 decision = follow(decision, intent, self.shadow, call.span)
-        self._note(Op.HAS, key, decision, router, call)
+        self._note(op, key, decision, router, call)
         shadow = None
         if decision.compare:
-            shadow = self._shadows.start(Op.HAS, key, decision, router, call,
-                                         self.backends[decision.secondary].has(key))
-        found = await self._call(decision.primary, Op.HAS, self.backends[decision.primary].has(key), call)
+            shadow = self._shadows.start(op, key, decision, router, call, run(self.backends[decision.secondary], key))
+        answer = await self._call(decision.primary, op, run(self.backends[decision.primary], key), call)
         if shadow is not None:
-            shadow.compare(found, compare_presence, show_presence)
-        return found
+            shadow.compare(answer, judge, show)
+        return answer
 
     async def keys(self, prefix: str, call: Call) -> AsyncIterator[list[Key]]:
         router = self.routes.router
@@ -234,3 +224,12 @@ class Dispatcher:
         """Let shadow work still running finish; the replication queue keeps whatever it misses."""
         self.gate.close()
         await self._shadows.drain()
+
+
+# Module-level, so a read allocates no closure: the one operation a Get or Has runs on each store.
+def _get(backend: Backend, key: Key) -> Coroutine[Any, Any, Value | None]:
+    return backend.get(key)
+
+
+def _has(backend: Backend, key: Key) -> Coroutine[Any, Any, bool]:
+    return backend.has(key)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from turnout import SyncClient
 
-import proxy.serving.app
-from proxy.backends.base import Backend
-from proxy.config import BackendSpec, load_config
+from proxy.config import load_config
 from proxy.statedir import HTTP_ADDRESS_FILE, worker_dir
 from tests.support.metric_families import OPEN, RECORDS, WORKER_UP, Shape, by_worker, shape
 from tests.support.proxy_process import ProxyProcess, admin_address, get_page, http_address, write_config
+from tests.support.slow_start import new_backend_held_open
 
 SQLITE_PAIR = ({"type": "sqlite", "path": "old.sqlite"}, {"type": "sqlite", "path": "new.sqlite"})
 
@@ -102,48 +98,29 @@ async def test_healthz_is_503_until_both_backends_are_open_then_200(
     """While a backend is still opening, the HTTP side already answers: /healthz 503 and /metrics with
     the flag families; once both are open and the proxy serves, /healthz is 200."""
     config = load_config(write_config(tmp_path, old={"type": "memory"}, new={"type": "memory"}))
-    from proxy.backends import open_backend as real_open
-
-    gate = asyncio.Event()
-
-    async def slow_open(spec: BackendSpec) -> Backend:
-        backend = await real_open(spec)
-        if spec == config.new:
-            await gate.wait()
-        return backend
-
-    monkeypatch.setattr("proxy.serving.app.open_backend", slow_open)
-    monkeypatch.setattr(proxy.serving.app.Proxy, "_install_signal_handlers", lambda self: None)
-    running = proxy.serving.app.Proxy(config)
-    task = asyncio.create_task(running.run())
     address = config.state_dir / HTTP_ADDRESS_FILE
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(400):
-                if address.exists():
-                    break
-                assert not task.done(), task.result()  # start-up failed: say why
-                await asyncio.sleep(0.05)
-            base = f"http://{address.read_text().strip()}"
+    async with new_backend_held_open(config, monkeypatch) as start, aiohttp.ClientSession() as session:
+        for _ in range(400):
+            if address.exists():
+                break
+            assert not start.task.done(), start.task.result()  # start-up failed: say why
+            await asyncio.sleep(0.05)
+        base = f"http://{address.read_text().strip()}"
+        async with session.get(f"{base}/healthz") as reply:
+            assert (reply.status, (await reply.json())["status"]) == (503, "starting")
+        async with session.get(f"{base}/metrics") as reply:
+            assert reply.status == 200
+            assert kinds(shape(await reply.text())) == {"turnout_flags_info": "gauge",
+                                                        "turnout_flags_reload_failures_total": "counter",
+                                                        "turnout_override_active": "gauge"}
+        start.opened.set()
+        for _ in range(400):
             async with session.get(f"{base}/healthz") as reply:
-                assert (reply.status, (await reply.json())["status"]) == (503, "starting")
-            async with session.get(f"{base}/metrics") as reply:
-                assert reply.status == 200
-                assert kinds(shape(await reply.text())) == {"turnout_flags_info": "gauge",
-                                                            "turnout_flags_reload_failures_total": "counter",
-                                                            "turnout_override_active": "gauge"}
-            gate.set()
-            for _ in range(400):
-                async with session.get(f"{base}/healthz") as reply:
-                    health = (reply.status, await reply.json())
-                if health[0] == 200:
-                    break
-                await asyncio.sleep(0.05)
-            assert health == (200, {"status": "serving"})
-    finally:
-        gate.set()
-        running.stopping.set()
-        await asyncio.wait_for(task, 30)
+                health = (reply.status, await reply.json())
+            if health[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert health == (200, {"status": "serving"})
 
 
 def test_metrics_of_a_running_proxy_are_todays_families(tmp_path: Path) -> None:
@@ -186,18 +163,3 @@ def test_under_workers_each_family_appears_once_with_every_workers_samples(tmp_p
         assert workers == {"0", "1"}
         (up,) = (f for f in text_string_to_metric_families(page) if f.name == "turnout_worker_up")
         assert {s.labels["worker"]: s.value for s in up.samples} == {"0": 1, "1": 1}
-
-
-def test_an_http_port_in_use_stops_every_worker_with_status_2(tmp_path: Path) -> None:
-    """Worker 0 cannot listen on admin.http: the supervisor stops the others and exits 2, naming it."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        address = f"127.0.0.1:{taken.getsockname()[1]}"
-        config = write_config(tmp_path, *SQLITE_PAIR, admin={"listen": "127.0.0.1:0", "http": address})
-        result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
-                                 "--workers", "2"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert f"turnout: admin.http: cannot listen on {address}" in result.stderr
-    assert "turnout: serving on" not in result.stderr
-    assert "Traceback" not in result.stderr

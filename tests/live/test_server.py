@@ -15,10 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
-import proxy.serving.app
-from proxy.backends.base import Backend
-from proxy.config import BackendSpec, load_config
+from proxy.config import load_config
 from tests.support.proxy_process import ProxyProcess, write_config
+from tests.support.slow_start import new_backend_held_open
 
 BIG = 8 * 1024 * 1024
 
@@ -245,42 +244,24 @@ async def test_health_says_serving_only_once_both_backends_are_open(
     """While a backend is still opening, health is NOT_SERVING and calls get UNAVAILABLE; then SERVING."""
     config = load_config(write_config(tmp_path, old={"type": "memory"}, new={"type": "jsonfile", "path": "new.json"},
                                       listen=f"127.0.0.1:{free_port()}"))
-    from proxy.backends import open_backend as real_open
-
-    gate = asyncio.Event()
-
-    async def slow_open(spec: BackendSpec) -> Backend:
-        backend = await real_open(spec)
-        if spec == config.new:
-            await gate.wait()
-        return backend
-
-    monkeypatch.setattr("proxy.serving.app.open_backend", slow_open)
-    monkeypatch.setattr(proxy.serving.app.Proxy, "_install_signal_handlers", lambda self: None)
-    running = proxy.serving.app.Proxy(config)
-    task = asyncio.create_task(running.run())
-    try:
-        async with grpc.aio.insecure_channel(config.listen) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            check = health_pb2.HealthCheckRequest(service="turnout.kv.v1.KeyValue")
-            reply = await health.Check(check, wait_for_ready=True, timeout=20)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="early", value=b"1"))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "backends not open yet" in (err.value.details() or "")
-            gate.set()
-            for _ in range(200):
-                reply = await health.Check(check)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-                await asyncio.sleep(0.05)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="later", value=b"1"))
-    finally:
-        gate.set()
-        running.stopping.set()
-        await asyncio.wait_for(task, 30)
+    async with new_backend_held_open(config, monkeypatch) as start, \
+            grpc.aio.insecure_channel(config.listen) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="turnout.kv.v1.KeyValue")
+        reply = await health.Check(check, wait_for_ready=True, timeout=20)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="early", value=b"1"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "backends not open yet" in (err.value.details() or "")
+        start.opened.set()
+        for _ in range(200):
+            reply = await health.Check(check)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await kv_pb2_grpc.KeyValueStub(channel).Set(kv_pb2.SetRequest(key="later", value=b"1"))
     assert json.loads((tmp_path / "new.json").read_text()) == {}  # nothing reached new before it was open
 
 

@@ -242,18 +242,22 @@ async def test_a_worker_killed_mid_write_loses_no_acknowledged_write(tmp_path: P
         assert old.get(key) in [value, *uncertain.get(key, [])], key
 
 
-def test_an_admin_port_in_use_stops_every_worker_with_status_2(tmp_path: Path) -> None:
-    """Worker 0 cannot listen on admin.listen: the supervisor stops the others and exits 2, naming it."""
+@pytest.mark.parametrize("field", ["listen", "http"])
+def test_an_admin_port_in_use_stops_every_worker_with_status_2(tmp_path: Path, field: str) -> None:
+    """Worker 0 cannot listen on admin.listen (or admin.http): the supervisor stops the others and
+    exits 2, naming the field."""
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        config = write_config(tmp_path, *SQLITE_PAIR, admin={"listen": f"127.0.0.1:{port}"})
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        admin = {"listen": "127.0.0.1:0", "http": "127.0.0.1:0", field: address}
+        config = write_config(tmp_path, *SQLITE_PAIR, admin=admin)
         result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
                                  "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert f"admin.listen: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"turnout: admin.{field}: cannot listen on {address}" in result.stderr
     assert "turnout: serving on" not in result.stderr
     assert "never retrieved" not in result.stderr
+    assert "Traceback" not in result.stderr
