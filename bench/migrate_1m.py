@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Figure, print_table, save, with_ratio
 from proxy.backends.jsonfile import JsonFileBackend
-from proxy.backends.sqlite import SCHEMA, SqliteBackend
+from proxy.backends.sqlite import SqliteBackend
+from proxy.backends.sqlitefile import SCHEMA
 from proxy.migration.migrate import migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify

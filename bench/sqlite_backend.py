@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Figure, print_table, save, with_ratio
-from proxy.backends.sqlite import SqliteBackend, _prepared
+from proxy.backends.sqlite import SqliteBackend
+from proxy.backends.sqlitefile import prepared
 
 WORKERS = 16
 KEYS = 10_000
@@ -36,7 +37,7 @@ def key(i: int) -> str:
 
 
 def seed(path: Path) -> None:
-    connection = _prepared(path)
+    connection = prepared(path)
     with connection:
         connection.execute("BEGIN")
         connection.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
@@ -47,7 +48,7 @@ def seed(path: Path) -> None:
 def raw_sets(path: Path, seconds: float) -> Figure:
     """Baseline: each set is its own transaction, so each pays its own fsync."""
     seed(path)
-    connection = _prepared(path)  # the backend's own opening, so its pragmas by construction
+    connection = prepared(path)  # the backend's own opening, so its pragmas by construction
     done = 0
     stop = time.monotonic() + seconds
     started = time.monotonic()

@@ -10,27 +10,20 @@ a read never parses and a rewrite never re-serializes a value. The old applicati
 the file itself; a poll notices a changed file (inode, mtime, size) and serves the new contents,
 and every flush checks first, so turnout never writes over a change it has not seen. A flush that
 fails changes nothing in memory: readers keep seeing exactly what is on disk.
-
-Loading follows JSON parsers: a repeated member name keeps its last value. A value is compacted
-on load unless Python would change it (a number beyond a float, like 1e400, or beyond its int
-conversion limit); then every value keeps the text the old application wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import os
-import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.groupcommit import GroupCommit
-from proxy.durable import StoreLock, fsync_dir, replace_file, sibling_lock, temp_name
+from proxy.backends.legacyfile import Signature, create_empty_store, read_store, render_store, signature
+from proxy.durable import StoreLock, replace_file, sibling_lock
 from proxy.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,145 +31,8 @@ log = logging.getLogger(__name__)
 #: How often the file is checked for changes made by the old application.
 POLL_INTERVAL_S = 0.1
 
-Signature = tuple[int, int, int]
 #: One queued write: (key, value) for a set, (key, None) for a delete.
 Op = tuple[Key, Value | None]
-
-
-def signature(stat: os.stat_result) -> Signature:
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-# Built once: json.dumps with any non-default argument builds a new encoder per call, which costs
-# several times the encoding of a short key or value (and a load or rewrite does it per member).
-# allow_nan keeps what an old writer may have put there (Python's json writes NaN by default).
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
-_encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
-
-
-def compact(document: object) -> bytes:
-    """Compact UTF-8 JSON for a value, or a member name (a JSON string like any other)."""
-    try:
-        return _encode(document).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate (`"\ud800"` in the file) has no UTF-8 form: keep it escaped, as written.
-        return _encode_ascii(document).encode()
-
-
-class _BeyondPython(Exception):
-    """The file holds a number Python's json cannot carry unchanged (1e400, an int of 5000 digits)."""
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if math.isinf(number):
-        raise _BeyondPython(text)
-    return number
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > _INT_DIGITS:
-        raise _BeyondPython(text)
-    return int(text)
-
-
-_INT_DIGITS = 4000  # below Python's limit on int <-> str conversion (4300 digits)
-_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def parse_store(raw: bytes, path: Path) -> dict[Key, Value]:
-    """The members of the file's object; a repeated member name keeps its last value, as JSON parsers do."""
-    try:
-        try:
-            document = json.loads(raw, parse_float=_finite_float, parse_int=_bounded_int)
-        except _BeyondPython:
-            return raw_members(raw.decode("utf-8-sig"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
-        raise BackendUnavailable(f"jsonfile {path}: not valid JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise BackendUnavailable(f"jsonfile {path}: the top level must be a JSON object")
-    return {key: compact(value) for key, value in document.items()}
-
-
-def raw_members(text: str) -> dict[Key, Value]:
-    """The object's members with each value's text exactly as written, for numbers a float would change.
-
-    Slower than json.loads (a Python loop per member), so only taken when the fast path cannot.
-    """
-    # Numbers parse as their text: only the extent of each value matters here, and this way no
-    # number is too large to scan.
-    decoder = json.JSONDecoder(parse_float=str, parse_int=str)
-
-    def skip(i: int) -> int:
-        match = _SPACE.match(text, i)
-        assert match is not None  # `*` matches the empty string
-        return match.end()
-
-    def expect(char: str, i: int) -> int:
-        if text[i : i + 1] != char:
-            raise ValueError(f"expected {char!r} at char {i}")
-        return skip(i + 1)
-
-    data: dict[Key, Value] = {}
-    i = expect("{", skip(0))
-    if text[i : i + 1] == "}":
-        i = skip(i + 1)
-    else:
-        while True:
-            if text[i : i + 1] != '"':
-                raise ValueError(f"expected a member name at char {i}")
-            key, i = decoder.raw_decode(text, i)
-            i = expect(":", skip(i))
-            _, end = decoder.raw_decode(text, i)
-            data[key] = text[i:end].encode()
-            i = skip(end)
-            if text[i : i + 1] == "}":
-                i = skip(i + 1)
-                break
-            i = expect(",", i)
-    if i != len(text):
-        raise ValueError(f"extra data at char {i}")
-    return data
-
-
-def read_store(path: Path) -> tuple[dict[Key, Value], Signature]:
-    """The file's members and the signature of the very file read.
-
-    The signature comes from the open descriptor, not a second stat: the old application may
-    replace the file between the two, and we must never pair old contents with a new signature.
-    """
-    with path.open("rb") as file:
-        sig = signature(os.fstat(file.fileno()))
-        raw = file.read()
-    return parse_store(raw, path), sig
-
-
-def create_empty_store(path: Path) -> None:
-    """Create path holding `{}`, whole and durable, but never over a file that appeared meanwhile.
-
-    A link, unlike a rename, fails when the name exists: the old application may be creating its
-    file at this very moment, and its contents win.
-    """
-    staged = temp_name(path).with_suffix(".new")
-    replace_file(staged, b"{}\n", sync_folder=False)
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.link(staged, path)
-    finally:
-        staged.unlink()
-    fsync_dir(path.parent)
-
-
-def render_store(data: dict[Key, Value]) -> bytes:
-    parts = [b"{"]
-    for i, (key, value) in enumerate(data.items()):
-        if i:
-            parts.append(b",\n")
-        parts.append(compact(key))
-        parts.append(b":")
-        parts.append(value)
-    parts.append(b"}\n")
-    return b"".join(parts)
 
 
 class JsonFileBackend:

@@ -102,7 +102,7 @@ async def _open_sqlite(spec: BackendSpec) -> Backend:
 
 async def _prepare_sqlite(spec: BackendSpec) -> None:
     # Switching a file to WAL needs it alone: done once here, not raced by N workers opening it.
-    from proxy.backends.sqlite import prepare_file
+    from proxy.backends.sqlitefile import prepare_file
 
     await asyncio.to_thread(prepare_file, store_path(spec))
 

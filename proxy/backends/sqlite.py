@@ -11,70 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
+from proxy.backends.sqlitefile import blob, connect, prefix_upper_bound, prepared, translated_errors
+from proxy.backends.sqlitewriter import GroupCommitWriter
 from proxy.durable import StoreLock, sibling_lock
 from proxy.errors import BackendUnavailable
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
-BUSY_TIMEOUT_MS = 5000
 READ_THREADS = 2
-#: At most this many queued writes share one transaction (bounds its size and latency).
-MAX_BATCH = 2048
-
-
-@contextlib.contextmanager
-def translated_errors(path: Path) -> Iterator[None]:
-    """sqlite3's errors become BackendUnavailable at the boundary, naming the file.
-
-    UnicodeEncodeError too: a key holding a lone surrogate (a legacy JSON file may spell one as
-    `\\ud800`) cannot be bound as SQLite TEXT, so this store can neither hold nor find it.
-    """
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise BackendUnavailable(f"sqlite {path}: {exc}") from exc
-    except UnicodeEncodeError as exc:
-        raise BackendUnavailable(f"sqlite {path}: key is not valid UTF-8: {exc}") from exc
-
-
-@dataclass(slots=True)
-class _Write:
-    """One queued write: set (value is bytes), delete (value None), or many sets (items)."""
-
-    key: Key | None
-    value: Value | None
-    items: Sequence[Item] | None
-    done: Future[bool]
-
-    def unstorable_key(self) -> Key | None:
-        """A key of this write that SQLite cannot bind, found before the batch's transaction starts.
-
-        Checked up front so that one such write fails alone instead of failing (or, for set_many,
-        half-applying) the whole batch it was grouped with.
-        """
-        keys = [key for key, _ in self.items] if self.items is not None else [self.key or ""]
-        for key in keys:
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                return key
-        return None
-
-    def settle(self, result: bool | BaseException) -> None:
-        if self.done.cancelled():
-            return
-        if isinstance(result, BaseException):
-            self.done.set_exception(result)
-        else:
-            self.done.set_result(result)
 
 
 Rows = list[tuple[object, ...]]
@@ -89,60 +39,6 @@ class _PointRead:
     done: asyncio.Future[Rows]
 
 
-_STOP = object()
-
-
-def _blob(value: object) -> bytes:
-    """A stored value as bytes: turnout writes BLOBs, but another writer may have stored TEXT."""
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("utf-8")
-
-
-def prefix_upper_bound(prefix: str) -> str | None:
-    """The least string greater than every string starting with prefix (None: no bound is needed).
-
-    SQLite compares TEXT as UTF-8 bytes, which orders like code points, as Python does. None comes
-    back only for "" and for a prefix made of U+10FFFF alone, which every string at or above it
-    starts with.
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            successor = last + 1
-            if 0xD800 <= successor <= 0xDFFF:
-                successor = 0xE000  # surrogates cannot be stored; skip over them
-            return "".join(chars) + chr(successor)
-    return None
-
-
-def prepare_file(path: Path) -> None:
-    """Make path a SQLite store in WAL mode with its table, before several processes open it at once:
-    switching to WAL needs the file alone, and a process that finds it busy then fails at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _prepared(path).close()
-
-
-def _prepared(path: Path) -> sqlite3.Connection:
-    with translated_errors(path):
-        connection = _connect(path)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute(SCHEMA)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    return connection
-
-
 class SqliteBackend:
     type_name = "sqlite"
     ordered_scan = True
@@ -150,8 +46,7 @@ class SqliteBackend:
     def __init__(self, path: Path, writer: sqlite3.Connection, lock: StoreLock) -> None:
         self.path = path
         self._lock = lock
-        self._writer = writer
-        self._writes: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._writer = GroupCommitWriter(path, writer)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -159,11 +54,7 @@ class SqliteBackend:
         self._queued_reads: list[_PointRead] = []
         self._read_batches = 0  # point-read batches handed to the pool and not yet answered
         self._reads_drained: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._write_loop, name="sqlite-write", daemon=True)
         self._closed = False
-        #: Transactions committed so far: lets tests and benchmarks see group commit at work.
-        self.commits = 0
-        self._thread.start()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
@@ -172,19 +63,24 @@ class SqliteBackend:
             # SQLite would let two processes write, but a migration must know no proxy writes meanwhile.
             lock = StoreLock(sibling_lock(path), f"sqlite {path}")
             try:
-                return _prepared(path), lock
+                return prepared(path), lock
             except BaseException:
                 lock.release()
                 raise
 
         return cls(path, *await asyncio.to_thread(prepare))
 
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far: lets tests and benchmarks see group commit at work."""
+        return self._writer.commits
+
     # -- reads ---------------------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = _connect(self.path)
+            connection = connect(self.path)
             self._local.connection = connection
             with self._readers_lock:
                 self._readers.append(connection)
@@ -253,7 +149,7 @@ class SqliteBackend:
 
     async def get(self, key: Key) -> Value | None:
         rows = await self._point_read("SELECT value FROM kv WHERE key = ?", (key,))
-        return _blob(rows[0][0]) if rows else None
+        return blob(rows[0][0]) if rows else None
 
     async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
         found: dict[str, bytes] = {}
@@ -261,7 +157,7 @@ class SqliteBackend:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, value in await self._read(f"SELECT key, value FROM kv WHERE key IN ({marks})", tuple(chunk)):
-                found[str(key)] = _blob(value)
+                found[str(key)] = blob(value)
         return [found.get(key) for key in keys]
 
     async def has(self, key: Key) -> bool:
@@ -273,7 +169,7 @@ class SqliteBackend:
 
     async def scan(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Item]]:
         async for page in self._pages("SELECT key, value FROM kv", prefix, page_size):
-            yield [(str(row[0]), _blob(row[1])) for row in page]
+            yield [(str(row[0]), blob(row[1])) for row in page]
 
     async def _pages(self, select: str, prefix: str, page_size: int) -> AsyncIterator[list[tuple[object, ...]]]:
         # Keyset pagination over the primary key: only one page is ever in memory, and a key
@@ -298,8 +194,7 @@ class SqliteBackend:
     async def _write(self, key: Key | None, value: Value | None, items: Sequence[Item] | None) -> bool:
         if self._closed:
             raise BackendUnavailable(f"sqlite {self.path}: closed")
-        done: Future[bool] = Future()
-        self._writes.put(_Write(key, value, items, done))
+        done = self._writer.submit(key, value, items)
         # shield: a caller that gives up (deadline) must not cancel a write other callers share.
         return await asyncio.shield(asyncio.wrap_future(done))
 
@@ -313,73 +208,13 @@ class SqliteBackend:
         if items:
             await self._write(None, None, list(items))
 
-    def _write_loop(self) -> None:
-        while True:
-            first = self._writes.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    self._writes.put(_STOP)  # finish this batch, then stop
-                    break
-                batch.append(more)
-            self._commit([w for w in batch if isinstance(w, _Write)])
-
-    def _commit(self, writes: list[_Write]) -> None:
-        """Apply a batch in one transaction and answer each write after the COMMIT.
-
-        Catches every Exception, not only sqlite3's: an error escaping here would end the writer
-        thread and leave every later write waiting forever.
-        """
-        batch: list[_Write] = []
-        for write in writes:
-            if (key := write.unstorable_key()) is not None:
-                write.settle(BackendUnavailable(f"sqlite {self.path}: key {key!r} is not valid UTF-8"))
-            else:
-                batch.append(write)
-        if not batch:
-            return
-        results: list[bool] = []
-        try:
-            cursor = self._writer.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            for write in batch:
-                if write.items is not None:
-                    cursor.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", write.items)
-                    results.append(True)
-                elif write.value is not None:
-                    cursor.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (write.key, write.value))
-                    results.append(True)
-                else:
-                    # Evaluated in queue order inside the batch, so set-then-delete of one key
-                    # answers True even though neither was committed before.
-                    cursor.execute("DELETE FROM kv WHERE key = ?", (write.key,))
-                    results.append(cursor.rowcount > 0)
-            cursor.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:
-            if self._writer.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._writer.execute("ROLLBACK")
-            error = BackendUnavailable(f"sqlite {self.path}: write failed: {exc}")
-            for write in batch:
-                write.settle(error)
-            return
-        for write, result in zip(batch, results, strict=True):
-            write.settle(result)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._writes.put(_STOP)
-        # Both joins block, so they run off the event loop: pending writes commit, running reads end.
-        await asyncio.to_thread(self._thread.join)
+        # Both block, so they run off the event loop: pending writes commit, running reads end.
+        await asyncio.to_thread(self._writer.stop)
         if self._read_batches:
             # Answer the point reads already queued before the pool stops taking work.
             self._reads_drained = asyncio.get_running_loop().create_future()
@@ -388,5 +223,4 @@ class SqliteBackend:
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()
-        self._writer.close()
         self._lock.release()
