@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from proxy.config import Config, config_path, load_config
-from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -29,26 +28,6 @@ def positive_seconds(text: str) -> float:
 
 def load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
-
-
-def admin_target(config: Config) -> str:
-    """The running proxy's admin address (see running_address)."""
-    return running_address(config, config.admin_listen, ADMIN_ADDRESS_FILE)
-
-
-def kv_target(config: Config) -> str:
-    """The running proxy's KeyValue address (see running_address)."""
-    return running_address(config, config.listen, LISTEN_ADDRESS_FILE)
-
-
-def running_address(config: Config, configured: str, written: str) -> str:
-    """The configured address, or, when it asks for any free port (:0), the one the proxy wrote down."""
-    if configured.rpartition(":")[2] != "0":
-        return configured
-    try:
-        return (config.state_dir / written).read_text().strip()
-    except FileNotFoundError:
-        return configured
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:

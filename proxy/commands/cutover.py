@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from proxy import statedir
-from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load, positive_seconds
-from proxy.commands.migration import admin_stub, follow
+from proxy.commands.common import add_config_argument, add_json_argument, emit, load, positive_seconds
 from proxy.config import Config
+from proxy.control.adminclient import admin_stub, admin_target, follow
 from proxy.control.cutover import cutover
 from proxy.control.lease import PAUSE_LEASE_S
 from proxy.control.report import Report, StepFailed, record_incident, summary

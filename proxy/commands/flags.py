@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.commands.common import add_config_argument, add_json_argument, emit, load
+from proxy.control.adminclient import admin_target
 from proxy.errors import ConfigError
 from proxy.routing.flagfile import load_flags
 from proxy.routing.router import Op, Router, explain

@@ -15,7 +15,8 @@ from typing import Any
 
 from turnout.client import KeyNotFound, SyncClient, TurnoutError
 
-from proxy.commands.common import add_config_argument, add_json_argument, emit, kv_target, load, positive_seconds
+from proxy.commands.common import add_config_argument, add_json_argument, emit, load, positive_seconds
+from proxy.control.adminclient import kv_target
 
 FAILED = 2
 

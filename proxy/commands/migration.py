@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.backends import open_backend
-from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.commands.common import add_config_argument, add_json_argument, emit, load
 from proxy.config import Config
-from proxy.errors import BackendUnavailable, InvalidArgument
+from proxy.control.adminclient import admin_stub, admin_target, follow
+from proxy.errors import BackendUnavailable
 from proxy.migration import archive as archives
 from proxy.migration.migrate import MigrateResult, load_transform, migrate
 from proxy.migration.stores import open_offline
@@ -75,18 +75,6 @@ def _mode_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-def admin_stub(config: Config) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel] | None:
-    """The running proxy's admin API, or None when no proxy answers."""
-    channel = grpc.insecure_channel(admin_target(config))
-    stub = admin_pb2_grpc.AdminStub(channel)
-    try:
-        stub.Status(admin_pb2.StatusRequest(), timeout=2)
-    except grpc.RpcError:
-        channel.close()
-        return None
-    return stub, channel
-
-
 def _live(args: argparse.Namespace, config: Config) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel] | None:
     if args.offline:
         return None
@@ -94,28 +82,6 @@ def _live(args: argparse.Namespace, config: Config) -> tuple[admin_pb2_grpc.Admi
     if found is None and args.live:
         raise BackendUnavailable(f"no running proxy answered at {admin_target(config)}")
     return found
-
-
-def follow(updates: Any, label: str) -> dict[str, Any]:
-    """Draw a live job's progress and return its result."""
-    progress = Progress(label, None)
-    try:
-        for update in updates:
-            if update.error:
-                raise BackendUnavailable(f"{label} failed in the proxy: {update.error}")
-            progress.total = update.total or progress.total
-            progress.advance(update.done - progress.done)
-            if update.result_json:
-                result: dict[str, Any] = json.loads(update.result_json)
-                return result
-    except grpc.RpcError as exc:  # the proxy refused the job, failed it, or went away
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidArgument(details) from None  # e.g. a bad --transform: the caller's to fix
-        raise BackendUnavailable(f"{label} failed in the proxy: {details}") from None
-    finally:
-        progress.close()
-    raise BackendUnavailable(f"{label}: the proxy ended the job without a result")
 
 
 def run_migrate(args: argparse.Namespace) -> int:

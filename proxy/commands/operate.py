@@ -11,7 +11,8 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.admin.documents import message_document, status_document
-from proxy.commands.common import add_config_argument, add_json_argument, admin_target, emit, load
+from proxy.commands.common import add_config_argument, add_json_argument, emit, load
+from proxy.control.adminclient import admin_target
 from proxy.errors import BackendUnavailable
 
 

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from proxy.config import config_path, load_config
-from proxy.serving.app import serve
 
 
 def register(subparsers: Any) -> None:
@@ -30,5 +29,7 @@ def run(args: argparse.Namespace) -> int:
         from proxy.workers.supervisor import supervise
 
         return supervise(config, path.absolute(), args.workers, args.log_level)
+    from proxy.serving.app import serve  # here: no other command loads the serving plane
+
     serve(config)
     return 0

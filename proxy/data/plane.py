@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from proxy.backends.base import Backend
 from proxy.data.discrepancies import Report
 from proxy.data.dispatcher import Dispatcher
-from proxy.data.keylocks import KeyLocks
+from proxy.data.live import Live
 from proxy.data.shadow import ShadowCounters
 from proxy.data.writegate import PauseStatus, WriteGate
-from proxy.replication.queue import IntentQueue, QueueStats
+from proxy.replication.queue import QueueStats
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.telemetry.metrics import Metrics
@@ -42,16 +42,6 @@ class Snapshot:
     shadow: ShadowCounters
     backends: tuple[BackendStatus, ...]
     metrics: Metrics
-
-
-@dataclass(frozen=True, slots=True)
-class Live:
-    """What coordinates a migration with live traffic: a key's writes wait for its turn, the queue says
-    which copies are in flight, and the routes say which store is each key's source of truth."""
-
-    locks: KeyLocks
-    queue: IntentQueue
-    routes: FlagWatcher
 
 
 class DataPlane:

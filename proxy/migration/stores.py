@@ -11,7 +11,7 @@ from proxy.backends import open_backend
 from proxy.backends.base import Backend
 from proxy.config import Config
 from proxy.data.keylocks import KeyLocks
-from proxy.data.plane import Live
+from proxy.data.live import Live
 from proxy.errors import BackendUnavailable
 from proxy.replication.local import ReplicationQueue
 from proxy.routing.router import Op, Route, Router

@@ -23,8 +23,8 @@ from proxy import statedir
 from proxy.admin.service import AdminService
 from proxy.admin.state import AdminState
 from proxy.backends.memory import MemoryBackend
-from proxy.commands.common import admin_target
 from proxy.config import load_config
+from proxy.control.adminclient import admin_target
 from proxy.control.cutover import cutover
 from proxy.control.report import Follow, summary
 from proxy.data.discrepancies import DiscrepancyLog

@@ -20,8 +20,8 @@ import pytest
 from turnout import AsyncClient, TurnoutError
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy.commands.common import admin_target
 from proxy.config import load_config
+from proxy.control.adminclient import admin_target
 from tests.support.proxy_process import ProxyProcess, run_cli, run_turnout, write_config
 from tests.support.stores import legacy_contents, sqlite_contents
 
