@@ -1,0 +1,1 @@
+"""What decides where an operation goes: the flag file, its watcher and the pure router."""
