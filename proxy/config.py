@@ -34,6 +34,27 @@ class BackendSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """TLS on the data port (contract §5); with client_ca_file, callers must show a certificate it signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds one caller cannot push the proxy past (connections, idle time); see `limits:` in the config."""
+
+    #: Connections the data port keeps open at once.
+    max_connections: int = 1000
+    #: Connections the admin API and the HTTP side each keep open at once.
+    admin_max_connections: int = 64
+    #: A connection with no call for this long is closed (data port), or with no request (HTTP side).
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: str
     flags: Path
@@ -45,6 +66,12 @@ class Config:
     admin_http: str | None = None
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     record_keys: bool = False
+    #: A file holding the bearer token every admin call and page must carry; None: loopback only.
+    admin_token_file: Path | None = None
+    tls: TlsSpec | None = None
+    #: Discrepancy records hold the two values only when this is true (contract §5).
+    record_values: bool = False
+    limits: Limits = field(default_factory=Limits)
     source: Path | None = None
 
 
@@ -77,7 +104,8 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> Config:
         raise ConfigError(f"{where}{exc}") from None
 
 
-_TOP_FIELDS = {"listen", "flags", "state_dir", "backends", "admin", "max_value_bytes", "telemetry"}
+_TOP_FIELDS = {"listen", "flags", "state_dir", "backends", "admin", "max_value_bytes", "telemetry", "tls",
+               "discrepancies", "limits"}
 
 
 def _parse(raw: object, base: Path, source: Path | None) -> Config:
@@ -86,7 +114,7 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
     backends = _mapping(_required(doc, "backends", ""), "backends")
     _no_unknown(backends, {"old", "new"}, "backends.")
     admin = _mapping(doc.get("admin", {}), "admin")
-    _no_unknown(admin, {"listen", "http"}, "admin.")
+    _no_unknown(admin, {"listen", "http", "token_file"}, "admin.")
     telemetry = _mapping(doc.get("telemetry", {}), "telemetry")
     _no_unknown(telemetry, {"record_keys"}, "telemetry.")
     max_value_bytes = doc.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
@@ -96,9 +124,9 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         raise ConfigError("max_value_bytes: must be positive")
     if max_value_bytes > MAX_MAX_VALUE_BYTES:
         raise ConfigError(f"max_value_bytes: at most {MAX_MAX_VALUE_BYTES} (1 GiB), got {max_value_bytes}")
-    record_keys = telemetry.get("record_keys", False)
-    if not isinstance(record_keys, bool):
-        raise ConfigError("telemetry.record_keys: must be true or false")
+    record_keys = _flag(telemetry, "record_keys", "telemetry.")
+    discrepancies = _mapping(doc.get("discrepancies", {}), "discrepancies")
+    _no_unknown(discrepancies, {"record_values"}, "discrepancies.")
     return Config(
         listen=_address(_required(doc, "listen", ""), "listen"),
         flags=_path(_required(doc, "flags", ""), "flags", base),
@@ -109,8 +137,46 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         admin_http=_address(admin["http"], "admin.http") if admin.get("http") is not None else None,
         max_value_bytes=max_value_bytes,
         record_keys=record_keys,
+        admin_token_file=_path(admin["token_file"], "admin.token_file", base) if "token_file" in admin else None,
+        tls=_tls(doc["tls"], base) if doc.get("tls") is not None else None,
+        record_values=_flag(discrepancies, "record_values", "discrepancies."),
+        limits=_limits(doc.get("limits", {})),
         source=source,
     )
+
+
+def _flag(doc: Mapping[str, Any], key: str, prefix: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}{key}: must be true or false")
+    return value
+
+
+def _tls(raw: object, base: Path) -> TlsSpec:
+    tls = _mapping(raw, "tls")
+    _no_unknown(tls, {"cert_file", "key_file", "client_ca_file"}, "tls.")
+    return TlsSpec(
+        cert_file=_path(_required(tls, "cert_file", "tls."), "tls.cert_file", base),
+        key_file=_path(_required(tls, "key_file", "tls."), "tls.key_file", base),
+        client_ca_file=_path(tls["client_ca_file"], "tls.client_ca_file", base) if "client_ca_file" in tls else None,
+    )
+
+
+def _limits(raw: object) -> Limits:
+    limits = _mapping(raw, "limits")
+    _no_unknown(limits, {"max_connections", "admin_max_connections", "idle_timeout_s"}, "limits.")
+    defaults = Limits()
+    counts = {}
+    for key in ("max_connections", "admin_max_connections"):
+        value = limits.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"limits.{key}: must be a whole number of at least 1, got {value!r}")
+        counts[key] = value
+    idle = limits.get("idle_timeout_s", defaults.idle_timeout_s)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 < idle < float("inf"):
+        raise ConfigError(f"limits.idle_timeout_s: must be a positive number of seconds, got {idle!r}")
+    return Limits(max_connections=counts["max_connections"], admin_max_connections=counts["admin_max_connections"],
+                  idle_timeout_s=float(idle))
 
 
 def _backend(raw: object, name: str, base: Path) -> BackendSpec:
