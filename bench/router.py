@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/router.py [--seconds 0.5] [--rounds 3] [--json bench/results/router.json]
 
-Every case walks the same 10,000 keys; the baseline is `table[key]` over them (the least a lookup of
-anything per call can cost), and each case's ratio is its routes/s over the baseline's lookups/s.
+Every case walks the same 10,000 keys (a quarter each user:, session:, cart:, billing:); the
+baseline is `table[key]` over them (the least a lookup of anything per call can cost), and each
+case's ratio is its routes/s over the baseline's lookups/s.
 Each figure is the best of --rounds, since other work on a shared machine only ever takes from it.
 """
 
@@ -43,6 +44,17 @@ CASES: dict[str, tuple[Flags, Override | None, Op]] = {
         Flags(use_new_storage=True, read_percentage=50,
               enabled_for_keys=("^session:", "^cart:", "^tmp:", ":draft$", "^feature:[a-z]+:"),
               disabled_for_keys=("^billing:", "^invoice:", "^audit:", ":locked$", "^pii:")),
+        None, Op.GET),
+    # Patterns that are not plain anchored literals each need the regex engine on every call.
+    "5 regexes per list, 0 %": (
+        Flags(use_new_storage=True,
+              enabled_for_keys=("^session:[0-9]+$", "^cart:[0-9]{6}", "(?i)^tmp:", "draft", "^feature:[a-z]+:"),
+              disabled_for_keys=("^billing:[0-9]+", "invoice", "(?i)^audit:", "locked", "^pii:[a-z]")),
+        None, Op.GET),
+    "5 literal patterns per list matching no key, 0 %": (
+        Flags(use_new_storage=True,
+              enabled_for_keys=("^tmp:", "^feature:", "^draft:", ":draft$", "^queue:"),
+              disabled_for_keys=("^invoice:", "^audit:", "^pii:", ":locked$", "^export:")),
         None, Op.GET),
 }
 

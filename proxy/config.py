@@ -6,6 +6,7 @@ working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,13 +45,20 @@ class TlsSpec:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds one caller cannot push the proxy past (connections, idle time); see `limits:` in the config."""
+    """Bounds one caller cannot push the proxy past (connections, idle time); see `limits:` in the config.
 
-    #: Connections the data port keeps open at once.
-    max_connections: int = 1000
-    #: Connections the admin API and the HTTP side each keep open at once.
-    admin_max_connections: int = 64
-    #: A connection with no call for this long is closed (data port), or with no request (HTTP side).
+    Together they must fit in the process's descriptor limit (RLIMIT_NOFILE, raised to its hard limit
+    at start) with room kept for the stores, health and admin; otherwise `turnout serve` refuses to
+    start. The defaults fit in the common 1024.
+    """
+
+    #: Connections the data port keeps open at once; past it a new one is closed as soon as accepted.
+    max_connections: int = 512
+    #: Connections the admin API and the HTTP side each keep open at once (past it: closed, 503 on HTTP).
+    admin_max_connections: int = 32
+    #: A data connection with no call for this long is closed (one that never completes its handshake
+    #: after at most 10 s); an HTTP connection that has not sent a whole request for this long since it
+    #: opened or since its last answer is closed, so a client dribbling its headers is cut off too.
     idle_timeout_s: float = 300.0
 
 
@@ -127,6 +135,8 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
     record_keys = _flag(telemetry, "record_keys", "telemetry.")
     discrepancies = _mapping(doc.get("discrepancies", {}), "discrepancies")
     _no_unknown(discrepancies, {"record_values"}, "discrepancies.")
+    if "token_file" not in admin:
+        _loopback_only(admin)
     return Config(
         listen=_address(_required(doc, "listen", ""), "listen"),
         flags=_path(_required(doc, "flags", ""), "flags", base),
@@ -229,3 +239,23 @@ def _address(raw: object, name: str) -> str:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name}: must be host:port with a port 0-65535, got {raw!r}")
     return raw
+
+
+def _loopback_only(admin: Mapping[str, Any]) -> None:
+    """Without admin.token_file, the admin API and HTTP side may listen on loopback only (contract §5)."""
+    for key in ("listen", "http"):
+        if admin.get(key) is None:
+            continue
+        address = _address(admin[key], f"admin.{key}")
+        if not _is_loopback(address.rpartition(":")[0]):
+            raise ConfigError(f"admin.{key}: {address} is not a loopback address: set admin.token_file")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere: only localhost is known to stay on the machine

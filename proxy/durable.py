@@ -28,11 +28,30 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def replace_file(path: Path, data: bytes, sync_folder: bool = True) -> os.stat_result:
-    """Atomically replace path with data; returns the new file's stat."""
-    temp = temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+#: A temporary file is always a new file of ours: never opened through a link or over a planted file.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_temp(temp: Path, mode: int = 0o644) -> int:
+    """Create temp exclusively and return its descriptor; whatever held the name before (a file left
+    by a crash, a planted symlink) is unlinked, never followed or truncated."""
     try:
+        return os.open(temp, _NEW_FILE, mode)
+    except FileExistsError:
+        temp.unlink()  # removes the name itself: a link's target is left alone
+        return os.open(temp, _NEW_FILE, mode)
+
+
+def replace_file(path: Path, data: bytes, sync_folder: bool = True, mode: int | None = None) -> os.stat_result:
+    """Atomically replace path with data; returns the new file's stat.
+
+    With `mode` the file gets exactly that mode, whatever the umask (state_dir's private files);
+    without it, 0644 under the umask, as the legacy stores' files have always been created."""
+    temp = temp_name(path)
+    fd = create_temp(temp, 0o644 if mode is None else mode)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

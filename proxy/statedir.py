@@ -2,17 +2,22 @@
 
 Whoever reads or writes a file there (the proxy, its workers, the command line, the cutover) takes
 its name from here, so a file one side writes is the file the other side reads.
+
+state_dir is the proxy's alone (contract §5): its folders are made 0700 and the files written here
+0600, whatever the umask, because they hold keys (the discrepancy log, the replication queue) and, when
+asked, values.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from proxy.config import BackendSpec
-from proxy.durable import remove_file, replace_file
+from proxy.durable import remove_file, replace_file, sibling_lock
 
 #: The durable replication queue (a SQLite file), shared by every worker.
 QUEUE_FILE = "replication.sqlite"
@@ -38,9 +43,40 @@ LISTEN_ADDRESS_FILE = "listen.address"
 WORKERS_DIR = "workers"
 
 
+#: Modes of what the proxy makes in state_dir: its own user's only.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create folder if need be, and make it the proxy's user's alone; parents it has to create
+    (workers/ under state_dir, say) are made private too, those already there are left as they are."""
+    missing = [folder, *(parent for parent in folder.parents if not parent.exists())]
+    for path in reversed(missing):
+        path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        if path.stat().st_mode & 0o777 != PRIVATE_DIR:
+            path.chmod(PRIVATE_DIR)  # mkdir's mode is under the umask; a state_dir made earlier keeps its own
+
+
+def create_private_file(path: Path) -> None:
+    """Create an empty file at path, private, unless one is there (an existing file is made private)."""
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+
+
 def queue_store(state_dir: Path) -> BackendSpec:
-    """The store behind the replication queue, opened, locked and prepared as any backend is."""
-    return BackendSpec(type="sqlite", path=state_dir / QUEUE_FILE)
+    """The store behind the replication queue, opened, locked and prepared as any backend is.
+
+    Its file is created here, private, before SQLite opens it: SQLite would create it under the umask,
+    and the -wal and -shm files it makes beside it take the database file's mode."""
+    path = state_dir / QUEUE_FILE
+    create_private_file(path)
+    create_private_file(sibling_lock(path))  # it holds only a pid, but nothing in state_dir is for others
+    return BackendSpec(type="sqlite", path=path)
 
 
 def worker_dir(state_dir: Path, index: int) -> Path:
@@ -52,8 +88,9 @@ def worker_dir(state_dir: Path, index: int) -> Path:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    """Replace the document at path atomically, private to the proxy's user."""
+    make_private_dir(path.parent)
+    replace_file(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=PRIVATE_FILE)
 
 
 def read_json(path: Path) -> Any | None:
@@ -95,4 +132,6 @@ def read_address(state_dir: Path, name: str) -> str | None:
 
 
 def write_address(state_dir: Path, name: str, address: str) -> None:
-    (state_dir / name).write_text(address + "\n")
+    """Write down an address taken, atomically (a reader never sees half of one), private."""
+    make_private_dir(state_dir)
+    replace_file(state_dir / name, (address + "\n").encode(), sync_folder=False, mode=PRIVATE_FILE)

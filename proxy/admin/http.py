@@ -7,17 +7,22 @@ and a scrape during start-up still sees the flag families.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import CollectorRegistry
 
+from proxy.admin.auth import AUTHORIZATION, refusal
+from proxy.admin.connections import ConnectionCap
 from proxy.admin.dashboard import DASHBOARD
 from proxy.admin.documents import status_document
 from proxy.admin.metrics import metrics_page, proxy_registry
 from proxy.admin.state import AdminState
 from proxy.admin.status import proxy_status
+from proxy.config import Limits
 
 _NOT_FOUND = "not found: try /metrics, /healthz, /status.json, /discrepancies.json or /\n"
 _STATE_KEY = web.AppKey("state", AdminState)
@@ -25,7 +30,8 @@ _REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
 def build_http_app(state: AdminState) -> web.Application:
-    app = web.Application()
+    # With a token, every page asks for it, /metrics and /healthz included (contract §5).
+    app = web.Application(middlewares=[] if state.admin_token is None else [require_token(state.admin_token)])
     app[_STATE_KEY] = state
     app[_REGISTRY_KEY] = proxy_registry(state)
     app.router.add_get("/metrics", metrics)
@@ -36,6 +42,20 @@ def build_http_app(state: AdminState) -> web.Application:
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/{anything:.*}", not_found)  # last: the routes above match first
     return app
+
+
+def require_token(token: str) -> Middleware:
+    """A middleware answering 401 (WWW-Authenticate: Bearer) to a request without the token, before its page runs."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        why = refusal(request.headers.get(AUTHORIZATION), token)
+        if why is not None:
+            return web.Response(text=f"{why}\n", status=401, content_type="text/plain",
+                                headers={"WWW-Authenticate": 'Bearer realm="turnout"'})
+        return await handler(request)
+
+    return check
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -77,18 +97,31 @@ def _json(doc: object, status: int) -> web.Response:
 
 
 class HttpSide:
-    """The HTTP side of one proxy process, listening once started."""
+    """The HTTP side of one proxy process, listening once started.
 
-    def __init__(self, state: AdminState) -> None:
+    At most limits.admin_max_connections connections at once (the rest hear 503 and are closed), and a
+    connection that has not sent a whole request within limits.idle_timeout_s of its start or of its
+    last answer is closed, so neither many clients nor one dribbling a byte at a time hold it open.
+    """
+
+    def __init__(self, state: AdminState, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
         # No access log: Prometheus and probes call every few seconds, which would drown the log.
-        self._runner = web.AppRunner(build_http_app(state), access_log=None)
+        # aiohttp's keep-alive timer runs from the connection's start and is only pushed back by a
+        # finished request, so it is also the deadline for a request's headers.
+        self._runner = web.AppRunner(build_http_app(state), access_log=None,
+                                     keepalive_timeout=self._limits.idle_timeout_s)
+        self._listener: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (port 0: any free one) and return the port taken; OSError if it cannot."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), port)
-        await site.start()
-        return int(self._runner.addresses[0][1])
+        assert self._runner.server is not None
+        cap = ConnectionCap(self._runner.server, self._limits.admin_max_connections)
+        self._listener = await asyncio.get_running_loop().create_server(cap, host.strip("[]"), port)
+        return int(self._listener.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         await self._runner.cleanup()

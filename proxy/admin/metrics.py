@@ -69,7 +69,7 @@ async def metrics_page(state: AdminState, registry: CollectorRegistry, with_reco
         families.extend(record_families({route.value: await summarize(backend)
                                          for route, backend in plane.backends().items()}))
     if others:
-        families = await merged_metrics(state.worker, families, others)
+        families = await merged_metrics(state.worker, families, others, state.admin_token)
     return generate_latest(Families(families))
 
 

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from proxy.admin.auth import RequireToken
 from proxy.admin.documents import override_state, pause_state, replication_state
 from proxy.admin.jobs import migrate_updates, verify_updates
 from proxy.admin.state import AdminState
 from proxy.admin.status import proxy_status
+from proxy.config import Limits
 from proxy.data.plane import DataPlane
 from proxy.migration.stores import Stores
 from proxy.routing.router import Op, Override, Route, explain
@@ -75,7 +77,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         others = self._state.other_workers()
         if not others:
             return []
-        answers = await relay(others, call)
+        answers = await relay(others, call, self._state.admin_token)
         if any(answer.error for answer in answers):
             message = f"{failure(what, answers)}; {holds_on(answers, self._state.worker)}"
             log.error("%s", message)
@@ -104,7 +106,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         others = self._state.other_workers()
         if not others:
             return local
-        answers = await relay(others, lambda stub: stub.PauseWrites(request, timeout=RELAY_TIMEOUT_S))
+        answers = await relay(others, lambda stub: stub.PauseWrites(request, timeout=RELAY_TIMEOUT_S),
+                              self._state.admin_token)
         if any(answer.error for answer in answers):
             what = ("renewing the write pause" if request.renew
                     else f"{'pausing' if request.paused else 'resuming'} writes")
@@ -124,7 +127,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _undo_pause(self, plane: DataPlane, others: Sequence[Peer], why: str) -> None:
         resume = admin_pb2.PauseWritesRequest(paused=False, reason=f"pause undone: {why}")
         self._pause(plane, resume)
-        for answer in await relay(others, lambda stub: stub.PauseWrites(resume, timeout=RELAY_TIMEOUT_S)):
+        for answer in await relay(others, lambda stub: stub.PauseWrites(resume, timeout=RELAY_TIMEOUT_S),
+                                  self._state.admin_token):
             if answer.error:
                 log.error("undoing the write pause on worker %d at %s failed: %s",
                           answer.peer.index, answer.peer.address, answer.error)
@@ -171,12 +175,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return record
 
 
-def build_admin_server(state: AdminState) -> grpc.aio.Server:
+def build_admin_server(state: AdminState, limits: Limits | None = None) -> grpc.aio.Server:
     """The admin gRPC server, not yet listening (the caller adds admin.listen's port).
 
     SO_REUSEPORT off: a second proxy given the same admin.listen must fail to start, not share the
-    port and answer for the first one half the time.
+    port and answer for the first one half the time. At most limits.admin_max_connections at once,
+    so operators' connections never take the data port's descriptors.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    limits = limits or Limits()
+    interceptors = [] if state.admin_token is None else [RequireToken(state.admin_token)]
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", limits.admin_max_connections),
+        ("grpc.max_connection_idle_ms", round(limits.idle_timeout_s * 1000)),
+    ]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(state), server)
     return server

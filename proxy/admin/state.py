@@ -40,6 +40,8 @@ class AdminState:
     peers: Callable[[], Sequence[tuple[int, str]]] = _nobody
     #: The same for the other workers' HTTP sides, whose /metrics worker 0 serves as its own.
     http_peers: Callable[[], Sequence[tuple[int, str]]] = _nobody
+    #: The bearer token of admin.token_file that every admin call and page must carry; None: none asked.
+    admin_token: str | None = None
 
     def other_workers(self) -> tuple[Peer, ...]:
         """The workers this one speaks for: none unless it is worker 0 (the others never relay)."""

@@ -60,5 +60,6 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
         response.workers.append(worker_state(state.worker, os.getpid(), response))
     if others:
         asked = admin_pb2.StatusRequest()  # records: the backends are shared, worker 0 counted them
-        merge_status(response, await relay(others, lambda stub: stub.Status(asked, timeout=RELAY_TIMEOUT_S)))
+        answers = await relay(others, lambda stub: stub.Status(asked, timeout=RELAY_TIMEOUT_S), state.admin_token)
+        merge_status(response, answers)
     return response

@@ -3,7 +3,8 @@
 The log is read directly, so the report works with the proxy stopped. The log also carries the
 counts of compared operations, so the rate (discrepancies over compared operations) covers the same
 window as the totals, across restarts and with `--since`. A running proxy writes its counts at least
-once a second.
+once a second. Samples show each side's size, digest and the JSON paths that differ, and the
+documents themselves only when the proxy recorded them (`discrepancies.record_values`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
-from proxy.data.discrepancies import report_from_log
+from proxy.data.discrepancies import Discrepancy, report_from_log
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -60,8 +61,26 @@ def run(args: argparse.Namespace) -> int:
     for title, samples in (("first", report.first), ("latest", list(report.latest))):
         if samples:
             lines.append(f"{title}:")
-            lines += [f"  {datetime.fromtimestamp(d.time).isoformat(timespec='seconds')} {d.op} {d.key!r} {d.kind}: "
-                      f"primary({d.route})={d.primary} shadow={d.shadow} {d.detail} [flags {d.revision}]"
-                      for d in samples]
+            lines += [sample_line(d) for d in samples]
     emit(args, doc, "\n".join(lines))
     return 0
+
+
+def sample_line(d: Discrepancy) -> str:
+    """One sample for triage: each side's document as recorded (its text only when values were
+    recorded; its size and digest either way), and the JSON paths that differ."""
+    line = (f"  {datetime.fromtimestamp(d.time).isoformat(timespec='seconds')} {d.op} {d.key!r} {d.kind}: "
+            f"primary({d.route})={_side(d.primary, d.primary_size, d.primary_digest)} "
+            f"shadow={_side(d.shadow, d.shadow_size, d.shadow_digest)}")
+    if d.paths:
+        line += f" differ at {', '.join(d.paths)}{' ...' if d.paths_truncated else ''}"
+    if not d.values:
+        line += " (values not recorded)"
+    return f"{line} {d.detail} [flags {d.revision}]".replace("  [flags", " [flags")
+
+
+def _side(shown: str | None, size: int | None, digest: str | None) -> str:
+    if size is None:
+        return str(shown)  # no document: absent (None), or an answer that is none (a Has's presence)
+    summary = f"{size} bytes sha256:{digest}"
+    return summary if shown is None else f"{shown} ({summary})"

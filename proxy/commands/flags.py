@@ -11,8 +11,8 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
-from proxy.control.adminclient import admin_target
-from proxy.errors import ConfigError
+from proxy.control.adminclient import admin_channel, admin_target
+from proxy.errors import BackendUnavailable, ConfigError
 from proxy.routing.flagfile import load_flags
 from proxy.routing.router import Op, Router, explain
 
@@ -53,9 +53,13 @@ def explain_route(args: argparse.Namespace) -> int:
     if args.flags is None:
         config = load(args)
         try:
-            result = _ask_proxy(admin_target(config), args)
+            result = _ask_proxy(admin_channel(config), args)
             source = "the running proxy"
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                # A proxy answered: the flag file's route could differ from what it does (an override).
+                raise BackendUnavailable(f"the admin API at {admin_target(config)} refused the call: "
+                                         f"{exc.details()}") from None
             flags_file = config.flags
             source = f"{flags_file} (no proxy answered at {admin_target(config)})"
     else:
@@ -69,9 +73,9 @@ def explain_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_proxy(target: str, args: argparse.Namespace) -> dict[str, Any]:
+def _ask_proxy(channel: grpc.Channel, args: argparse.Namespace) -> dict[str, Any]:
     """The running proxy's answer (admin API Route): its flags in force and any override."""
-    with grpc.insecure_channel(target) as channel:
+    with channel:
         reply = admin_pb2_grpc.AdminStub(channel).Route(
             admin_pb2.RouteRequest(key=args.key, user=args.user or "", op=args.op), timeout=3)
     return {"route": reply.route, "reason": reply.reason, "bucket": reply.bucket,

@@ -2,6 +2,11 @@
 
 Exit status: 0 when the thing asked for holds; 1 when `get` or `has` finds the key absent;
 2 when the call fails (the server's message goes to stderr).
+
+TLS: the channel speaks TLS when `--ca-file`, `--cert-file` or `--key-file` is given, or when the
+config's data port has `tls:` (then trusting the system's roots unless `--ca-file` names the CA).
+The client's own files are options, not config: the server's config holds the server's key, which
+is no client's to show.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from turnout.client import KeyNotFound, SyncClient, TurnoutError
+import grpc
+from turnout.client import KeyNotFound, SyncClient, TlsSettings, TurnoutError
 
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load, positive_seconds
 from proxy.control.adminclient import kv_target
@@ -44,6 +50,9 @@ def register(subparsers: Any) -> None:
         parser.add_argument("--user", help="caller name sent as x-turnout-user")
         parser.add_argument("--timeout", type=positive_seconds, default=5.0,
                             help="deadline per call, seconds (default 5)")
+        parser.add_argument("--ca-file", help="PEM of the CA that signed the proxy's certificate (speaks TLS)")
+        parser.add_argument("--cert-file", help="PEM of this client's certificate, for a proxy asking for mTLS")
+        parser.add_argument("--key-file", help="PEM of the key of --cert-file")
         add_config_argument(parser)
         add_json_argument(parser)
         parser.set_defaults(func=run)
@@ -51,13 +60,23 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Only read the config when it is needed: with --target, no config file has to exist.
-    target = args.target or kv_target(load(args))
+    config = None if args.target else load(args)
+    target = args.target if config is None else kv_target(config)
     try:
-        with SyncClient(target, user=args.user, timeout=args.timeout) as client:
+        tls = _tls(args, config is not None and config.tls is not None)
+        with SyncClient(target, user=args.user, timeout=args.timeout, tls=tls) as client:
             return _ACTIONS[args.action](client, args)
-    except TurnoutError as exc:
+    except (TurnoutError, ValueError) as exc:
         print(f"turnout kv {args.action}: {exc}", file=sys.stderr)
         return FAILED
+
+
+def _tls(args: argparse.Namespace, config_asks: bool) -> grpc.ChannelCredentials | None:
+    """The TLS credentials of the options; None (plaintext) when none is given and the config has no tls.
+    ValueError naming the option's setting when a file cannot be read."""
+    if not (args.ca_file or args.cert_file or args.key_file or config_asks):
+        return None
+    return TlsSettings(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file).credentials()
 
 
 def _get(client: SyncClient, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.backends import open_backend
+from proxy.backends.registry import LegacyLayout, store_type
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
 from proxy.config import Config
 from proxy.control.adminclient import admin_stub, admin_target, follow
@@ -55,6 +56,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("archive", help="a compressed, checksummed snapshot of a store (proxy stopped)")
     parser.add_argument("out", type=Path)
     parser.add_argument("--store", choices=["old", "new"], default="old")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never a store's own files)")
     add_config_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run_archive)
@@ -187,10 +189,13 @@ def run_archive(args: argparse.Namespace) -> int:
     spec = config.old if args.store == "old" else config.new
 
     async def work() -> archives.ArchiveSummary:
+        # Before the store is opened: a refused OUT costs nothing and touches nothing.
+        archives.check_out(args.out, protected_paths(config), args.force)
         backend = await open_backend(spec)
         progress = Progress("archive", None)
         try:
-            return await archives.archive(backend, args.out, f"{args.store}:{spec.type}", progress)
+            return await archives.archive(backend, args.out, f"{args.store}:{spec.type}", progress,
+                                          protected_paths(config), args.force)
         finally:
             progress.close()
             await backend.close()
@@ -199,6 +204,24 @@ def run_archive(args: argparse.Namespace) -> int:
     emit(args, summary.to_document(), f"archived {summary.records} records to {summary.path} "
                                       f"(checksum {summary.checksum}, sha256 {summary.sha256[:16]}...)")
     return 0
+
+
+def protected_paths(config: Config) -> list[archives.Protected]:
+    """What an archive must never overwrite: each file store's files and lock, a jsondir store's
+    folder (whatever is inside), and state_dir."""
+    protected = [archives.Protected(config.state_dir, "state_dir", tree=True)]
+    for name, spec in (("old", config.old), ("new", config.new)):
+        if spec.path is None:
+            continue
+        entry = store_type(spec.type)
+        what = f"the {name} store"
+        protected.append(archives.Protected(spec.path, what, tree=entry.layout is LegacyLayout.FILE_PER_KEY))
+        if (lock := entry.lock_file(spec)) is not None:
+            protected.append(archives.Protected(lock, f"{what}'s lock file"))
+        if spec.type == "sqlite":
+            protected += [archives.Protected(spec.path.with_name(spec.path.name + suffix), f"{what}'s {suffix[1:]}")
+                          for suffix in ("-wal", "-shm", "-journal")]
+    return protected
 
 
 def run_restore(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.admin.documents import message_document, status_document
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
-from proxy.control.adminclient import admin_target
+from proxy.control.adminclient import admin_channel, admin_target
 from proxy.errors import BackendUnavailable
 
 
@@ -31,8 +31,9 @@ def register(subparsers: Any) -> None:
 
 
 def _admin(args: argparse.Namespace) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel, str]:
-    target = admin_target(load(args))
-    channel = grpc.insecure_channel(target)
+    config = load(args)
+    target = admin_target(config)
+    channel = admin_channel(config, target)
     return admin_pb2_grpc.AdminStub(channel), channel, target
 
 
@@ -42,6 +43,8 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
         return getattr(stub, method)(request, timeout=5)
     except grpc.RpcError as exc:
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise BackendUnavailable(f"the admin API at {target} refused the call: {detail}") from None
         raise BackendUnavailable(f"no running proxy answered at {target}: {detail}") from None
     finally:
         channel.close()

@@ -5,11 +5,12 @@ how a streamed admin job (Migrate, Verify) is followed to its result with a prog
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from proxy.admin.auth import AUTHORIZATION, bearer, read_token
 from proxy.config import Config
 from proxy.errors import BackendUnavailable, InvalidArgument
 from proxy.progress import Progress
@@ -36,14 +37,56 @@ def running_address(config: Config, configured: str, written: str) -> str:
         return configured
 
 
+class _SendToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the bearer token to every admin call (unary, and the streamed jobs Migrate and Verify)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (AUTHORIZATION, bearer(token))
+
+    def _details(self, details: Any) -> Any:
+        kept = [(key, value) for key, value in (details.metadata or ()) if key != AUTHORIZATION]
+        return _CallDetails(details.method, details.timeout, (*kept, self._metadata), details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+
+class _CallDetails(NamedTuple):
+    """A call's details with other metadata (grpc.ClientCallDetails is abstract: it has no constructor)."""
+
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+def admin_channel(config: Config, target: str | None = None) -> grpc.Channel:
+    """A channel to the running proxy's admin API (or `target`) that sends the token of
+    admin.token_file on every call when the config names one (ConfigError when it cannot be read)."""
+    channel = grpc.insecure_channel(target or admin_target(config))
+    if config.admin_token_file is None:
+        return channel
+    return grpc.intercept_channel(channel, _SendToken(read_token(config.admin_token_file)))
+
+
 def admin_stub(config: Config) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel] | None:
     """The running proxy's admin API, or None when no proxy answers."""
-    channel = grpc.insecure_channel(admin_target(config))
+    channel = admin_channel(config)
     stub = admin_pb2_grpc.AdminStub(channel)
     try:
         stub.Status(admin_pb2.StatusRequest(), timeout=2)
-    except grpc.RpcError:
+    except grpc.RpcError as exc:
         channel.close()
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            # A proxy answered: saying none did would send the operator looking in the wrong place.
+            raise BackendUnavailable(f"the admin API at {admin_target(config)} refused the call: "
+                                     f"{exc.details()}") from None
         return None
     return stub, channel
 

@@ -11,6 +11,11 @@ The write pause has a lease: the cutover renews it from a thread of its own whil
 sync and verify included), so that a cutover killed while writes are paused leaves the proxy to
 resume them by itself once the lease runs out. A cutover that finds its lease ran out (writes went
 through meanwhile) rolls back rather than switching.
+
+A proxy that stops answering (it died, say) fails the step it was in, gates included; the automatic
+rollback then tries each undo on its own and reports, under `not_undone`, what it could not undo and
+what becomes of it (the pause's lease resumes writes by itself; an override to new stays until
+`turnout rollback`). The cutover always ends with its report and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy import statedir
 from proxy.control.lease import PAUSE_LEASE_S, LeaseKeeper
-from proxy.control.report import Follow, Report, Step, StepFailed
+from proxy.control.report import Follow, Report, Step, StepFailed, failure_detail
 from proxy.control.rollback import DRAIN_TIMEOUT_S, record_rollback
 
 #: Gates a cutover must pass (and --dry-run checks).
@@ -33,8 +39,8 @@ MAX_VERIFY_AGE_S = 24 * 3600.0
 
 def gates(stub: admin_pb2_grpc.AdminStub, state_dir: Path, report: Report) -> None:
     """Replication lag, the last verify and health: each a step of its own."""
-    status: admin_pb2.StatusResponse = stub.Status(admin_pb2.StatusRequest(), timeout=5)
     with report.step("gate: backends healthy") as step:
+        status: admin_pb2.StatusResponse = stub.Status(admin_pb2.StatusRequest(), timeout=5)
         failing = [f"{b.name} ({b.error})" for b in status.backends if not b.healthy]
         step.detail = "all healthy" if not failing else "failing: " + ", ".join(failing)
         if failing:
@@ -122,22 +128,47 @@ def _cutover(stub: admin_pb2_grpc.AdminStub, state_dir: Path, follow: Follow, mo
             return report  # nothing was changed: nothing to undo
         report.rolled_back = True
         keeper.stop()
-        with report.step("roll back (automatic)") as step:
-            done = []
-            if switched:
-                stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=f"cutover failed: {why}"),
-                                 timeout=5)
-                done.append("everything to old")
-            if paused_at is not None:
-                stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="cutover rolled back"), timeout=5)
-                done.append("writes resumed")
-            step.detail = ", ".join(done) + ("" if switched else "; routing was never changed")
+        undo(stub, report, why, switched, paused_at is not None)
         if paused_at is not None:
             report.write_pause_s = time.monotonic() - paused_at
         record_rollback(stub, admin_pb2.RollbackRecord(
             reason=f"cutover failed: {why}", ok=report.steps[-1].ok, automatic=True,
             detail=report.steps[-1].detail))
     return report
+
+
+def undo(stub: admin_pb2_grpc.AdminStub, report: Report, why: str, switched: bool, paused: bool) -> None:
+    """The automatic rollback's step: each change undone on its own, so that one the proxy does not
+    answer (it died, say) still leaves the other tried; what could not be undone is reported with
+    what becomes of it, and fails the step."""
+    step = Step("roll back (automatic)")
+    report.steps.append(step)
+    started = time.monotonic()
+    done: list[str] = []
+    if switched:
+        try:
+            stub.SetOverride(admin_pb2.SetOverrideRequest(route="old", reason=f"cutover failed: {why}"), timeout=5)
+            done.append("everything to old")
+        except grpc.RpcError as exc:
+            report.not_undone.append(f"routing back to old ({failure_detail(exc)}): the override to new is kept "
+                                     "in state_dir and stays, across a restart too, until `turnout rollback`")
+    if paused:
+        try:
+            stub.PauseWrites(admin_pb2.PauseWritesRequest(paused=False, reason="cutover rolled back"), timeout=5)
+            done.append("writes resumed")
+        except grpc.RpcError as exc:
+            lease = f"{report.pause_lease_s:g}s " if report.pause_lease_s else ""
+            report.not_undone.append(f"resuming writes ({failure_detail(exc)}): the pause's {lease}lease, no "
+                                     "longer renewed, resumes them by itself (a restarted proxy starts with "
+                                     "writes open)")
+    parts = [", ".join(done)] if done else []
+    if not switched:
+        parts.append("routing was never changed")
+    if report.not_undone:
+        parts.append("could not undo: " + "; ".join(what.split(" (", 1)[0] for what in report.not_undone))
+        step.ok = report.ok = False
+    step.detail = "; ".join(parts)
+    step.duration_s = time.monotonic() - started
 
 
 def watch(stub: admin_pb2_grpc.AdminStub, seconds: float, step: Step) -> None:

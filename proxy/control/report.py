@@ -1,7 +1,8 @@
 """The report of a cutover or rollback: its steps, each timed and named, and how it is shown and kept.
 
-A step that raises fails the report and says why; the report is printed as a summary or as JSON,
-and kept in state_dir as an incident when a switch went wrong or was undone.
+A step that raises fails the report and says why (a call the proxy did not answer, because it died
+say, included: it ends the cutover with this report, never a traceback); the report is printed as a
+summary or as JSON, and kept in state_dir as an incident when a switch went wrong or was undone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from proxy import statedir
 
 #: Follows a streamed admin job (Migrate, Verify) to its result document; the label names it on a terminal.
@@ -22,6 +25,17 @@ Follow = Callable[[Any, str], dict[str, Any]]
 
 class StepFailed(Exception):
     """A step did not hold; its message names the step and why."""
+
+
+def failure_detail(exc: BaseException) -> str:
+    """What a step's failure says: for a call the proxy did not answer, its status code and details in
+    one line (a grpc error's own text is a multi-line debug dump)."""
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        code = exc.code()
+        gone = " (the proxy is not answering)" if code in (grpc.StatusCode.UNAVAILABLE,
+                                                           grpc.StatusCode.DEADLINE_EXCEEDED) else ""
+        return f"{code.name}{gone}: {exc.details()}"
+    return str(exc) or type(exc).__name__
 
 
 @dataclass
@@ -42,6 +56,8 @@ class Report:
     dry_run: bool = False
     pause_lease_s: float | None = None
     pause_lease_lost: str = ""  # when the proxy resumed writes itself because the lease ran out
+    #: What an automatic rollback could not undo (the proxy went away), each with what becomes of it.
+    not_undone: list[str] = field(default_factory=list)
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:
@@ -52,7 +68,11 @@ class Report:
             yield step
         except Exception as exc:
             step.ok = False
-            step.detail = step.detail or str(exc)
+            why = failure_detail(exc)
+            if not step.detail:
+                step.detail = why
+            elif isinstance(exc, grpc.RpcError):  # keep what the step found before the proxy stopped answering
+                step.detail = f"{step.detail}; {why}"
             self.ok = False
             raise StepFailed(f"{name}: {step.detail}") from exc
         finally:
@@ -83,6 +103,7 @@ def summary(report: Report) -> str:
         lines.append(f"  writes were paused for {report.write_pause_s:.3f}s")
     if report.pause_lease_lost:
         lines.append(f"  {report.pause_lease_lost}")
+    lines += [f"  NOT UNDONE: {what}" for what in report.not_undone]
     return "\n".join(lines)
 
 

@@ -10,6 +10,12 @@ previous such line. A report read from the log alone (proxy stopped, restarted, 
 therefore counts the two over the same window, and its rate never mixes one run's discrepancies
 with another run's comparisons. The report (totals by operation and kind, the first and the latest
 samples) is what `turnout discrepancies` prints.
+
+A record holds the documents themselves only when the config says `discrepancies: {record_values:
+true}` (contract §5); otherwise, for each side, its size and digest, and the JSON paths where the two
+differ (proxy.data.valuediff). Keys stay in this local log (operators triage by key); answers that are
+no stored document (a Has's presence, a Keys listing's counts) are shown as before. The log's files
+are the proxy's alone (0600, in a 0700 state_dir).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.background import BackgroundTask
-from proxy.statedir import DISCREPANCY_LOG_FILE, WORKERS_DIR
+from proxy.data.valuediff import differing_paths, digest
+from proxy.statedir import DISCREPANCY_LOG_FILE, WORKERS_DIR, make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ FLUSH_INTERVAL_S = 0.2
 COMPARED_INTERVAL_S = 1.0
 #: Discrepancies waiting for the flusher; beyond it (a stalled disk) they are counted as dropped.
 MAX_BUFFERED = 10_000
+#: The log is appended to, created private, and never written through a link planted in its place.
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def trim(text: str | None) -> str | None:
@@ -49,18 +58,51 @@ def trim(text: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Discrepancy:
+    """One difference shadow mode found. For a stored document (a Get's answer), `primary` and
+    `shadow` hold it, trimmed, only when values are recorded (`values`); the sizes (bytes) and digests
+    are there either way for a side that had one, and `paths` lists where the two documents differ."""
+
     time: float
     op: str
     key: str
     kind: str
-    primary: str | None  # the primary's answer, trimmed (None: absent)
+    primary: str | None  # the primary's answer as shown, trimmed (None: absent, or a value not recorded)
     shadow: str | None
     route: str  # the backend whose answer was returned
     revision: str
     detail: str = ""
+    primary_size: int | None = None  # bytes of the primary's document (None: absent, or no document)
+    shadow_size: int | None = None
+    primary_digest: str | None = None
+    shadow_digest: str | None = None
+    paths: tuple[str, ...] = ()  # where the two documents differ (value_mismatch), bounded
+    paths_truncated: bool = False
+    values: bool = True  # False: a document's text was not recorded (record_values off)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def document_fields(primary: bytes | None, shadow: bytes | None, record_values: bool) -> dict[str, Any]:
+    """What a record of two documents (either may be absent) holds: sizes, digests and differing paths,
+    and their text (trimmed) only with record_values."""
+    fields: dict[str, Any] = {
+        "primary": show_document(primary) if record_values else None,
+        "shadow": show_document(shadow) if record_values else None,
+        "primary_size": None if primary is None else len(primary),
+        "shadow_size": None if shadow is None else len(shadow),
+        "primary_digest": None if primary is None else digest(primary),
+        "shadow_digest": None if shadow is None else digest(shadow),
+        "values": record_values,
+    }
+    if primary is not None and shadow is not None:
+        differences = differing_paths(primary, shadow)
+        fields["paths"], fields["paths_truncated"] = differences.paths, differences.truncated
+    return fields
+
+
+def show_document(value: bytes | None) -> str | None:
+    return None if value is None else trim(value.decode("utf-8", errors="replace"))
 
 
 class Report:
@@ -105,8 +147,13 @@ class Report:
 
 
 class DiscrepancyLog:
-    def __init__(self, folder: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
+    """The log of one process, and the running report; `record_values` says whether records made for
+    it may hold documents (the config's `discrepancies.record_values`)."""
+
+    def __init__(self, folder: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 3,
+                 record_values: bool = False) -> None:
         self.path = folder / DISCREPANCY_LOG_FILE
+        self.record_values = record_values
         self.max_bytes = max_bytes
         self.keep = keep
         self.report = Report()
@@ -159,8 +206,10 @@ class DiscrepancyLog:
             log.warning("cannot write %d discrepancies to %s: %s", len(batch), self.path, exc)
 
     def _append(self, lines: list[str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as out:
+        make_private_dir(self.path.parent)
+        fd = os.open(self.path, _APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            os.fchmod(fd, 0o600)  # whatever the umask, or the mode a log of an older proxy was left with
             out.write("".join(line + "\n" for line in lines))
             out.flush()
             os.fsync(out.fileno())
@@ -205,6 +254,8 @@ def _discrepancy(doc: dict[str, Any]) -> Discrepancy | None:
     """The discrepancy a log line holds; None for a compared-counts line or one of another shape."""
     if "compared" in doc:
         return None
+    if isinstance(doc.get("paths"), list):
+        doc = {**doc, "paths": tuple(str(path) for path in doc["paths"])}
     try:
         return Discrepancy(**doc)
     except TypeError:

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from proxy.data.backendcall import BackendCalls, Call
 from proxy.data.compare import Kind, compare_key_sets
-from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, trim
+from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, document_fields, trim
 from proxy.data.eager import Finished, start_eagerly
 from proxy.routing.router import Decision, Op, Router
 from proxy.telemetry import tracing as attr
@@ -151,29 +151,35 @@ class ShadowCall(Generic[T]):
         self.lane.discrepancies.compared(self.op)
         outcome = self.outcome
         detail = ""
-        shadow_shown: str | None = None
+        answer: Any = None
         if outcome.cancelled() or outcome.exception() is not None:
             kind = Kind.SHADOW_ERROR
             detail = "cancelled" if outcome.cancelled() else str(outcome.exception())
         else:
-            answer: Any = outcome.result()
+            answer = outcome.result()
             judged = judge(primary, answer)
             if judged is None:
                 return  # the usual outcome: nothing to show, so nothing is rendered
             kind = judged
-            shadow_shown = show(answer)
             if self.op is Op.KEYS:
                 diff = compare_key_sets(primary, answer)
                 detail = (f"missing in shadow: {diff.missing} {list(diff.missing_sample)}; "
                           f"extra in shadow: {diff.extra} {list(diff.extra_sample)}")
-        self.record(kind, trim(show(primary)), trim(shadow_shown), detail)
+        if show is show_value:
+            # Stored documents: the record holds them only when the config asks (contract §5).
+            fields = document_fields(primary, answer, self.lane.discrepancies.record_values)
+        else:
+            fields = {"primary": trim(show(primary)), "shadow": None if answer is None else trim(show(answer))}
+        self.record(kind, detail, fields)
 
-    def record(self, kind: Kind, primary: str | None, shadow: str | None, detail: str) -> None:
-        """One discrepancy: into the log, onto the caller's span, and as a span that is always exported."""
+    def record(self, kind: Kind, detail: str, fields: dict[str, Any]) -> None:
+        """One discrepancy (`fields`: what it says of each side): into the log, onto the caller's span,
+        and as a span that is always exported."""
         lane, op, key, decision = self.lane, self.op, self.key, self.decision
         revision = self.router.flags.revision
-        lane.discrepancies.record(Discrepancy(time.time(), op.value, key, kind.value, primary, shadow,
-                                              decision.primary.value, revision, detail))
+        lane.discrepancies.record(Discrepancy(time=time.time(), op=op.value, key=key, kind=kind.value,
+                                              route=decision.primary.value, revision=revision, detail=detail,
+                                              **fields))
         attributes: dict[str, Any] = {
             attr.DISCREPANCY: True, attr.DISCREPANCY_KIND: kind.value, attr.ROUTE: decision.primary.value,
             attr.ROUTE_REASON: decision.reason.value, attr.SHADOW: True, attr.FLAGS_REVISION: revision,

@@ -54,7 +54,7 @@ class SharedKeyLocks(KeyLocks):
     def __init__(self, state_dir: Path) -> None:
         super().__init__()
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(state_dir / KEY_LOCKS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(state_dir / KEY_LOCKS_FILE, os.O_RDWR | os.O_CREAT, 0o600)  # state_dir is private
         self._waiting = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="key-turn")
 
     async def acquire(self, key: str) -> Callable[[], None]:

@@ -5,6 +5,11 @@ The archive is one zstd stream of JSON lines: a header (format, version, time, s
 (proxy/checksum.py) and the SHA-256 of every byte before the trailer. Restore reads the whole
 archive once to check the SHA-256 and the count before it writes anything.
 
+The archive never lands where it could hurt: an existing OUT is kept unless the caller forces it, the
+temporary file beside it is created exclusively and never through a link (a planted `OUT.partial`,
+file or symlink, is refused, not followed or truncated), and the caller names the paths that must never
+be written (a store's files, its lock, a jsondir folder, state_dir), which no force overrides.
+
 Since version 2 each document is written as the store holds it (line breaks, which JSON allows only
 as whitespace, become spaces), not parsed and printed again, so a number Python would change
 (0.10000000000000000555, 1e2) comes back as it was. Version 1 archives are still read.
@@ -12,11 +17,13 @@ as whitespace, become spaces), not parsed and printed again, so a number Python 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,56 @@ class ArchiveError(TurnoutError):
     """The archive is damaged, truncated or not a turnout archive: nothing was restored."""
 
 
+class ArchiveRefused(TurnoutError):
+    """The archive's output path is taken or protected: nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """A path an archive must never write: `path` itself, and with `tree` anything inside it."""
+
+    path: Path
+    what: str
+    tree: bool = False
+
+    def covers(self, candidate: Path) -> bool:
+        real = Path(os.path.realpath(self.path))
+        return candidate == real or (self.tree and candidate.is_relative_to(real))
+
+
+def _where(out: Path) -> set[Path]:
+    """Every real path a write to `out` could reach: the link's target and the name in its folder."""
+    return {Path(os.path.realpath(out)), Path(os.path.realpath(out.parent)) / out.name}
+
+
+def check_out(out: Path, protected: Iterable[Protected], force: bool = False) -> None:
+    """Refuse an output path that is protected (whatever `force` says) or already exists (unless forced)."""
+    reachable = _where(out) | _where(out.with_name(out.name + PARTIAL))
+    for guard in protected:
+        if any(guard.covers(candidate) for candidate in reachable):
+            raise ArchiveRefused(f"{out}: refusing to write an archive over {guard.what} ({guard.path})")
+    if out.is_dir():
+        raise ArchiveRefused(f"{out} is a folder: name the archive file to write")
+    if not force and (out.exists() or out.is_symlink()):
+        raise ArchiveRefused(f"{out} exists already: nothing written (--force replaces it)")
+
+
+#: The temporary file an archive is written to beside OUT, then renamed over it.
+PARTIAL = ".partial"
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_partial(temp: Path) -> int:
+    try:
+        # 0600: an archive holds every value of the store, so only its maker reads it until it chooses.
+        return os.open(temp, _EXCLUSIVE, 0o600)
+    except FileExistsError:
+        raise ArchiveRefused(f"{temp} exists (left by an interrupted archive, or planted): remove it "
+                             "first; it was not followed or changed") from None
+    except OSError as exc:
+        raise ArchiveRefused(f"{temp}: cannot create the archive ({exc.strerror or exc})") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ArchiveSummary:
     path: str
@@ -53,13 +110,39 @@ class ArchiveSummary:
                 "created": self.created, "source": self.source}
 
 
-async def archive(backend: Backend, out: Path, source: str, progress: Progress | None = None) -> ArchiveSummary:
+async def archive(backend: Backend, out: Path, source: str, progress: Progress | None = None,
+                  protected: Iterable[Protected] = (), force: bool = False) -> ArchiveSummary:
+    """Write the archive of `backend` to `out` (see check_out for what is refused)."""
+    protected = tuple(protected)
+    check_out(out, protected, force)
+    temp = out.with_name(out.name + PARTIAL)
+    raw = os.fdopen(_create_partial(temp), "wb")
+    try:
+        summary = await _write(backend, raw, out, source, progress)
+        os.fsync(raw.fileno())
+    except BaseException:
+        raw.close()
+        with contextlib.suppress(OSError):
+            temp.unlink()  # ours: created exclusively above
+        raise
+    raw.close()
+    try:
+        check_out(out, protected, force)  # again: OUT may have appeared (or been linked) while we wrote
+        temp.replace(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    return summary
+
+
+async def _write(backend: Backend, raw: io.BufferedWriter, out: Path, source: str,
+                 progress: Progress | None) -> ArchiveSummary:
     created = time.time()
     digest = hashlib.sha256()
     records = 0
     checksum = 0
-    temp = out.with_name(out.name + ".partial")
-    with temp.open("wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as writer:
+    with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as writer:
 
         def emit(line: bytes) -> None:
             digest.update(line)
@@ -78,7 +161,6 @@ async def archive(backend: Backend, out: Path, source: str, progress: Progress |
         sha = digest.hexdigest()
         writer.write(json.dumps({"trailer": True, "records": records, "checksum": f"{checksum:016x}",
                                  "sha256": sha}).encode() + b"\n")
-    temp.replace(out)
     return ArchiveSummary(str(out), records, f"{checksum:016x}", sha, created, source)
 
 
@@ -107,7 +189,10 @@ def _record(line: bytes, version: int) -> tuple[str, bytes]:
     if not isinstance(key, str) or text[end:end + 1] != ",":
         raise ValueError("not a record")
     value = text[end + 1:-1].encode("utf-8")
-    json.loads(value)  # one JSON document, or a damaged line
+    # One JSON document, or a damaged line. A document nested past what Python's parser reads (a
+    # legacy store may hold one) is taken as written: the archive's SHA-256 still proves the line whole.
+    with contextlib.suppress(RecursionError):
+        json.loads(value)
     return key, value
 
 

@@ -23,8 +23,10 @@ _decode = json.JSONDecoder().decode
 def canonical(value: bytes) -> bytes:
     try:
         return _canonical_encoder.encode(_decode(value.decode("utf-8"))).encode()
-    except ValueError:
-        return value  # not JSON: hash the bytes as they are
+    except (ValueError, RecursionError):
+        # Not JSON, or nested past what Python's parser takes (about 1000 levels, far past what Set
+        # accepts): hash the bytes as they are, so the summary is still made and verify names the key.
+        return value
 
 
 def item_hash(key: str, value: bytes) -> int:

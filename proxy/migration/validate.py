@@ -3,13 +3,13 @@
 The legacy JSON is read as it is on disk, so problems that a parser would hide are found: duplicate
 member names (a parser keeps the last one silently), NaN and Infinity (Python writes them, JSON
 has no such numbers), keys over 1024 UTF-8 bytes, keys that are not valid Unicode, documents over
-max_value_bytes, and bytes that are not UTF-8.
+max_value_bytes, documents nested deeper than Set accepts (proxy/jsonvalue.py holds the rules Set and
+validate share), and bytes that are not UTF-8.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ from proxy.backends.base import Backend
 from proxy.backends.jsondir import SUFFIX, decode_name
 from proxy.backends.registry import LegacyLayout, store_type
 from proxy.config import MAX_KEY_BYTES, BackendSpec
+from proxy.jsonvalue import TOO_DEEP, TOO_DEEP_DETAIL, too_deep, value_problem
 
 SAMPLES = 20
 
@@ -43,16 +44,6 @@ class ValidateResult:
         return {"ok": self.ok, "checked": self.checked, "by_problem": dict(self.by_problem), "samples": self.samples}
 
 
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, list):
-        return any(_non_finite(v) for v in value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    return False
-
-
 def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes: int) -> None:
     result.checked += 1
     try:
@@ -63,14 +54,13 @@ def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes:
         return
     if size > MAX_KEY_BYTES:
         result.problem("key_too_long", key[:80], f"{size} bytes, at most {MAX_KEY_BYTES}")
-    if _non_finite(value):
-        result.problem("nan_or_infinity", key, "NaN and Infinity are not JSON numbers")
+    # The rules Set applies (proxy/jsonvalue.py), walked without recursion: depth, duplicate members
+    # (seen by _pairs), lone surrogates, numbers out of range.
+    problem = value_problem(value)
+    if problem is not None:
+        result.problem(problem.kind, key, problem.detail)
         return
-    try:
-        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    except UnicodeEncodeError:
-        result.problem("value_not_unicode", key, "the document holds a lone surrogate escape")
-        return
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(encoded) > max_value_bytes:
         result.problem("value_too_large", key, f"{len(encoded)} bytes, at most {max_value_bytes}")
 
@@ -87,35 +77,30 @@ def _pairs(items: list[tuple[str, Any]]) -> _Object:
     return obj
 
 
-def _duplicates_within(value: Any) -> list[str]:
-    """Member names repeated in any object inside value."""
-    found: list[str] = []
-    if isinstance(value, _Object):
-        found += value.duplicates
-    if isinstance(value, dict):
-        for member in value.values():
-            found += _duplicates_within(member)
-    elif isinstance(value, list):
-        for member in value:
-            found += _duplicates_within(member)
-    return found
-
-
 #: What _parse_document returns for bytes that are not one JSON document (None is the document `null`).
 _NOT_JSON: Final = object()
 
 
-def _parse_document(raw: bytes, result: ValidateResult, where: str) -> Any:
-    """Parse keeping duplicate member names visible (see _duplicates_within); _NOT_JSON, recorded as a
-    problem, when the bytes are not one JSON document."""
+def _parse_document(raw: bytes, result: ValidateResult, where: str, one_value: bool = True) -> Any:
+    """Parse keeping duplicate member names visible (see _pairs); _NOT_JSON, recorded as a problem,
+    when the bytes are not one JSON document or (one_value) nest deeper than Set accepts.
+
+    A legacy file (not one_value) is one level deeper than the documents it holds: its members are
+    measured once parsed, and only a file past what Python's parser takes at all is a finding here."""
 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         result.problem("invalid_utf8", where, f"{exc.reason} at byte {exc.start}")
         text = raw.decode("utf-8", errors="replace")
+    if one_value and too_deep(raw):
+        result.problem(TOO_DEEP, where, TOO_DEEP_DETAIL)
+        return _NOT_JSON
     try:
         return json.loads(text, object_pairs_hook=_pairs)
+    except RecursionError:
+        result.problem(TOO_DEEP, where, f"{TOO_DEEP_DETAIL}, past what a JSON parser in Python reads")
+        return _NOT_JSON
     except ValueError as exc:
         result.problem("not_json", where, str(exc))
         return _NOT_JSON
@@ -123,7 +108,7 @@ def _parse_document(raw: bytes, result: ValidateResult, where: str) -> Any:
 
 def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
     result = ValidateResult()
-    document = _parse_document(path.read_bytes(), result, str(path))
+    document = _parse_document(path.read_bytes(), result, str(path), one_value=False)
     if document is _NOT_JSON:
         return result
     if not isinstance(document, dict):
@@ -133,9 +118,6 @@ def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
         result.problem("duplicate_member", name, "the key appears more than once in the file; a JSON parser "
                                                  "keeps only the last")
     for key, value in document.items():
-        for name in _duplicates_within(value):
-            result.problem("duplicate_member", key, f"member {name!r} appears more than once; a JSON parser "
-                                                    "keeps only the last")
         _check_member(result, key, value, max_value_bytes)
     return result
 
@@ -150,8 +132,6 @@ def validate_jsondir(folder: Path, max_value_bytes: int) -> ValidateResult:
         document = _parse_document(path.read_bytes(), result, key)
         if document is _NOT_JSON:
             continue
-        for name in _duplicates_within(document):
-            result.problem("duplicate_member", key, f"member {name!r} appears twice")
         _check_member(result, key, document, max_value_bytes)
     return result
 

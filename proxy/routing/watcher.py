@@ -18,7 +18,10 @@ appending is not read half-way). If the bytes hash the same as the flags in forc
 is rebuilt. If they do not parse, they are read again on the next poll before the failure is
 declared, in case the writer was slow; a file that is still invalid is refused: the last good flags
 stay in force, the failure is logged and counted, and `status()` shows it for `turnout status`.
-An invalid file never replaces a good one.
+An invalid file never replaces a good one. The same goes for a file that is not a regular file (a
+FIFO, a link to /dev/zero) or is too large (proxy.routing.flagfile refuses both before reading),
+and for anything unexpected that goes wrong in a poll: the poller counts it and goes on polling, so
+it never dies silently while `status` says all is well.
 
 Operator overrides (`turnout rollback`) are a layer above the file, persisted in state_dir so they
 survive a restart. The last good flag file is kept there too, so a proxy that restarts while the
@@ -85,9 +88,16 @@ def watched_path(path: Path) -> Path:
 def _signature(path: Path) -> Signature | None:
     try:
         stat = os.stat(path)  # follows links: a swapped ..data link gives another inode
-    except FileNotFoundError:
-        return None
+    except OSError:
+        return None  # missing or unreachable: reading it then says which
     return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """What a refused read says in `status`: a ConfigError as it is, anything else with its type."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    return f"{path}: cannot read flag file: {type(exc).__name__}: {exc}"
 
 
 def _read_flags(path: Path, in_force: str | None) -> tuple[LoadedFlags | None, bytes]:
@@ -125,8 +135,8 @@ class FlagWatcher:
         attempt = time.time()
         try:
             loaded, raw = _read_flags(self.path, None)
-        except ConfigError as exc:
-            self._failed(attempt, exc, may_retry=False)
+        except Exception as exc:  # whatever it is, start-up goes on as with an invalid file
+            self._failed(attempt, _reason(self.path, exc), may_retry=False)
         else:
             assert loaded is not None  # no digest to compare with, so it is always parsed
             self._accept(attempt, loaded)
@@ -149,7 +159,11 @@ class FlagWatcher:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:  # a poller that died would never reload again: count it, go on
+                log.exception("flag watcher: a poll failed")
+                self._failed(time.time(), _reason(self.path, exc), may_retry=False)
 
     async def check(self) -> None:
         """One poll: read the file if it changed and has settled (or a failed read is due a retry)."""
@@ -170,8 +184,8 @@ class FlagWatcher:
             # Reading may block (a slow volume) and parsing takes a while: off the event loop. The
             # swap itself happens here, on the loop, so it cannot interleave with set_override.
             loaded, raw = await asyncio.to_thread(_read_flags, self.path, in_force)
-        except ConfigError as exc:
-            self._failed(attempt, exc, may_retry)
+        except Exception as exc:
+            self._failed(attempt, _reason(self.path, exc), may_retry)
             return
         if loaded is None:
             self._succeeded(attempt)  # touched, or changed and changed back: nothing to rebuild
@@ -188,16 +202,16 @@ class FlagWatcher:
         self._last_attempt = self._last_success = attempt
         self._last_error = ""
 
-    def _failed(self, attempt: float, exc: ConfigError, may_retry: bool) -> None:
+    def _failed(self, attempt: float, reason: str, may_retry: bool) -> None:
         if may_retry:
             # Perhaps caught between two writes: one more read on the next poll before refusing it.
             self._retry_due = True
-            log.debug("flag file did not parse, reading it again on the next poll: %s", exc)
+            log.debug("flag file did not parse, reading it again on the next poll: %s", reason)
             return
         self._last_attempt = attempt
         self._failures += 1
-        self._last_error = str(exc)
-        log.error("flag file refused, the last good flags stay in force: %s", exc)
+        self._last_error = reason
+        log.error("flag file refused, the last good flags stay in force: %s", reason)
 
     def _swap(self, loaded: LoadedFlags) -> None:
         self._loaded = loaded
@@ -205,8 +219,8 @@ class FlagWatcher:
 
     def _keep_last_good(self, raw: bytes) -> None:
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            replace_file(self.state_dir / LAST_GOOD_FILE, raw)
+            statedir.make_private_dir(self.state_dir)
+            replace_file(self.state_dir / LAST_GOOD_FILE, raw, mode=statedir.PRIVATE_FILE)
         except OSError as exc:
             log.warning("cannot keep a copy of the last good flags: %s", exc)
 

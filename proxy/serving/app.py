@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -21,25 +22,27 @@ from pathlib import Path
 from grpc_health.v1 import health
 
 from proxy import statedir
+from proxy.admin.auth import read_token
 from proxy.admin.http import HttpSide
 from proxy.admin.service import build_admin_server
 from proxy.admin.state import AdminState
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
-from proxy.config import BackendSpec, Config
+from proxy.config import BackendSpec, Config, Limits
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
 from proxy.data.plane import DataPlane
 from proxy.data.sharedlocks import SharedKeyLocks
 from proxy.durable import inherit_store_locks
-from proxy.errors import TurnoutError
+from proxy.errors import ConfigError, TurnoutError
 from proxy.replication.local import ReplicationQueue
 from proxy.replication.queue import IntentQueue
 from proxy.replication.shared import SharedReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.serving.kvservice import KeyValueService, build_server, set_serving
+from proxy.serving.tls import server_credentials
 from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, queue_store, worker_dir
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Telemetry
@@ -71,10 +74,10 @@ class Proxy:
 
     async def run(self) -> None:
         config, role = self.config, self.role
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        statedir.make_private_dir(config.state_dir)
         listen = config.listen if role is None else role.listen
         own_dir = config.state_dir if role is None else worker_dir(config.state_dir, role.index)
-        own_dir.mkdir(parents=True, exist_ok=True)
+        statedir.make_private_dir(own_dir)
         if role is not None:
             inherit_store_locks(Path(path) for path in role.store_locks)
         # Worker 0 answers on admin.listen (and admin.http); the other workers' are for worker 0 to reach.
@@ -88,23 +91,26 @@ class Proxy:
         health_servicer = health.aio.HealthServicer()
         await set_serving(health_servicer, False)
         service = KeyValueService(lambda: self.dispatcher, config.max_value_bytes, telemetry)
-        server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None)
+        server = build_server(service, health_servicer, config.max_value_bytes, reuse_port=role is not None,
+                              limits=config.limits)
+        admin_token = None if config.admin_token_file is None else read_token(config.admin_token_file)
         admin_state = AdminState(watcher=watcher, plane=None, started=time.time(), state_dir=config.state_dir,
-                                 telemetry=telemetry)
+                                 telemetry=telemetry, admin_token=admin_token)
         if role is not None:
             admin_state.worker = role.index
             if role.index == 0:
                 count = role.count
                 admin_state.peers = lambda: peer_addresses(config.state_dir, count, ADMIN_ADDRESS_FILE)
                 admin_state.http_peers = lambda: peer_addresses(config.state_dir, count, statedir.HTTP_ADDRESS_FILE)
-        admin = build_admin_server(admin_state)
-        http = None if http_listen is None else HttpSide(admin_state)
+        admin = build_admin_server(admin_state, config.limits)
+        http = None if http_listen is None else HttpSide(admin_state, config.limits)
         queue: IntentQueue | None = None
-        discrepancies = DiscrepancyLog(own_dir)
+        discrepancies = DiscrepancyLog(own_dir, record_values=config.record_values)
         locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
         try:
             try:
-                port = server.add_insecure_port(listen)
+                port = (server.add_insecure_port(listen) if config.tls is None
+                        else server.add_secure_port(listen, server_credentials(config.tls)))
             except RuntimeError:
                 message = f"listen: cannot listen on {listen} (in use, or not an address here)"
                 raise CannotListen(message) from None
@@ -145,7 +151,7 @@ class Proxy:
             admin_state.serving = True
             address = f"{listen.rpartition(':')[0]}:{port}"
             if role is None:
-                (config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
+                statedir.write_address(config.state_dir, LISTEN_ADDRESS_FILE, address)
                 announce(operators)
                 announce(f"serving on {address} (old={old.type_name}, new={new.type_name})")
             else:
@@ -232,14 +238,57 @@ def settle_garbage_collector() -> None:
     collection ran every few dozen calls, and each one also walked what start-up left alive. Frozen,
     start-up's objects are never walked again; the higher threshold makes young collections rarer
     at a cost of a little memory (the KeyValue benchmark's server CPU per call shows the difference).
+
+    Nothing large may wait for the collector: a refused request used to sit in a reference cycle
+    (grpc's abort keeps its traceback, which holds the handler's frame and the request) until a
+    collection came, thousands of calls later; serving/refusals.py breaks that cycle instead.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+#: Descriptors kept out of every connection limit: the stores and their journals, state_dir's files,
+#: the log, the event loop's and gRPC's own, threads' pipes, and a health probe or an admin call
+#: that arrives while both ports are full.
+RESERVED_DESCRIPTORS = 128
+#: The soft limit asked for when the hard one is unlimited (the kernel's nr_open caps it anyway).
+UNLIMITED_NOFILE_TARGET = 1 << 20
+
+
+def fit_descriptors(limits: Limits) -> int:
+    """Raise this process's soft RLIMIT_NOFILE toward its hard one and check that the limits fit in it.
+
+    The data port, the admin API and the HTTP side each stop at their own limit, so together they
+    never take the descriptors the stores, health and admin need; a config whose limits cannot fit
+    would let a flood of connections starve writes, so it is refused before anything starts.
+    Returns the descriptors the process may now have.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_NOFILE_TARGET)
+        with contextlib.suppress(ValueError, OSError):  # a container may forbid it: keep what we have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    needed = limits.max_connections + 2 * limits.admin_max_connections + RESERVED_DESCRIPTORS
+    if needed > soft:
+        room = max(soft - 2 * limits.admin_max_connections - RESERVED_DESCRIPTORS, 0)
+        raise ConfigError(
+            f"limits.max_connections: {limits.max_connections} data connections, 2 x "
+            f"limits.admin_max_connections ({limits.admin_max_connections}) and {RESERVED_DESCRIPTORS} "
+            f"descriptors kept for the stores, health and admin need {needed} open files, but this "
+            f"process may have {soft} (RLIMIT_NOFILE); lower limits.max_connections to at most {room} "
+            "or raise the limit (ulimit -n)")
+    return soft
+
+
+
 def serve(config: Config) -> None:
     import uvloop
+
+    fit_descriptors(config.limits)
 
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(Proxy(config, WorkerRole.from_env()).run())

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
-from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
+from turnout.kv.v1 import kv_pb2
 
+from proxy.config import Limits
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.errors import BackendUnavailable, InvalidArgument, ReadOnly, TurnoutError
+from proxy.serving.refusals import ReleaseRefusedRequests, in_flight_budget
 from proxy.serving.validation import check_key, check_value
 from proxy.telemetry.tracing import Telemetry
 
@@ -32,6 +35,8 @@ RECEIVE_CEILING_FACTOR = 4
 MIN_RECEIVE_CEILING = 64 * 1024 * 1024
 #: gRPC's message lengths are 32-bit signed integers.
 MAX_GRPC_MESSAGE = 2**31 - 1
+#: The longest a new data connection may take to complete its handshake.
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def receive_limit(max_value_bytes: int) -> int:
@@ -95,7 +100,25 @@ class Handling:
             span.end()
 
 
-class KeyValueService(kv_pb2_grpc.KeyValueServicer):
+#: A protobuf message type of the KeyValue service's requests.
+Request = TypeVar("Request", bound=Message)
+
+
+def parsed(kind: type[Request], raw: bytes) -> Request:
+    """The request from its bytes; bytes that are not one (garbage, or a string field that is not
+    UTF-8, which protobuf refuses) are the caller's error, not the server's."""
+    try:
+        return kind.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(f"request: not a valid {kind.DESCRIPTOR.full_name} (not protobuf, or a string field "
+                              "holds invalid UTF-8)") from None
+
+
+class KeyValueService:
+    """The KeyValue calls. Each takes its request as bytes and parses it inside Handling, so a request
+    that does not parse gets INVALID_ARGUMENT (the generated servicer's deserializers would raise
+    before any handler runs, which gRPC reports as UNKNOWN)."""
+
     def __init__(self, dispatcher: Callable[[], Dispatcher | None], max_value_bytes: int,
                  telemetry: Telemetry | None = None) -> None:
         # A callable, so the service can be registered before the backends are open.
@@ -113,50 +136,82 @@ class KeyValueService(kv_pb2_grpc.KeyValueServicer):
         metadata = context.invocation_metadata()
         return Handling(Call(caller_of(metadata), self._telemetry.server_span(method, metadata)), context)
 
-    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
+    async def Get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
         async with self._handling("Get", context) as call:
-            check_key(request.key)
-            value = await self._ready().get(request.key, call)
+            key = parsed(kv_pb2.GetRequest, raw).key
+            check_key(key)
+            value = await self._ready().get(key, call)
         if value is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(found=True, value=value)
 
-    async def Set(self, request: kv_pb2.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
+    async def Set(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
         async with self._handling("Set", context) as call:
+            request = parsed(kv_pb2.SetRequest, raw)
             check_key(request.key)
             check_value(request.value, self._max_value_bytes)
             await self._ready().set(request.key, request.value, call)
         return kv_pb2.SetResponse()
 
-    async def Has(self, request: kv_pb2.HasRequest, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
+    async def Has(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
         async with self._handling("Has", context) as call:
-            check_key(request.key)
-            found = await self._ready().has(request.key, call)
+            key = parsed(kv_pb2.HasRequest, raw).key
+            check_key(key)
+            found = await self._ready().has(key, call)
         return kv_pb2.HasResponse(found=found)
 
-    async def Delete(
-        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> kv_pb2.DeleteResponse:
+    async def Delete(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.DeleteResponse:
         async with self._handling("Delete", context) as call:
-            check_key(request.key)
-            existed = await self._ready().delete(request.key, call)
+            key = parsed(kv_pb2.DeleteRequest, raw).key
+            check_key(key)
+            existed = await self._ready().delete(key, call)
         return kv_pb2.DeleteResponse(existed=existed)
 
     async def Keys(
-        self, request: kv_pb2.KeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[kv_pb2.KeysResponse]:
         async with self._handling("Keys", context) as call:
-            async for page in self._ready().keys(request.prefix, call):
+            prefix = parsed(kv_pb2.KeysRequest, raw).prefix
+            async for page in self._ready().keys(prefix, call):
                 yield kv_pb2.KeysResponse(keys=page)
+
+
+def add_key_value(service: KeyValueService, server: grpc.aio.Server) -> None:
+    """Register the KeyValue calls as the generated add_KeyValueServicer_to_server does, but with the
+    requests handed over as bytes (no request_deserializer), for the handlers to parse."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Get": grpc.unary_unary_rpc_method_handler(service.Get,
+                                                   response_serializer=kv_pb2.GetResponse.SerializeToString),
+        "Set": grpc.unary_unary_rpc_method_handler(service.Set,
+                                                   response_serializer=kv_pb2.SetResponse.SerializeToString),
+        "Has": grpc.unary_unary_rpc_method_handler(service.Has,
+                                                   response_serializer=kv_pb2.HasResponse.SerializeToString),
+        "Delete": grpc.unary_unary_rpc_method_handler(service.Delete,
+                                                      response_serializer=kv_pb2.DeleteResponse.SerializeToString),
+        "Keys": grpc.unary_stream_rpc_method_handler(service.Keys,
+                                                     response_serializer=kv_pb2.KeysResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KV_SERVICE, handlers),))
+    server.add_registered_method_handlers(KV_SERVICE, handlers)
 
 
 def build_server(
     service: KeyValueService, health_servicer: health.aio.HealthServicer, max_value_bytes: int,
-    reuse_port: bool = False,
+    reuse_port: bool = False, limits: Limits | None = None,
 ) -> grpc.aio.Server:
+    limits = limits or Limits()
     server = grpc.aio.server(
+        # Refused requests are freed when their call ends, and requests held in flight stay in a budget.
+        interceptors=[ReleaseRefusedRequests(in_flight_budget(receive_limit(max_value_bytes)))],
         options=[
             ("grpc.max_receive_message_length", receive_limit(max_value_bytes)),
+            # Past max_connections a new connection is closed as soon as it is accepted, so a flood
+            # cannot take the descriptors the stores, health and admin need (see app.fit_descriptors).
+            ("grpc.max_allowed_incoming_connections", limits.max_connections),
+            ("grpc.max_connection_idle_ms", round(limits.idle_timeout_s * 1000)),
+            # A connection that never completes its HTTP/2 (or TLS) handshake is not idle to gRPC:
+            # without this it keeps its descriptor for two minutes.
+            ("grpc.server_handshake_timeout_ms", round(min(limits.idle_timeout_s, HANDSHAKE_TIMEOUT_S) * 1000)),
             # Sending is not limited: the old application may have stored a value past max_value_bytes
             # in its own file, and Get must still return it (the caller's channel decides what it takes).
             ("grpc.max_send_message_length", -1),
@@ -165,7 +220,7 @@ def build_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    kv_pb2_grpc.add_KeyValueServicer_to_server(service, server)
+    add_key_value(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((KV_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from proxy.config import MAX_KEY_BYTES
 from proxy.errors import InvalidArgument
+from proxy.jsonvalue import DocumentError, check_document
 
 
 def check_key(key: str) -> None:
@@ -16,20 +15,12 @@ def check_key(key: str) -> None:
         raise InvalidArgument(f"key: at most {MAX_KEY_BYTES} UTF-8 bytes, got {len(key.encode())}")
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
 def check_value(value: bytes, max_value_bytes: int) -> None:
-    """The value must be one JSON document in UTF-8 within the size limit."""
+    """The value must be one JSON document in UTF-8 within the size limit that every store can hold
+    (proxy/jsonvalue.py: the same rules validate applies to what is stored)."""
     if len(value) > max_value_bytes:
         raise InvalidArgument(f"value: at most {max_value_bytes} bytes, got {len(value)}")
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"value: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    try:
-        # parse_constant rejects NaN and Infinity, which Python's json accepts but JSON does not.
-        json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidArgument(f"value: not one JSON document ({exc})") from None
+        check_document(value)
+    except DocumentError as exc:
+        raise InvalidArgument(f"value: {exc}") from None

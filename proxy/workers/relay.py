@@ -26,6 +26,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from proxy.admin.auth import AUTHORIZATION, SendToken, bearer
+
 if TYPE_CHECKING:
     from turnout.admin.v1.admin_pb2_grpc import AdminAsyncStub
 
@@ -63,13 +65,14 @@ def current(source: Callable[[], Iterable[tuple[int, str]]]) -> tuple[Peer, ...]
     return tuple(sorted((Peer(index, address) for index, address in source()), key=lambda p: p.index))
 
 
-async def ask(peer: Peer, call: Callable[[AdminAsyncStub], Awaitable[T]]) -> Answer[T]:
+async def ask(peer: Peer, call: Callable[[AdminAsyncStub], Awaitable[T]], token: str | None = None) -> Answer[T]:
     """Make one admin call on one peer, on a channel of its own (admin calls are rare; a cached
-    channel would outlive a worker that restarted elsewhere)."""
+    channel would outlive a worker that restarted elsewhere); with the admin token when there is one."""
     if not peer.address:
         return Answer(peer, None, "not serving yet: it has not published its admin address")
+    interceptors = [] if token is None else [SendToken(token)]
     try:
-        async with grpc.aio.insecure_channel(peer.address) as channel:
+        async with grpc.aio.insecure_channel(peer.address, interceptors=interceptors) as channel:
             return Answer(peer, await call(admin_pb2_grpc.AdminStub(channel)))
     except grpc.aio.AioRpcError as exc:
         return Answer(peer, None, f"{exc.code().name}: {exc.details()}")
@@ -77,9 +80,11 @@ async def ask(peer: Peer, call: Callable[[AdminAsyncStub], Awaitable[T]]) -> Ans
         return Answer(peer, None, f"{type(exc).__name__}: {exc}")
 
 
-async def relay(peers: Sequence[Peer], call: Callable[[AdminAsyncStub], Awaitable[T]]) -> list[Answer[T]]:
-    """The same call on every peer at once; one answer per peer, in the peers' order."""
-    return list(await asyncio.gather(*(ask(peer, call) for peer in peers)))
+async def relay(peers: Sequence[Peer], call: Callable[[AdminAsyncStub], Awaitable[T]],
+                token: str | None = None) -> list[Answer[T]]:
+    """The same call on every peer at once (with the admin token, when there is one); one answer per
+    peer, in the peers' order."""
+    return list(await asyncio.gather(*(ask(peer, call, token) for peer in peers)))
 
 
 def failure(what: str, answers: Sequence[Answer[Any]]) -> str:
@@ -197,22 +202,26 @@ def _number(value: object) -> bool:
 # --- /metrics ----------------------------------------------------------------------------------
 
 
-async def fetch_metrics(address: str, timeout: float = RELAY_TIMEOUT_S) -> list[Metric]:
-    """GET /metrics from a worker's HTTP side, parsed; an error unless it answered 200 in time."""
+async def fetch_metrics(address: str, timeout: float = RELAY_TIMEOUT_S, token: str | None = None) -> list[Metric]:
+    """GET /metrics from a worker's HTTP side (with the admin token, when there is one), parsed; an
+    error unless it answered 200 in time."""
     if not address:
         raise ConnectionError("not serving yet: it has not published its HTTP address")
+    headers = {} if token is None else {AUTHORIZATION: bearer(token)}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
-            session.get(f"http://{address}/metrics") as reply:
+            session.get(f"http://{address}/metrics", headers=headers) as reply:
         if reply.status != 200:
             raise ConnectionError(f"GET /metrics answered {reply.status} {reply.reason}")
         text = await reply.text()
     return list(text_string_to_metric_families(text))
 
 
-async def merged_metrics(local: int, families: Sequence[Metric], peers: Sequence[Peer]) -> list[Metric]:
+async def merged_metrics(local: int, families: Sequence[Metric], peers: Sequence[Peer],
+                         token: str | None = None) -> list[Metric]:
     """Worker `local`'s families with every peer's, labelled by worker; a peer that cannot be read is
     left out and shown by turnout_worker_up."""
-    pages = await asyncio.gather(*(fetch_metrics(peer.address) for peer in peers), return_exceptions=True)
+    pages = await asyncio.gather(*(fetch_metrics(peer.address, token=token) for peer in peers),
+                                 return_exceptions=True)
     by_worker: list[tuple[int, Sequence[Metric]]] = [(local, families)]
     up = GaugeMetricFamily("turnout_worker_up", "1 when worker 0 could read the worker's metrics (serve --workers N).",
                            labels=("worker",))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from proxy import statedir
 from proxy.backends import prepare_store, shared_lock_path
 from proxy.config import Config
 from proxy.durable import StoreLock
@@ -114,7 +115,7 @@ class Supervisor:
 
     async def run(self) -> int:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        statedir.make_private_dir(config.state_dir)
         with contextlib.ExitStack() as held:
             locks = hold_store_locks(config)
             for lock in locks:
@@ -146,7 +147,7 @@ class Supervisor:
         failed = await self._wait_ready()
         if failed is not None:
             return failed
-        (self.config.state_dir / LISTEN_ADDRESS_FILE).write_text(address + "\n")
+        statedir.write_address(self.config.state_dir, LISTEN_ADDRESS_FILE, address)
         announce(f"serving on {address} ({self.count} workers, old={self.config.old.type}, "
                  f"new={self.config.new.type})")
         restarts = {index: RESTART_FIRST_S for index in range(self.count)}

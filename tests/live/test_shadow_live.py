@@ -106,7 +106,9 @@ def test_every_discrepancy_kind_is_reported_even_unsampled(tmp_path: Path, recei
         assert status["shadow"]["discrepancies"] == 6
         assert status["shadow"]["by_kind"]["extra_in_shadow"] == 2
         first = report["first"][0]
-        assert (first["key"], first["kind"], first["primary"], first["shadow"]) == ("diff", "value_mismatch", "1", "2")
+        # Values are recorded only with discrepancies.record_values (contract §5): sizes, digests, paths are.
+        assert (first["key"], first["kind"], first["primary"], first["shadow"]) == ("diff", "value_mismatch", None, None)
+        assert (first["primary_size"], first["shadow_size"], first["paths"]) == (1, 1, ["$"])
         assert first["revision"] == "shadow-1"
         assert first["time"] > 0
         listing = next(d for d in report["first"] + report["latest"] if d["op"] == "keys")

@@ -80,5 +80,6 @@ def test_admin_http_is_optional_and_without_it_there_is_no_http_side(tmp_path: P
     """A config without admin.http has none (and the admin API on its default port); with it, the address given."""
     config = parse_config(VALID, base=tmp_path)
     assert (config.admin_listen, config.admin_http) == ("127.0.0.1:9465", None)
-    config = parse_config({**VALID, "admin": {"listen": "127.0.0.1:0", "http": "0.0.0.0:0"}}, base=tmp_path)
+    config = parse_config({**VALID, "admin": {"listen": "127.0.0.1:0", "http": "0.0.0.0:0", "token_file": "t"}},
+                          base=tmp_path)
     assert (config.admin_listen, config.admin_http) == ("127.0.0.1:0", "0.0.0.0:0")

@@ -7,6 +7,7 @@ from turnout.client import (
     KeyNotFound,
     RetryPolicy,
     SyncClient,
+    TlsSettings,
     TurnoutError,
     Unavailable,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "KeyNotFound",
     "RetryPolicy",
     "SyncClient",
+    "TlsSettings",
     "TurnoutError",
     "Unavailable",
 ]

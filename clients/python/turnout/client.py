@@ -13,6 +13,11 @@ removes the key all the same, though its `existed` may read False when an earlie
 failed in transit had in fact removed it. `Keys` is retried only before its first page arrives, so
 no key is ever yielded twice.
 
+`tls` reaches a data port that speaks TLS (the proxy's `tls:` config): `TlsSettings` names the CA
+to trust and, for mTLS, the client's certificate and key; a `grpc.ChannelCredentials` of the
+caller's own is taken as it is. `token` sends `authorization: Bearer <token>` on every call, for a
+gateway in front of the proxy that asks for one (the proxy's data port itself asks for none).
+
 This module depends on grpcio and protobuf only, so services can install it without the proxy.
 """
 
@@ -24,6 +29,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -33,6 +39,8 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 #: The gRPC metadata that carries the caller's name; the proxy routes on it.
 USER_METADATA = "x-turnout-user"
+#: The gRPC metadata that carries a bearer token, when the client is given one.
+AUTHORIZATION_METADATA = "authorization"
 #: No message size limit of the channel's own (gRPC's default takes at most 4 MiB in): the proxy's
 #: `max_value_bytes` is the one limit. It may be set above 4 MiB, the old application may have stored
 #: a larger value, and a value over the limit must reach the proxy to be refused with its message.
@@ -150,6 +158,43 @@ class _Attempts:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to the proxy: the CA that signed its certificate (None: the system's roots), and for mTLS
+    the client's certificate chain and key, all PEM files."""
+
+    ca_file: str | Path | None = None
+    cert_file: str | Path | None = None
+    key_file: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TlsSettings: cert_file and key_file go together (a client certificate needs its key)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials of these files; ValueError naming the setting of a file that cannot be read."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(self.ca_file, "ca_file"),
+            private_key=_read_pem(self.key_file, "key_file"),
+            certificate_chain=_read_pem(self.cert_file, "cert_file"),
+        )
+
+
+def _read_pem(path: str | Path | None, setting: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"TlsSettings.{setting}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _credentials(tls: TlsSettings | grpc.ChannelCredentials | None, channel: object) -> grpc.ChannelCredentials | None:
+    if tls is not None and channel is not None:
+        raise ValueError("tls: a channel passed in has its own credentials; give tls or channel, not both")
+    return tls.credentials() if isinstance(tls, TlsSettings) else tls
+
+
+@dataclass(frozen=True, slots=True)
 class _CallSettings:
     """What every call of one client sends: the caller's name and the default deadline."""
 
@@ -158,10 +203,15 @@ class _CallSettings:
     retry: RetryPolicy
 
     @classmethod
-    def of(cls, user: str | None, timeout: float, retry: RetryPolicy) -> _CallSettings:
+    def of(cls, user: str | None, timeout: float, retry: RetryPolicy, token: str | None = None) -> _CallSettings:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        return cls(((USER_METADATA, user),) if user else (), timeout, retry)
+        if token is not None and (not token or any(not "!" <= c <= "~" for c in token)):
+            raise ValueError("token must be one word of visible ASCII (it travels as a header value)")
+        metadata: tuple[tuple[str, str], ...] = ((USER_METADATA, user),) if user else ()
+        if token:
+            metadata += ((AUTHORIZATION_METADATA, f"Bearer {token}"),)
+        return cls(metadata, timeout, retry)
 
     def attempts(self, timeout: float | None) -> _Attempts:
         if timeout is not None and timeout <= 0:
@@ -188,8 +238,9 @@ class _Client(Generic[_Channel]):
         user: str | None,
         timeout: float,
         retry: RetryPolicy,
+        token: str | None = None,
     ) -> None:
-        self._settings = _CallSettings.of(user, timeout, retry)
+        self._settings = _CallSettings.of(user, timeout, retry, token)
         self._owns_channel = channel is None
         self._channel: _Channel = channel or open_channel(target, _channel_options())
 
@@ -203,6 +254,7 @@ class AsyncClient(_Client[aio.Channel]):
 
     `timeout` is the default deadline of each call in seconds (each method also takes its own);
     `retry` says how UNAVAILABLE is retried. A `channel` passed in stays the caller's to close.
+    `tls` and `token`: see the module docstring (without `tls`, the channel is plaintext).
     """
 
     def __init__(
@@ -213,8 +265,17 @@ class AsyncClient(_Client[aio.Channel]):
         timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         channel: aio.Channel | None = None,
+        tls: TlsSettings | grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(target, aio.insecure_channel, channel, user, timeout, retry)
+        credentials = _credentials(tls, channel)
+
+        def open_channel(address: str, options: list[tuple[str, int]]) -> aio.Channel:
+            if credentials is None:
+                return aio.insecure_channel(address, options)
+            return aio.secure_channel(address, credentials, options)
+
+        super().__init__(target, open_channel, channel, user, timeout, retry, token)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -315,8 +376,17 @@ class SyncClient(_Client[grpc.Channel]):
         timeout: float = 5.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         channel: grpc.Channel | None = None,
+        tls: TlsSettings | grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(target, grpc.insecure_channel, channel, user, timeout, retry)
+        credentials = _credentials(tls, channel)
+
+        def open_channel(address: str, options: list[tuple[str, int]]) -> grpc.Channel:
+            if credentials is None:
+                return grpc.insecure_channel(address, options)
+            return grpc.secure_channel(address, credentials, options)
+
+        super().__init__(target, open_channel, channel, user, timeout, retry, token)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
     def __enter__(self) -> SyncClient:

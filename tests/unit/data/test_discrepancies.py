@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 
 from proxy.cli import main
 from proxy.commands.discrepancies import parse_since
-from proxy.data import discrepancies
+from proxy.data import discrepancies, valuediff
 from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, read_log, report_from_log, trim
 from proxy.statedir import DISCREPANCY_LOG_FILE
 from tests.support.proxy_process import write_config
@@ -181,3 +183,63 @@ async def test_the_logs_of_every_worker_are_read_as_one_in_time_order(tmp_path: 
     report = report_from_log(tmp_path)
     assert report.total == 3
     assert dict(report.compared) == {"get": 3, "set": 1}
+
+
+# --- what a record says of two documents without holding them (contract §5) -------------------
+
+def test_a_digest_is_of_the_canonical_document_so_layout_does_not_change_it() -> None:
+    """Member order and whitespace give the same 16-hex-digit digest; another document another one."""
+    same = valuediff.digest(b'{"a": 1, "b": [1, 2]}')
+    assert same == valuediff.digest(b'{"b":[1,2],"a":1}')
+    assert len(same) == 16
+    assert same != valuediff.digest(b'{"a": 2, "b": [1, 2]}')
+    assert len(valuediff.digest(b"not json")) == 16  # the bytes themselves when they do not parse
+
+
+def test_differing_paths_name_members_items_and_types_in_document_order() -> None:
+    """Paths list a changed scalar, a member or item on one side only, and a changed type."""
+    found = valuediff.differing_paths(b'{"a": 1, "b": {"c": true, "d": [1, 2, 3]}, "odd key": 1, "t": 1}',
+                                      b'{"a": 1.0, "b": {"c": 1, "d": [1, 5]}, "odd key": 2, "t": [1], "n": null}')
+    assert found == valuediff.Differences(('$.b.c', '$.b.d[1]', '$.b.d[2]', '$["odd key"]', '$.t', '$.n'))
+
+
+def test_differing_paths_are_bounded_and_need_no_recursion() -> None:
+    """Many differences give at most MAX_PATHS paths, marked truncated; nesting deeper than Python's
+    recursion limit is walked or, where the parser gives up, reported as the whole document."""
+    many = valuediff.differing_paths(json.dumps(list(range(100))).encode(), json.dumps([-1] * 100).encode())
+    assert len(many.paths) == valuediff.MAX_PATHS
+    assert many.truncated
+    deep = b"[" * 900 + b"1" + b"]" * 900
+    deeper = b"[" * 900 + b"2" + b"]" * 900
+    assert valuediff.differing_paths(deep, deeper).paths[0].endswith("[0]" * 900)
+    assert valuediff.differing_paths(b"[" * 100_000 + b"]" * 100_000, b"[]").paths == ("$",)
+    assert len(valuediff.digest(b"[" * 100_000 + b"]" * 100_000)) == 16
+
+
+def test_a_record_of_two_documents_holds_them_only_when_values_are_recorded() -> None:
+    """Off: sizes, digests and paths, no text; on: the text (trimmed) as well."""
+    off = discrepancies.document_fields(b'{"pin": "1234"}', b'{"pin": "9999"}', record_values=False)
+    assert (off["primary"], off["shadow"], off["values"]) == (None, None, False)
+    assert (off["primary_size"], off["shadow_size"], off["paths"]) == (15, 15, ("$.pin",))
+    on = discrepancies.document_fields(b'{"pin": "1234"}', None, record_values=True)
+    assert (on["primary"], on["shadow"], on["shadow_size"], on["values"]) == ('{"pin": "1234"}', None, None, True)
+
+
+async def test_the_log_is_private_and_reads_back_records_of_either_shape(tmp_path: Path) -> None:
+    """The log file is 0600 in a 0700 folder whatever the umask; a line of an older proxy (values, no
+    sizes) and a new one (sizes, paths) both read back."""
+    log = DiscrepancyLog(tmp_path / "state")
+    new = Discrepancy(2.0, "get", "k", "value_mismatch", route="old", revision="r",
+                      **discrepancies.document_fields(b'{"a":1}', b'{"a":2}', record_values=False))
+    log.record(found(1.0, "older"))
+    log.record(new)
+    previous = os.umask(0)
+    try:
+        await log.stop()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / DISCREPANCY_LOG_FILE).stat().st_mode) == 0o600
+    older, again = read_log(tmp_path / "state")
+    assert (older.primary, older.values) == ('"p"', True)
+    assert again == new

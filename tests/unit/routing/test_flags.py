@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import re2
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.cli import main
 from proxy.errors import ConfigError
 from proxy.routing.flagfile import load_flags, parse_flags, read_document
-from proxy.routing.flags import Flags
+from proxy.routing.flags import Flags, check_key_pattern, compile_key_patterns
 from tests.support.paths import ROOT
 
 SCHEMA = json.loads((ROOT / "config" / "flags.schema.json").read_text())
@@ -39,6 +43,11 @@ VALID = [
     "bucket_salt: 1_0\nrevision: 1:30\n",
     "enabled_for_users: [0b11, 1_000]\n",
 ]
+
+# Patterns that only a backtracking engine runs: RE2 refuses them, so no pattern can take longer than
+# a scan of the key.
+BACKREFERENCE = "enabled_for_keys:\n  - '(a)\\1'\n"
+LOOKAHEAD = "disabled_for_keys: ['^(?=b)']\n"
 
 INVALID = [
     ("surprise: 1\n", 1, "surprise: unknown field"),
@@ -77,10 +86,15 @@ INVALID = [
     ("traffic_percentage: {write: 0b11}\n", 1, "traffic_percentage.write: must be a number from 0 to 100, got '0b11'"),
     ("bucket_salt: 0x1F\n", 1, "bucket_salt: must be a string, got 0x1F"),
     ("enabled_for_users: [010]\n", 1, "enabled_for_users[0]: must be a string, got 010"),
+    (BACKREFERENCE, 2, "enabled_for_keys[0]: regular expression does not compile (RE2 syntax"),
+    (LOOKAHEAD, 1, "disabled_for_keys[0]: regular expression does not compile (RE2 syntax"),
 ]
 
 # Cases the JSON Schema cannot see (it gets the file after loading) or judges differently by design.
-CODE_ONLY = {"traffic_percentage: {read: .nan}\n"}  # JSON Schema's range checks let NaN through
+CODE_ONLY = {
+    "traffic_percentage: {read: .nan}\n",  # JSON Schema's range checks let NaN through
+    BACKREFERENCE, LOOKAHEAD,  # `format: regex` is the checker's own engine, not RE2
+}
 
 
 def test_empty_file_means_the_defaults_everything_to_old() -> None:
@@ -220,7 +234,7 @@ def test_integers_are_read_as_yaml_1_2_core() -> None:
 
 
 def test_key_regexes_are_compiled_with_the_flags() -> None:
-    """Flags carries one search per regex list, with re.search semantics."""
+    """Flags carries one search per regex list, with re.search semantics (a match anywhere)."""
     flags = parse_flags("enabled_for_keys: ['^session:', 'cart$']\n")
     assert flags.enabled_keys_search is not None
     assert flags.enabled_keys_search("session:1")
@@ -229,13 +243,90 @@ def test_key_regexes_are_compiled_with_the_flags() -> None:
     assert flags.disabled_keys_search is None
 
 
-def test_patterns_with_groups_keep_their_own_backreferences() -> None:
-    """Patterns with numbered groups are not merged, so each backreference means what it says."""
-    flags = Flags(enabled_for_keys=("(x)\\1$", "(y)\\1$"))
+def test_backtracking_pattern_is_matched_in_linear_time() -> None:
+    """(a+)+$ against 'a'*1000+'!' (2**1000 steps for a backtracking engine) answers at once."""
+    flags = Flags(enabled_for_keys=("(a+)+$",), disabled_for_keys=("^x", "(a|aa)+$"))
     assert flags.enabled_keys_search is not None
-    assert flags.enabled_keys_search("a:yy")
-    assert flags.enabled_keys_search("a:xx")
-    assert not flags.enabled_keys_search("a:xy")
+    assert flags.disabled_keys_search is not None
+    started = time.monotonic()
+    assert not flags.enabled_keys_search("a" * 1000 + "!")
+    assert not flags.disabled_keys_search("a" * 1000 + "!")
+    assert time.monotonic() - started < 1.0
+    assert flags.enabled_keys_search("a" * 1000)
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("(x)\\1$", "invalid escape sequence"),  # a backreference
+    ("^(?=session:)", "invalid perl operator"),  # lookahead
+    ("(?<!a)b", "invalid perl operator"),  # lookbehind
+    ("a{1001}", "invalid repetition size"),  # RE2 bounds a repetition: compiling stays cheap
+])
+def test_patterns_re2_cannot_run_are_refused_naming_field_and_line(pattern: str, why: str) -> None:
+    """A pattern only a backtracking engine runs is refused by the file's validation and by Flags."""
+    text = f"revision: r\nenabled_for_keys:\n  - '^ok'\n  - '{pattern}'\n"
+    with pytest.raises(ConfigError, match=rf"^flags.yaml:4: enabled_for_keys\[1\]: regular expression does not "
+                                          rf"compile \(RE2 syntax.*\): {why}"):
+        parse_flags(text)
+    with pytest.raises(ConfigError, match=rf"disabled_for_keys\[0\]: .*{why}"):
+        Flags(disabled_for_keys=(pattern,))
+
+
+def test_combined_patterns_keep_their_own_inline_flags() -> None:
+    """(?i) in one pattern of a list applies to that pattern only."""
+    flags = Flags(enabled_for_keys=("(?i)^session:", "^cart:[0-9]+"))
+    assert flags.enabled_keys_search is not None
+    assert flags.enabled_keys_search("SESSION:1")
+    assert flags.enabled_keys_search("cart:1")
+    assert not flags.enabled_keys_search("CART:1")
+
+
+def test_non_ascii_keys_and_patterns_match() -> None:
+    """Patterns and keys are matched as text: a non-ASCII literal and a dot over a non-ASCII letter."""
+    flags = Flags(enabled_for_keys=("^café:", "^n.d$"))
+    assert flags.enabled_keys_search is not None
+    assert flags.enabled_keys_search("café:1")
+    assert flags.enabled_keys_search("nöd")
+    assert not flags.enabled_keys_search("cafe:1")
+
+
+def test_long_pattern_list_matches_in_every_piece() -> None:
+    """A list longer than one RE2 program holds still matches a key by any of its patterns, first or last."""
+    patterns = (*(f"^t{i:04}:[0-9]+$" for i in range(2500)), "draft")
+    search = compile_key_patterns(patterns, "enabled_for_keys")
+    assert search is not None
+    assert search("t0000:1")
+    assert search("t2499:12")
+    assert search("x:draft:1")
+    assert not search("t2500:1")
+    assert not search("t0001:x")
+
+
+_PIECES = ["^", "$", "a", "b", ":", "ab", "a+", "b*", "a?", "b{0,2}", "[ab]", ".", "(?i)A", "\\$", "\\.", "é", "|",
+           "(a|b)", "*", "?"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(patterns=st.lists(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=4).map("".join),
+                         min_size=1, max_size=5),
+       keys=st.lists(st.text(alphabet="abAB:$.é\n", max_size=6), max_size=20))
+def test_one_search_per_list_means_each_pattern_searched_alone(patterns: list[str], keys: list[str]) -> None:
+    """The list's single search (literal shortcuts, one combined program) matches a key exactly when
+    one of its patterns, searched alone with RE2, does."""
+    valid = [p for p in patterns if _compiles(p)]
+    if not valid:
+        return
+    search = compile_key_patterns(tuple(valid), "enabled_for_keys")
+    assert search is not None
+    for key in keys:
+        assert bool(search(key)) == any(re2.search(p, key) is not None for p in valid), (valid, key)
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        check_key_pattern(pattern)
+    except ValueError:
+        return False
+    return True
 
 
 def test_flags_built_in_code_are_checked_too() -> None:

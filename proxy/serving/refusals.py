@@ -1,0 +1,154 @@
+"""Frees a refused request at once, instead of at the garbage collector's next full pass.
+
+A refusal is `context.abort()`, which raises grpc's AbortError and keeps it on the call's own state.
+Its traceback holds the handler's frame, that frame holds the request and the context, and the
+context holds the call's state: a reference cycle around the whole request. Only the cyclic collector
+frees it, and with its threshold raised and start-up frozen (`settle_garbage_collector`) that came
+after thousands of calls, so refused 10 MB requests piled up by the gigabyte (issue 16, item 2).
+
+`ReleaseRefusedRequests` wraps each handler once: when the call was aborted, it drops the tracebacks
+of the abort and of the error behind it before grpc sees them, and its own reference to the request,
+so nothing in the cycle that is left reaches the request and it is freed when the call ends.
+
+It also keeps the requests that handlers hold at once (a slow store, a busy key lock) within a byte
+budget: past it, a call is refused with RESOURCE_EXHAUSTED before any work, so many large writes
+waiting on a slow store cannot take the machine's memory. One request is always let in, however
+large (the receive limit bounds it), so a budget never starves a lone large write.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+
+_Behaviour = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
+
+
+def _forget_frames(error: BaseException) -> None:
+    """Drop the tracebacks of error and of every error chained to it (each holds handler frames)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
+MIB = 1024 * 1024
+#: Requests that handlers may hold at once, in receive limits: a few large writes in flight.
+IN_FLIGHT_REQUESTS = 4
+#: The budget is never below this, so small values never meet it in practice.
+MIN_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+
+
+def in_flight_budget(receive_limit: int) -> int:
+    """The bytes of requests handlers may hold at once, for a transport that takes up to receive_limit."""
+    return max(IN_FLIGHT_REQUESTS * receive_limit, MIN_IN_FLIGHT_BYTES)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """The bytes of the requests handlers hold now, against the budget."""
+
+    budget: int
+    held: int = 0
+
+    def refusal(self, size: int) -> str | None:
+        """Why a request of size bytes must wait for others to finish, or None to take it (and count it)."""
+        if self.held and self.held + size > self.budget:
+            return (f"turnout holds {self.held // MIB} MiB of requests in flight (budget {self.budget // MIB} MiB); "
+                    "retry later")
+        self.held += size
+        return None
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], why: str) -> None:
+    try:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+    except grpc.aio.AbortError as aborted:
+        _forget_frames(aborted)
+        raise
+
+
+def _unary(behaviour: _Behaviour, in_flight: InFlight) -> Callable[..., Awaitable[Any]]:
+    async def release_on_abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()  # KeyValue parses its own
+        why = in_flight.refusal(size)
+        if why is not None:
+            del request
+            await _refuse(context, why)
+        try:
+            return await behaviour(request, context)
+        except grpc.aio.AbortError as aborted:
+            _forget_frames(aborted)
+            del request  # this frame joins the abort's new traceback as it leaves
+            raise
+        finally:
+            in_flight.held -= size
+
+    return release_on_abort
+
+
+def _unary_stream(behaviour: _Behaviour, in_flight: InFlight) -> Callable[..., AsyncIterator[Any]]:
+    async def release_on_abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()  # KeyValue parses its own
+        why = in_flight.refusal(size)
+        if why is not None:
+            del request
+            await _refuse(context, why)
+        try:
+            async for reply in behaviour(request, context):
+                yield reply
+        except grpc.aio.AbortError as aborted:
+            _forget_frames(aborted)
+            del request
+            raise
+        finally:
+            in_flight.held -= size
+
+    return release_on_abort
+
+
+def _released(handler: Handler, in_flight: InFlight) -> Handler:
+    if handler.request_streaming:
+        return handler  # a stream's messages are each freed as the handler moves on
+    if handler.response_streaming:
+        if handler.unary_stream is None or not inspect.isasyncgenfunction(handler.unary_stream):
+            return handler
+        return grpc.unary_stream_rpc_method_handler(
+            _unary_stream(handler.unary_stream, in_flight), handler.request_deserializer,
+            handler.response_serializer)
+    if handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        _unary(handler.unary_unary, in_flight), handler.request_deserializer, handler.response_serializer)
+
+
+class ReleaseRefusedRequests(grpc.aio.ServerInterceptor):
+    """Wraps every unary-request handler: an aborted call frees its request when it ends, and the requests
+    held at once stay within a byte budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.in_flight = InFlight(budget)
+        # One wrapper per method, made on its first call: the per-call cost is one dictionary look-up.
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # an unknown method: grpc answers UNIMPLEMENTED, and nothing is cached for it
+        wrapped = self._wrapped[method] = _released(handler, self.in_flight)
+        return wrapped
