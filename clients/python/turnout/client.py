@@ -194,6 +194,22 @@ def _credentials(tls: TlsSettings | grpc.ChannelCredentials | None, channel: obj
     return tls.credentials() if isinstance(tls, TlsSettings) else tls
 
 
+def _opener(
+    tls: TlsSettings | grpc.ChannelCredentials | None, channel: object,
+    insecure: Callable[[str, list[tuple[str, int]]], _Channel],
+    secure: Callable[[str, grpc.ChannelCredentials, list[tuple[str, int]]], _Channel],
+) -> Callable[[str, list[tuple[str, int]]], _Channel]:
+    """How a client opens its channel: plaintext, or with the credentials `tls` gives (sync or aio)."""
+    credentials = _credentials(tls, channel)
+
+    def open_channel(address: str, options: list[tuple[str, int]]) -> _Channel:
+        if credentials is None:
+            return insecure(address, options)
+        return secure(address, credentials, options)
+
+    return open_channel
+
+
 @dataclass(frozen=True, slots=True)
 class _CallSettings:
     """What every call of one client sends: the caller's name and the default deadline."""
@@ -268,13 +284,7 @@ class AsyncClient(_Client[aio.Channel]):
         tls: TlsSettings | grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
-        credentials = _credentials(tls, channel)
-
-        def open_channel(address: str, options: list[tuple[str, int]]) -> aio.Channel:
-            if credentials is None:
-                return aio.insecure_channel(address, options)
-            return aio.secure_channel(address, credentials, options)
-
+        open_channel = _opener(tls, channel, aio.insecure_channel, aio.secure_channel)
         super().__init__(target, open_channel, channel, user, timeout, retry, token)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
@@ -379,13 +389,7 @@ class SyncClient(_Client[grpc.Channel]):
         tls: TlsSettings | grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
-        credentials = _credentials(tls, channel)
-
-        def open_channel(address: str, options: list[tuple[str, int]]) -> grpc.Channel:
-            if credentials is None:
-                return grpc.insecure_channel(address, options)
-            return grpc.secure_channel(address, credentials, options)
-
+        open_channel = _opener(tls, channel, grpc.insecure_channel, grpc.secure_channel)
         super().__init__(target, open_channel, channel, user, timeout, retry, token)
         self._stub = kv_pb2_grpc.KeyValueStub(self._channel)
 
