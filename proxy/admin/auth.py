@@ -99,7 +99,8 @@ def _refuse_with(why: str) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awa
     return refuse
 
 
-def _with_token(metadata: Any, token: str) -> tuple[tuple[str, str], ...]:
+def with_token(metadata: Any, token: str) -> tuple[tuple[str, str], ...]:
+    """A call's metadata with the bearer token in place of any authorization it had."""
     kept = tuple((key, value) for key, value in (metadata or ()) if key != AUTHORIZATION)
     return (*kept, (AUTHORIZATION, bearer(token)))
 
@@ -114,6 +115,6 @@ class SendToken(aio.UnaryUnaryClientInterceptor):
                                     request: Any) -> Any:
         details = aio.ClientCallDetails(
             client_call_details.method, client_call_details.timeout,
-            aio.Metadata(*_with_token(client_call_details.metadata, self._token)),
+            aio.Metadata(*with_token(client_call_details.metadata, self._token)),
             client_call_details.credentials, client_call_details.wait_for_ready)
         return await continuation(details, request)

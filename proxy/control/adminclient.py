@@ -10,7 +10,8 @@ from typing import Any, NamedTuple
 import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from proxy.admin.auth import AUTHORIZATION, bearer, read_token
+from proxy import statedir
+from proxy.admin.auth import read_token, with_token
 from proxy.config import Config
 from proxy.errors import BackendUnavailable, InvalidArgument
 from proxy.progress import Progress
@@ -31,22 +32,18 @@ def running_address(config: Config, configured: str, written: str) -> str:
     """The configured address, or, when it asks for any free port (:0), the one the proxy wrote down."""
     if configured.rpartition(":")[2] != "0":
         return configured
-    try:
-        return (config.state_dir / written).read_text().strip()
-    except FileNotFoundError:
-        return configured
+    return statedir.read_address(config.state_dir, written) or configured
 
 
 class _SendToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Adds the bearer token to every admin call (unary, and the streamed jobs Migrate and Verify)."""
 
     def __init__(self, token: str) -> None:
-        self._metadata = (AUTHORIZATION, bearer(token))
+        self._token = token
 
     def _details(self, details: Any) -> Any:
-        kept = [(key, value) for key, value in (details.metadata or ()) if key != AUTHORIZATION]
-        return _CallDetails(details.method, details.timeout, (*kept, self._metadata), details.credentials,
-                            details.wait_for_ready, details.compression)
+        return _CallDetails(details.method, details.timeout, with_token(details.metadata, self._token),
+                            details.credentials, details.wait_for_ready, details.compression)
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return continuation(self._details(client_call_details), request)
