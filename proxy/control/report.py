@@ -7,7 +7,6 @@ summary or as JSON, and kept in state_dir as an incident when a switch went wron
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +105,3 @@ def summary(report: Report) -> str:
     lines += [f"  NOT UNDONE: {what}" for what in report.not_undone]
     return "\n".join(lines)
 
-
-def as_json(report: Report) -> str:
-    return json.dumps(report.to_document())
