@@ -15,7 +15,8 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels turnout && rm -rf
 COPY config /etc/turnout
 RUN mkdir -p /data && chown turnout /data && \
     sed -i 's#\.\./data/#/data/#' /etc/turnout/turnout.yaml && \
-    sed -i 's#^listen: 127.0.0.1:#listen: 0.0.0.0:#' /etc/turnout/turnout.yaml
+    sed -i 's#\.\./\.\./data/#/data/#' /etc/turnout/examples/*.yaml && \
+    sed -i 's#^listen: 127.0.0.1:#listen: 0.0.0.0:#' /etc/turnout/turnout.yaml /etc/turnout/examples/*.yaml
 # Every other command (`docker exec ... turnout kv get k`, `turnout status`) finds the same config.
 ENV TURNOUT_CONFIG=/etc/turnout/turnout.yaml
 USER turnout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from proxy.backends.options import read_options
 from proxy.backends.registry import STORE_TYPES
 from proxy.errors import ConfigError
+from proxy.secrets import mask
 
 DEFAULT_CONFIG = Path("config/turnout.yaml")
 DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
@@ -27,11 +30,20 @@ MAX_KEY_BYTES = 1024
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """How to open one backend: its type, its path, and its type's options (no type takes any yet)."""
+    """How to open one backend: its type, its path, and its type's options (registry.STORE_TYPES)."""
 
     type: str
     path: Path | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Every option the type declares, defaults filled in. Not in repr: a dsn or url may hold a password.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> str:
+        """The spec as it may be shown in a log or `turnout status`: type and address, passwords masked."""
+        entry = STORE_TYPES[self.type]
+        where = str(self.path) if self.path is not None else " ".join(
+            f"{o.name}={self.options[o.name]}" for o in entry.options
+            if o.required and self.options.get(o.name) is not None)
+        return mask(f"{self.type} {where}".strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +129,7 @@ _TOP_FIELDS = {"listen", "flags", "state_dir", "backends", "admin", "max_value_b
 
 
 def _parse(raw: object, base: Path, source: Path | None) -> Config:
-    doc = _mapping(raw, "config")
+    doc = _mapping(expand_environment(raw, ""), "config")
     _no_unknown(doc, _TOP_FIELDS, "")
     backends = _mapping(_required(doc, "backends", ""), "backends")
     _no_unknown(backends, {"old", "new"}, "backends.")
@@ -153,6 +165,37 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         limits=_limits(doc.get("limits", {})),
         source=source,
     )
+
+
+# ${NAME} names an environment variable; $${ is a literal ${ (contract §2).
+_ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def expand_environment(raw: object, where: str) -> object:
+    """The config tree with every `${NAME}` in a string value replaced by that environment variable.
+
+    A name that is not set, or not a variable name, is an error naming the field: starting with a
+    password silently empty would only fail later, far from the cause.
+    """
+    if isinstance(raw, str):
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group(1)
+            if not _ENV_NAME.match(name):
+                raise ConfigError(f"{where or 'config'}: ${{{name}}} is not an environment variable name")
+            value = os.environ.get(name)
+            if value is None:
+                raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
+            return value
+
+        return _ENV_REFERENCE.sub(substitute, raw)
+    if isinstance(raw, Mapping):
+        return {key: expand_environment(value, f"{where}.{key}" if where else str(key)) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [expand_environment(value, f"{where}[{index}]") for index, value in enumerate(raw)]
+    return raw
 
 
 def _flag(doc: Mapping[str, Any], key: str, prefix: str) -> bool:
@@ -200,11 +243,18 @@ def _backend(raw: object, name: str, base: Path) -> BackendSpec:
         path = _path(_required(spec, "path", f"{name}."), f"{name}.path", base)
     elif "path" in spec:
         raise ConfigError(f"{name}.path: a {kind} backend takes no path")
-    unknown = sorted(set(spec) - {"type", "path"})
+    entry = STORE_TYPES[kind]
+    unknown = sorted(set(spec) - {"type", "path"} - {option.name for option in entry.options})
     if unknown:
-        # No backend type takes options (yet): a field beyond type and path is a mistake, not to be ignored.
+        # A field the type does not take is a mistake (a typo, say), never silently ignored.
         raise ConfigError(f"{name}.{unknown[0]}: unknown field for a {kind} backend")
-    return BackendSpec(type=kind, path=path)
+    try:
+        options = read_options(entry.options, spec, base)
+        if entry.check_options is not None:
+            entry.check_options(options)
+    except ValueError as exc:
+        raise ConfigError(f"{name}.{exc}") from None
+    return BackendSpec(type=kind, path=path, options=options)
 
 
 def _mapping(raw: object, name: str) -> Mapping[str, Any]:

@@ -16,6 +16,9 @@ from proxy.routing.router import Router
 from tests.support.otlp_receiver import GrpcReceiver
 from tests.support.proxy_process import ProxyProcess, write_config
 
+# The real servers (session-scoped, started on first use) and their per-test spec fixtures.
+pytest_plugins = ["tests.support.servers.postgres", "tests.support.servers.redis", "tests.support.servers.upstream"]
+
 
 @pytest.fixture
 def embedded_proxy(tmp_path: Path) -> Iterator[ProxyProcess]:

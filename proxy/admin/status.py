@@ -15,6 +15,7 @@ from proxy import __version__
 from proxy.admin.documents import override_state, pause_state, replication_state
 from proxy.admin.state import AdminState
 from proxy.migration.checksum import summarize
+from proxy.secrets import mask
 from proxy.workers.relay import RELAY_TIMEOUT_S, merge_status, relay, worker_state
 
 
@@ -53,7 +54,8 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
         })
         for backend in snapshot.backends:
             response.backends.append(admin_pb2.BackendState(
-                name=backend.name, type=backend.type, healthy=backend.healthy, error=backend.error,
+                # mask: a driver's message may quote the address it failed to reach, password and all.
+                name=backend.name, type=backend.type, healthy=backend.healthy, error=mask(backend.error),
             ))
     others = state.other_workers()
     if others or state.worker:

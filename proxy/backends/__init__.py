@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 SHARED_BY_PROCESSES: tuple[str, ...] = tuple(name for name, entry in STORE_TYPES.items() if entry.shared_by_processes)
 
 
-def shared_lock_path(spec: BackendSpec) -> Path:
-    """The lock file of a store several processes may serve; ValueError for a type that cannot be."""
+def shared_lock_path(spec: BackendSpec) -> Path | None:
+    """The lock file of a store several processes may serve (None for a server store: it has no file
+    to lock, and many proxies may share it); ValueError for a type one process alone can serve."""
     entry = store_type(spec.type)
-    lock = entry.lock_file(spec) if entry.shared_by_processes else None
-    if lock is None:
+    if not entry.shared_by_processes:
         raise ValueError(f"a {spec.type} store is served by one process alone")
-    return lock
+    return entry.lock_file(spec)
 
 
 async def prepare_store(spec: BackendSpec) -> None:

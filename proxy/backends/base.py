@@ -59,6 +59,20 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class ServerStore(Backend, Protocol):
+    """A store on a server the proxy reaches over the network (PostgreSQL, Redis, an upstream KeyValue).
+
+    Opening one never waits for its server: a server down at start-up leaves the proxy serving with
+    this store unhealthy, its calls raising BackendUnavailable, until the server returns. The health
+    prober calls probe() so that health turns back without waiting for traffic to try.
+    """
+
+    async def probe(self) -> None:
+        """Return once the server answered one cheap request; BackendUnavailable when it did not in time."""
+        ...
+
+
 async def get_many(backend: Backend, keys: Sequence[Key]) -> list[Value | None]:
     """Many gets at once: one query where the backend offers `get_many`, else one get per key."""
     bulk = getattr(backend, "get_many", None)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
+from proxy.backends.options import Option, OptionKind, OptionsCheck
 from proxy.durable import sibling_lock
 
 if TYPE_CHECKING:
@@ -62,6 +63,12 @@ class StoreType:
     preparer: Preparer | None = None
     #: Set for the legacy formats the old application writes directly.
     layout: LegacyLayout | None = None
+    #: The fields a spec of this type takes beside `type` and `path` (server address, timeouts, ...).
+    options: tuple[Option, ...] = ()
+    #: Checks the options together once each is valid alone (a table name, a URL's scheme, ...).
+    check_options: OptionsCheck | None = None
+    #: True for a store on a server the proxy reaches over the network (it may be down at start-up).
+    server: bool = False
 
     @property
     def at_path(self) -> bool:
@@ -91,7 +98,7 @@ async def _open_memory(spec: BackendSpec) -> Backend:
 async def _open_jsonfile(spec: BackendSpec) -> Backend:
     from proxy.backends.jsonfile import JsonFileBackend
 
-    return await JsonFileBackend.open(store_path(spec))
+    return await JsonFileBackend.open(store_path(spec), flush_interval=spec.options.get("flush_interval"))
 
 
 async def _open_sqlite(spec: BackendSpec) -> Backend:
@@ -119,13 +126,72 @@ def _jsondir_lock(folder: Path) -> Path:
     return lock_path(folder)
 
 
+async def _open_postgres(spec: BackendSpec) -> Backend:
+    from proxy.backends.postgres import PostgresBackend
+
+    return await PostgresBackend.open(spec)
+
+
+async def _open_redis(spec: BackendSpec) -> Backend:
+    from proxy.backends.redis import RedisBackend
+
+    return await RedisBackend.open(spec)
+
+
+async def _open_upstream(spec: BackendSpec) -> Backend:
+    from proxy.backends.upstream import UpstreamBackend
+
+    return await UpstreamBackend.open(spec)
+
+
+def _check_postgres(options: Mapping[str, object]) -> None:
+    from proxy.backends.serveroptions import check_postgres
+
+    check_postgres(options)
+
+
+def _check_redis(options: Mapping[str, object]) -> None:
+    from proxy.backends.serveroptions import check_redis
+
+    check_redis(options)
+
+
+def _check_upstream(options: Mapping[str, object]) -> None:
+    from proxy.backends.serveroptions import check_upstream
+
+    check_upstream(options)
+
+
+#: The timeouts every server store takes: reaching the server, and one call once connected.
+_SERVER_TIMEOUTS = (
+    Option("connect_timeout", OptionKind.SECONDS, default=5.0),
+    Option("call_timeout", OptionKind.SECONDS, default=5.0),
+)
+
 #: Every store type, by name. The shareable ones are listed in this order in messages.
 STORE_TYPES: Mapping[str, StoreType] = MappingProxyType({entry.name: entry for entry in (
     StoreType("memory", _open_memory),
-    StoreType("jsonfile", _open_jsonfile, lock_of=sibling_lock, layout=LegacyLayout.OBJECT_FILE),
+    StoreType("jsonfile", _open_jsonfile, lock_of=sibling_lock, layout=LegacyLayout.OBJECT_FILE,
+              options=(Option("flush_interval", OptionKind.SECONDS),)),
     StoreType("sqlite", _open_sqlite, lock_of=sibling_lock, shared_by_processes=True, preparer=_prepare_sqlite),
     StoreType("jsondir", _open_jsondir, lock_of=_jsondir_lock, shared_by_processes=True,
               layout=LegacyLayout.FILE_PER_KEY),
+    StoreType("postgres", _open_postgres, shared_by_processes=True, server=True, check_options=_check_postgres,
+              options=(Option("dsn", OptionKind.TEXT, required=True, secret=True),
+                       Option("table", OptionKind.TEXT, default="kv"),
+                       Option("pool_size", OptionKind.COUNT, default=8), *_SERVER_TIMEOUTS)),
+    StoreType("redis", _open_redis, shared_by_processes=True, server=True, check_options=_check_redis,
+              options=(Option("url", OptionKind.TEXT, required=True, secret=True),
+                       Option("key_prefix", OptionKind.TEXT, default=""),
+                       Option("cluster", OptionKind.FLAG, default=False),
+                       Option("pool_size", OptionKind.COUNT, default=16), *_SERVER_TIMEOUTS)),
+    StoreType("grpc", _open_upstream, shared_by_processes=True, server=True, check_options=_check_upstream,
+              options=(Option("target", OptionKind.TEXT, required=True),
+                       Option("ca_file", OptionKind.PATH),
+                       # A client certificate, for an upstream whose data port asks mTLS (contract §5).
+                       Option("cert_file", OptionKind.PATH),
+                       Option("key_file", OptionKind.PATH),
+                       Option("retries", OptionKind.COUNT, default=3), *_SERVER_TIMEOUTS)),
 )})
 
 

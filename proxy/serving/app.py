@@ -33,6 +33,7 @@ from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
 from proxy.data.keylocks import KeyLocks
 from proxy.data.plane import DataPlane
+from proxy.data.prober import HealthProber
 from proxy.data.sharedlocks import SharedKeyLocks
 from proxy.durable import inherit_store_locks
 from proxy.errors import ConfigError, TurnoutError
@@ -105,6 +106,7 @@ class Proxy:
         admin = build_admin_server(admin_state, config.limits)
         http = None if http_listen is None else HttpSide(admin_state, config.limits)
         queue: IntentQueue | None = None
+        prober: HealthProber | None = None
         discrepancies = DiscrepancyLog(own_dir, record_values=config.record_values)
         locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
         try:
@@ -145,6 +147,8 @@ class Proxy:
             discrepancies.start()
             self.dispatcher = Dispatcher(backends, watcher, queue, locks, discrepancies, Metrics(), telemetry)
             admin_state.plane = DataPlane(self.dispatcher, watcher)
+            prober = HealthProber(backends, self.dispatcher.health)
+            prober.start()
             watcher.start()
             # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)
@@ -168,6 +172,8 @@ class Proxy:
             await server.stop(SHUTDOWN_GRACE_S)
         finally:
             await server.stop(0)
+            if prober is not None:
+                await prober.stop()
             await watcher.stop()
             await self._close(queue)
             await discrepancies.stop()

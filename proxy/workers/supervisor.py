@@ -74,7 +74,8 @@ def reserve_listen(listen: str) -> tuple[socket.socket, str]:
 
 def hold_store_locks(config: Config) -> list[StoreLock]:
     """Lock both stores and the replication queue for this proxy's workers, or refuse to start."""
-    paths = [shared_lock_path(spec) for spec in (config.old, config.new, queue_store(config.state_dir))]
+    specs = (config.old, config.new, queue_store(config.state_dir))
+    paths = [path for spec in specs if (path := shared_lock_path(spec)) is not None]
     held: list[StoreLock] = []
     try:
         for path in paths:

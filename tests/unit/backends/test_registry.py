@@ -12,6 +12,7 @@ import pytest
 
 from proxy.backends import SHARED_BY_PROCESSES, open_backend, prepare_store, shared_lock_path
 from proxy.backends.base import Backend
+from proxy.backends.options import read_options
 from proxy.backends.registry import STORE_TYPES, store_type
 from proxy.config import BackendSpec, Config, parse_config
 from proxy.durable import StoreLock
@@ -27,10 +28,18 @@ TYPES = tuple(STORE_TYPES)
 FILE_TYPES = tuple(name for name, entry in STORE_TYPES.items() if entry.at_path)
 SHARED = tuple(name for name, entry in STORE_TYPES.items() if entry.shared_by_processes)
 ALONE = tuple(name for name in TYPES if name not in SHARED)
+SERVER_TYPES = tuple(name for name, entry in STORE_TYPES.items() if entry.server)
+EMBEDDED = tuple(name for name in TYPES if name not in SERVER_TYPES)
+#: The address options a server store requires, as a config would give them (nothing listens there).
+ADDRESSES: dict[str, dict[str, Any]] = {
+    "postgres": {"dsn": "postgresql://turnout@127.0.0.1:1/app"},
+    "redis": {"url": "redis://127.0.0.1:1/0"},
+    "grpc": {"target": "127.0.0.1:1"},
+}
 
 
 def backend_doc(kind: str, name: str) -> dict[str, Any]:
-    return {"type": kind, "path": name} if STORE_TYPES[kind].at_path else {"type": kind}
+    return {"type": kind, "path": name} if STORE_TYPES[kind].at_path else {"type": kind, **ADDRESSES.get(kind, {})}
 
 
 def config_of(tmp_path: Path, old: str, new: str) -> Config:
@@ -40,7 +49,8 @@ def config_of(tmp_path: Path, old: str, new: str) -> Config:
 
 
 def spec_at(kind: str, tmp_path: Path) -> BackendSpec:
-    return BackendSpec(type=kind, path=tmp_path / "store" if STORE_TYPES[kind].at_path else None)
+    options = read_options(STORE_TYPES[kind].options, ADDRESSES.get(kind, {}), tmp_path)
+    return BackendSpec(type=kind, path=tmp_path / "store" if STORE_TYPES[kind].at_path else None, options=options)
 
 
 def journal_mode(path: Path) -> str:
@@ -53,7 +63,8 @@ def journal_mode(path: Path) -> str:
 
 @pytest.mark.parametrize("kind", TYPES)
 async def test_every_type_in_the_table_opens_through_open_backend(kind: str, tmp_path: Path) -> None:
-    """open_backend opens a store of every type in the table, and the store reports that type."""
+    """open_backend opens a store of every type in the table, and the store reports that type; a server
+    store opens at once even though nothing listens at its address (it serves once its server does)."""
     backend = await open_backend(spec_at(kind, tmp_path))
     try:
         assert isinstance(backend, Backend)
@@ -64,7 +75,7 @@ async def test_every_type_in_the_table_opens_through_open_backend(kind: str, tmp
 
 def test_every_type_in_the_table_is_in_the_conformance_suite() -> None:
     """No type in the table escapes the conformance suite, which defines what a working backend is."""
-    assert set(ALL_TYPES) == set(TYPES)
+    assert {kind.removesuffix("-cluster").removesuffix("-journal") for kind in ALL_TYPES} == set(TYPES)
 
 
 def test_an_unknown_type_is_refused_by_its_name() -> None:
@@ -86,8 +97,9 @@ def test_config_accepts_exactly_the_types_in_the_table(tmp_path: Path) -> None:
 def test_a_file_store_needs_a_path_and_no_other_store_takes_one(kind: str, tmp_path: Path) -> None:
     """A type the table puts at a path requires `path`; any other type refuses one."""
     base = {"listen": "127.0.0.1:0", "flags": "f.yaml", "state_dir": "s"}
-    with_path = {**base, "backends": {"old": {"type": kind, "path": "x"}, "new": {"type": "memory"}}}
-    without = {**base, "backends": {"old": {"type": kind}, "new": {"type": "memory"}}}
+    with_path = {**base, "backends": {"old": {"type": kind, "path": "x", **ADDRESSES.get(kind, {})},
+                                      "new": {"type": "memory"}}}
+    without = {**base, "backends": {"old": {"type": kind, **ADDRESSES.get(kind, {})}, "new": {"type": "memory"}}}
     if STORE_TYPES[kind].at_path:
         assert parse_config(with_path, base=tmp_path).old.path == tmp_path / "x"
         with pytest.raises(ConfigError, match=r"backends\.old\.path: required"):
@@ -123,9 +135,23 @@ def test_one_worker_serves_a_store_of_any_type(kind: str, tmp_path: Path) -> Non
     check_shareable(config_of(tmp_path, kind, kind), 1)
 
 
-def test_the_shareable_types_are_the_sqlite_files_and_jsondir_folders() -> None:
-    """Today SQLite files and jsondir folders may be shared; the legacy file and memory may not."""
-    assert SHARED_BY_PROCESSES == ("sqlite", "jsondir")
+def test_the_shareable_types_are_sqlite_jsondir_and_the_server_stores() -> None:
+    """SQLite files, jsondir folders and every server store may be shared; the legacy file and memory may not."""
+    assert SHARED_BY_PROCESSES == ("sqlite", "jsondir", "postgres", "redis", "grpc")
+    assert set(SERVER_TYPES) == {"postgres", "redis", "grpc"}
+
+
+@pytest.mark.parametrize("kind", SERVER_TYPES)
+def test_a_supervisor_holds_no_lock_for_a_server_store(kind: str, tmp_path: Path) -> None:
+    """A server store has no file to lock (many proxies share it): only the file stores and the queue are locked."""
+    config = config_of(tmp_path, kind, "sqlite")
+    assert shared_lock_path(config.old) is None
+    locks = hold_store_locks(config)
+    try:
+        assert [lock.path for lock in locks] == [shared_lock_path(config.new), shared_lock_path(queue_store(config.state_dir))]
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 @pytest.mark.parametrize("kind", FILE_TYPES)
@@ -149,6 +175,7 @@ def test_lock_files_sit_beside_a_file_and_inside_a_folder(tmp_path: Path) -> Non
     assert file_lock == tmp_path / "new.sqlite.lock"
     assert STORE_TYPES["jsonfile"].lock_file(BackendSpec("jsonfile", tmp_path / "a.json")) == tmp_path / "a.json.lock"
     folder_lock = shared_lock_path(BackendSpec("jsondir", tmp_path / "docs"))
+    assert folder_lock is not None
     assert folder_lock.parent == tmp_path / "docs"
     assert STORE_TYPES["memory"].lock_file(BackendSpec("memory")) is None
 
@@ -205,4 +232,4 @@ def test_no_driver_is_imported_before_its_store_is_opened() -> None:
              "print(' '.join(sorted(m for m in sys.modules if m.startswith('proxy.backends.'))))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             check=True)
-    assert result.stdout.split() == ["proxy.backends.base", "proxy.backends.registry"]
+    assert result.stdout.split() == ["proxy.backends.base", "proxy.backends.options", "proxy.backends.registry"]

@@ -1,4 +1,5 @@
-"""docker-compose.yml runs the proxy beside Jaeger all-in-one, wired by the standard OTEL_* variables only."""
+"""docker-compose.yml runs the proxy beside Jaeger all-in-one (wired by the standard OTEL_* variables), PostgreSQL
+and Redis."""
 
 from __future__ import annotations
 
@@ -31,4 +32,21 @@ def test_the_proxy_exports_to_jaeger_through_otel_variables_alone() -> None:
     env = proxy["environment"]
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "grpc"
-    assert all(name.startswith("OTEL_") for name in env)
+    assert all(name.startswith(("OTEL_", "TURNOUT_")) for name in env)
+
+
+def test_postgres_and_redis_run_beside_the_proxy_which_moves_the_legacy_file_into_postgres() -> None:
+    """The proxy waits for a healthy PostgreSQL and serves the example that moves the legacy file there,
+    its password passed through the environment, never written in a config."""
+    every = services()
+    assert every["postgres"]["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(every["postgres"]["healthcheck"]["test"])
+    assert every["redis"]["image"].startswith("redis:")
+    assert "always" in every["redis"]["command"]
+    proxy = every["turnout"]
+    assert proxy["depends_on"]["postgres"]["condition"] == "service_healthy"
+    example = proxy["command"][-1]
+    assert example == proxy["environment"]["TURNOUT_CONFIG"] == "/etc/turnout/examples/jsonfile-to-postgres.yaml"
+    assert (ROOT / "config" / "examples" / "jsonfile-to-postgres.yaml").is_file()
+    assert "@postgres:5432/" in proxy["environment"]["TURNOUT_PG_DSN"]
+    assert "${TURNOUT_PG_PASSWORD" in proxy["environment"]["TURNOUT_PG_DSN"]
