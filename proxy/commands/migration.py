@@ -15,6 +15,7 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.backends import open_backend
+from proxy.backends.jsonjournal import journal_path
 from proxy.backends.registry import LegacyLayout, store_type
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
 from proxy.config import Config
@@ -166,13 +167,15 @@ def verify_summary(doc: dict[str, Any]) -> str:
 def run_validate(args: argparse.Namespace) -> int:
     config = load(args)
     spec = config.old if args.store == "old" else config.new
+    # Validating old asks what new, the store it is moving to, could not hold (a NUL for PostgreSQL).
+    target = config.new.type if args.store == "old" else None
 
     async def check() -> dict[str, Any]:
         if reads_files(spec):
-            return (await validate(spec, None, config.max_value_bytes)).to_document()
+            return (await validate(spec, None, config.max_value_bytes, target)).to_document()
         backend = await open_backend(spec)
         try:
-            return (await validate(spec, backend, config.max_value_bytes)).to_document()
+            return (await validate(spec, backend, config.max_value_bytes, target)).to_document()
         finally:
             await backend.close()
 
@@ -218,6 +221,10 @@ def protected_paths(config: Config) -> list[archives.Protected]:
         protected.append(archives.Protected(spec.path, what, tree=entry.layout is LegacyLayout.FILE_PER_KEY))
         if (lock := entry.lock_file(spec)) is not None:
             protected.append(archives.Protected(lock, f"{what}'s lock file"))
+        if spec.type == "jsonfile":
+            # Whether the journal is on now or not: it may hold acknowledged writes the file lacks
+            # yet (opening the store replays any journal it finds), and one overwritten loses them.
+            protected.append(archives.Protected(journal_path(spec.path), f"{what}'s journal"))
         if spec.type == "sqlite":
             protected += [archives.Protected(spec.path.with_name(spec.path.name + suffix), f"{what}'s {suffix[1:]}")
                           for suffix in ("-wal", "-shm", "-journal")]

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from proxy.backends.base import Backend
 from proxy.backends.jsondir import SUFFIX, decode_name
+from proxy.backends.jsonjournal import read_file_and_journal
 from proxy.backends.registry import LegacyLayout, store_type
 from proxy.config import MAX_KEY_BYTES, BackendSpec
 from proxy.jsonvalue import TOO_DEEP, TOO_DEEP_DETAIL, too_deep, value_problem
@@ -30,6 +31,9 @@ class ValidateResult:
     checked: int = 0
     by_problem: Counter[str] = field(default_factory=Counter)
     samples: list[dict[str, str]] = field(default_factory=list)
+    #: The type of the store the documents are meant for, when it holds less than the proxy accepts
+    #: (a postgres target: no NUL in keys or strings, numbers within numeric's range).
+    target: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +67,12 @@ def _check_member(result: ValidateResult, key: str, value: Any, max_value_bytes:
     encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(encoded) > max_value_bytes:
         result.problem("value_too_large", key, f"{len(encoded)} bytes, at most {max_value_bytes}")
+    if result.target == "postgres":
+        from proxy.backends.postgresdocs import refusal_kind
+
+        refused = refusal_kind(key, encoded)
+        if refused is not None:
+            result.problem(refused[0], key.replace("\x00", "\\x00"), refused[1])
 
 
 class _Object(dict[str, Any]):
@@ -106,14 +116,21 @@ def _parse_document(raw: bytes, result: ValidateResult, where: str, one_value: b
         return _NOT_JSON
 
 
-def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
-    result = ValidateResult()
-    document = _parse_document(path.read_bytes(), result, str(path), one_value=False)
+def validate_jsonfile(path: Path, max_value_bytes: int, target: str | None = None) -> ValidateResult:
+    result = ValidateResult(target=target)
+    # With flush_interval set the file may lag its journal: the writes it lacks are read too.
+    raw, journaled = read_file_and_journal(path)
+    document = _parse_document(raw, result, str(path), one_value=False)
     if document is _NOT_JSON:
         return result
     if not isinstance(document, dict):
         result.problem("not_an_object", str(path), "the legacy file must be one JSON object")
         return result
+    for entry in journaled:
+        if entry.value is None:
+            document.pop(entry.key, None)
+        elif (value := _parse_document(entry.value, result, entry.key)) is not _NOT_JSON:
+            document[entry.key] = value
     for name in document.duplicates if isinstance(document, _Object) else []:
         result.problem("duplicate_member", name, "the key appears more than once in the file; a JSON parser "
                                                  "keeps only the last")
@@ -122,8 +139,8 @@ def validate_jsonfile(path: Path, max_value_bytes: int) -> ValidateResult:
     return result
 
 
-def validate_jsondir(folder: Path, max_value_bytes: int) -> ValidateResult:
-    result = ValidateResult()
+def validate_jsondir(folder: Path, max_value_bytes: int, target: str | None = None) -> ValidateResult:
+    result = ValidateResult(target=target)
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.name.endswith(SUFFIX):
             continue
@@ -136,9 +153,9 @@ def validate_jsondir(folder: Path, max_value_bytes: int) -> ValidateResult:
     return result
 
 
-async def validate_backend(backend: Backend, max_value_bytes: int) -> ValidateResult:
+async def validate_backend(backend: Backend, max_value_bytes: int, target: str | None = None) -> ValidateResult:
     """Any other store: what a scan shows (its own parser has already hidden duplicates)."""
-    result = ValidateResult()
+    result = ValidateResult(target=target)
     async for page in backend.scan():
         for key, raw in page:
             document = _parse_document(raw, result, key)
@@ -148,7 +165,7 @@ async def validate_backend(backend: Backend, max_value_bytes: int) -> ValidateRe
 
 
 #: How the files of each legacy layout are read as written; any other store is validated through a scan.
-_AS_WRITTEN: Mapping[LegacyLayout, Callable[[Path, int], ValidateResult]] = {
+_AS_WRITTEN: Mapping[LegacyLayout, Callable[[Path, int, str | None], ValidateResult]] = {
     LegacyLayout.OBJECT_FILE: validate_jsonfile,
     LegacyLayout.FILE_PER_KEY: validate_jsondir,
 }
@@ -159,10 +176,12 @@ def reads_files(spec: BackendSpec) -> bool:
     return spec.path is not None and store_type(spec.type).layout is not None
 
 
-async def validate(spec: BackendSpec, backend: Backend | None, max_value_bytes: int) -> ValidateResult:
+async def validate(spec: BackendSpec, backend: Backend | None, max_value_bytes: int,
+                   target: str | None = None) -> ValidateResult:
+    """What the store of spec holds that Set (or, given target, a store of that type) would refuse."""
     layout = store_type(spec.type).layout
     if layout is not None and spec.path is not None:
-        return _AS_WRITTEN[layout](spec.path, max_value_bytes)
+        return _AS_WRITTEN[layout](spec.path, max_value_bytes, target)
     if backend is None:
         raise ValueError(f"validating a {spec.type} store needs it open")
-    return await validate_backend(backend, max_value_bytes)
+    return await validate_backend(backend, max_value_bytes, target)

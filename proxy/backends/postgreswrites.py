@@ -1,0 +1,76 @@
+"""The statements of the postgres store's writes that touch many rows: a batch of single writes, and
+a bulk load (set_many), each in one transaction.
+
+Rows are always written in key order, so two transactions sharing keys (two processes) lock them in
+one order and never deadlock; a batch mixing deletes and sets can still meet another process's in
+the other order, and is then run again (the server rolled it back whole).
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from proxy.backends.postgresbatch import QueuedWrite
+from proxy.backends.postgrespool import Connection
+from proxy.backends.postgresschema import Statements
+
+#: Rows per statement of an unnest upsert or a get_many: one round trip per thousand rows, and the
+#: parameters of one statement stay a few megabytes.
+BULK_PAGE = 1000
+#: Runs of a batch of single writes that met a deadlock with another process before it fails.
+DEADLOCK_RETRIES = 2
+
+
+async def apply_batch(connection: Connection, sql: Statements, batch: list[QueuedWrite]) -> frozenset[str]:
+    """The writes of a batch (distinct keys); returns the deleted keys that existed."""
+    deletes = [w.key for w in batch if w.document is None]
+    sets = sorted((w.key, w.document) for w in batch if w.document is not None)
+    if len(batch) == 1:  # one statement, no transaction: a lone write pays one round trip
+        if sets:
+            await connection.execute(sql.upsert, sets[0])
+            return frozenset()
+        deleted = (await connection.execute(sql.delete, (deletes[0],))).rowcount
+        return frozenset(deletes) if deleted else frozenset()
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            async with connection.transaction():
+                existed: frozenset[str] = frozenset()
+                if deletes:
+                    rows = await (await connection.execute(sql.delete_many, (deletes,))).fetchall()
+                    existed = frozenset(str(row[0]) for row in rows)
+                if sets:
+                    await connection.execute(sql.upsert_many, ([k for k, _ in sets], [v for _, v in sets]))
+                return existed
+        except psycopg.errors.DeadlockDetected:
+            if attempt == DEADLOCK_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def load_rows(connection: Connection, sql: Statements, rows: list[tuple[str, str]], limit: float) -> None:
+    """Upsert every (key, document text) in one transaction: COPY into a temporary table, then one
+    upsert from it (about 1.2x to 3.7x as fast as unnest upserts, bench/postgres_store.py)."""
+    async with connection.transaction():
+        # The server's bound on one statement, raised for this transaction to the call's own.
+        await connection.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(limit * 1000) + 1000),))
+        if await _load_table(connection, sql):
+            async with connection.cursor().copy(sql.copy_load) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            await connection.execute(sql.upsert_loaded)
+            return
+        ordered = sorted(rows)  # key order: the same lock order as the upsert from the loaded table
+        for start in range(0, len(ordered), BULK_PAGE):
+            page = ordered[start : start + BULK_PAGE]
+            await connection.execute(sql.upsert_many, ([k for k, _ in page], [v for _, v in page]))
+
+
+async def _load_table(connection: Connection, sql: Statements) -> bool:
+    """Create the temporary table of a bulk load; False when the role may not create temporary tables
+    (REVOKE TEMP), where the rows go as unnest upserts instead."""
+    try:
+        async with connection.transaction():  # a savepoint: a refusal leaves the load's transaction usable
+            await connection.execute(sql.create_load)
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
