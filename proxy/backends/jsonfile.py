@@ -1,88 +1,132 @@
 """The legacy store: one JSON object in one file, each member a key, still the old application's file.
 
-Every write replaces the whole file atomically (proxy/durable.py) before it is acknowledged, so the
-old application, reading the file directly, never sees it torn. Concurrent writers share one
-rewrite (group commit): writes queue into a batch, and one flush applies the batch to the committed
-contents, rewrites the file once, and answers every writer of the batch.
+Without a journal (flush_interval unset, the default) every write replaces the whole file
+atomically (proxy/durable.py) before it is acknowledged, so the old application, reading the file
+directly, never sees it torn. Concurrent writers share one rewrite (group commit): writes queue into
+a batch, and one flush applies the batch to the committed contents, rewrites the file once, and
+answers every writer of the batch.
+
+With flush_interval set, a write is acknowledged once appended and fsynced to the journal beside
+the file (proxy/backends/jsonjournal.py; concurrent writers share one fsync), and the file is
+rewritten whole from memory, atomically as above, about every flush_interval and at close: a
+rewrite starts flush_interval after the oldest write the file lacks, less a small lead (10 ms) for
+the event loop's late timers, so the file is never more than flush_interval plus that rewrite
+behind the journal.
+After each rewrite the journal is replaced by one holding only the writes the file still lacks.
+Opening replays a journal left by a crash into the file before serving, whichever mode opens it.
 
 Reads are served from memory: the committed contents, each value kept as its compact JSON text, so
 a read never parses and a rewrite never re-serializes a value. The old application may still write
 the file itself; a poll notices a changed file (inode, mtime, size) and serves the new contents,
-and every flush checks first, so turnout never writes over a change it has not seen. A flush that
-fails changes nothing in memory: readers keep seeing exactly what is on disk.
+and every rewrite checks first, so turnout never writes over a change it has not seen.
+
+When the old application changed the file, its new contents are taken whole and merged with the
+journaled writes the file does not hold yet (acknowledged since the last rewrite): each such write
+is kept over the new contents unless the old application changed that same key too (its value is
+no longer the one turnout's write replaced) and did so later (the file's mtime is after the write).
+So every key turnout did not write takes the old application's value; a key only turnout wrote
+keeps turnout's value, even though the old application, saving its whole in-memory index, wrote
+that key's old value back; and of two writes to one key the later wins. An acknowledged write lost
+that way is never silent: it is logged with its key and counted (`superseded`). A key turnout
+deleted stays deleted unless the old application later writes it again. A failed rewrite changes
+nothing in memory; the journal keeps the writes and the rewrite is tried again.
+
+This module is the store's face (open, reads, writes, close); the contents in memory and the old
+application's changes live in jsonfileindex.py, the journal's appends and the file's rewrites in
+jsonfileflusher.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.groupcommit import GroupCommit
+from proxy.backends.jsonfileflusher import JournalFlusher
+from proxy.backends.jsonfileindex import (
+    FileIndex,
+    Op,
+    apply_op,
+    replay_journal,
+    watch_for_changes,
+)
+from proxy.backends.jsonjournal import JournalWriter, drop_journal, journal_path
 from proxy.backends.legacyfile import Signature, create_empty_store, read_store, render_store, signature
 from proxy.durable import StoreLock, replace_file, sibling_lock
 from proxy.errors import BackendUnavailable
-
-log = logging.getLogger(__name__)
-
-#: How often the file is checked for changes made by the old application.
-POLL_INTERVAL_S = 0.1
-
-#: One queued write: (key, value) for a set, (key, None) for a delete.
-Op = tuple[Key, Value | None]
 
 
 class JsonFileBackend:
     type_name = "jsonfile"
     ordered_scan = True
 
-    def __init__(self, path: Path, lock: StoreLock, data: dict[Key, Value], sig: Signature, group_commit: bool) -> None:
+    def __init__(self, path: Path, lock: StoreLock, data: dict[Key, Value], sig: Signature, group_commit: bool,
+                 journal: JournalWriter | None = None, flush_interval: float | None = None) -> None:
         self.path = path
         self._lock = lock
-        self._data = data
-        self._sig = sig
-        self._commits: GroupCommit[Op] = GroupCommit(self._flush, f"jsonfile {path}", enabled=group_commit)
-        self._poller = asyncio.create_task(self._poll(), name=f"jsonfile-poll {path.name}")
+        self._index = FileIndex(path, data, sig)
+        self._flusher: JournalFlusher | None = None
+        catch_up: Callable[[], Awaitable[None]]
+        if (journal is None) != (flush_interval is None):
+            raise ValueError("jsonfile: a journal needs its flush_interval, and flush_interval a journal")
+        if journal is None or flush_interval is None:
+            self._commits: GroupCommit[Op] = GroupCommit(self._flush, f"jsonfile {path}", enabled=group_commit)
+            # Without a journal a flush is the rewrite, so the poll and the flushes share one lock.
+            file_lock, catch_up = self._commits.lock, self._catch_up
+        else:
+            self._flusher = flusher = JournalFlusher(self._index, journal, flush_interval, group_commit)
+            self._commits, file_lock, catch_up = flusher.commits, flusher.file_lock, flusher.catch_up
+        self._file_lock = file_lock
+        self._poller = asyncio.create_task(watch_for_changes(file_lock, catch_up), name=f"jsonfile-poll {path.name}")
         self._closed = False
-        #: Reloads after the file changed on disk under us.
-        self.reloads = 0
 
     @classmethod
-    async def open(cls, path: Path, group_commit: bool = True) -> JsonFileBackend:
-        def load() -> tuple[StoreLock, dict[Key, Value], Signature]:
+    async def open(cls, path: Path, group_commit: bool = True, flush_interval: float | None = None) -> JsonFileBackend:
+        """Open the store; a journal found beside the file is replayed into it first, in either mode."""
+
+        def load() -> tuple[StoreLock, dict[Key, Value], Signature, JournalWriter | None]:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = StoreLock(sibling_lock(path), f"jsonfile {path}")
             try:
-                if not path.exists():
+                missing = not path.exists()
+                if missing:
                     create_empty_store(path)
-                return lock, *read_store(path)
+                data, sig = read_store(path)
+                # A file gone missing is put back whole, as while serving: no one's change to merge.
+                sig, _ = replay_journal(path, data, sig, merge=not missing)
+                if flush_interval is None:
+                    drop_journal(path)
+                    return lock, data, sig, None
+                journal = JournalWriter(journal_path(path))
+                journal.start(sig, 0)
+                return lock, data, sig, journal
             except BaseException:
                 lock.release()
                 raise
 
         try:
-            lock, data, sig = await asyncio.to_thread(load)
+            lock, data, sig, journal = await asyncio.to_thread(load)
         except OSError as exc:
             raise BackendUnavailable(f"jsonfile {path}: {exc.strerror or exc}") from exc
-        return cls(path, lock, data, sig, group_commit)
+        return cls(path, lock, data, sig, group_commit, journal, flush_interval)
 
     # -- reads: the committed contents, in memory ----------------------------------------------
 
     async def get(self, key: Key) -> Value | None:
         self._check_open()
-        return self._data.get(key)
+        return self._index.data.get(key)
 
     async def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
         self._check_open()
-        data = self._data
+        data = self._index.data
         return [data.get(key) for key in keys]
 
     async def has(self, key: Key) -> bool:
         self._check_open()
-        return key in self._data
+        return key in self._index.data
 
     async def keys(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Key]]:
         async for page in self.scan(prefix, page_size):
@@ -90,12 +134,14 @@ class JsonFileBackend:
 
     async def scan(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[Item]]:
         self._check_open()
-        data = self._data  # a flush swaps in a new dict whole, so this snapshot stays consistent
+        # Without a journal a flush swaps in a new dict whole, so holding it is a snapshot; with one,
+        # writes change the dict in place (a copy per write would cost milliseconds), so copy it.
+        data = self._index.data if self._flusher is None else dict(self._index.data)
         matching = sorted(key for key in data if key.startswith(prefix))
         for start in range(0, len(matching), page_size):
             yield [(key, data[key]) for key in matching[start : start + page_size]]
 
-    # -- writes: batched, one rewrite per batch ------------------------------------------------
+    # -- writes: batched, one rewrite (or one journal append) per batch ---------------------------
 
     async def set(self, key: Key, value: Value) -> None:
         await self._submit([(key, value)])
@@ -113,76 +159,76 @@ class JsonFileBackend:
         return await self._commits.submit(ops)
 
     async def _flush(self, ops: list[Op]) -> list[bool]:
+        """Without the journal: one rewrite of the whole file for the batch."""
         # Catch up with the disk first, in its own step: if the rewrite then fails, we still serve
         # (and next time build on) the old application's change, never the contents it replaced.
-        self._adopt(await asyncio.to_thread(self._read_if_changed))
-        data, sig, existed = await asyncio.to_thread(self._apply_and_write, self._data, ops)
+        await self._catch_up()
+        data, sig, existed = await asyncio.to_thread(self._apply_and_write, self._index.data, ops)
         # Only now, with the file on disk, do readers see the new contents.
-        self._data, self._sig = data, sig
+        self._index.data, self._index.sig = data, sig
         return existed
-
-    @property
-    def rewrites(self) -> int:
-        """Rewrites of the file so far: lets tests and benchmarks see group commit at work."""
-        return self._commits.flushes
 
     def _apply_and_write(self, base: dict[Key, Value], ops: list[Op]) -> tuple[dict[Key, Value], Signature, list[bool]]:
         data = dict(base)
         existed = []
         for key, value in ops:
             existed.append(key in data)
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
+            apply_op(data, key, value)
         try:
             stat = replace_file(self.path, render_store(data))
         except OSError as exc:
             raise BackendUnavailable(f"jsonfile {self.path}: write failed: {exc.strerror or exc}") from exc
         return data, signature(stat), existed
 
-    def _read_if_changed(self) -> tuple[dict[Key, Value], Signature] | None:
-        """The file's contents and signature if someone else changed it since we last read or wrote it.
+    async def _catch_up(self) -> None:
+        """Without the journal: serve the file's new contents if the old application changed it."""
+        changed = await asyncio.to_thread(self._index.read_if_changed)
+        if changed is not None:
+            self._index.adopt(changed)
 
-        Runs in a worker thread and changes nothing, so a failure half-way leaves the state whole.
-        """
-        try:
-            current = signature(self.path.stat())
-        except FileNotFoundError:
-            return None  # deleted under us: our next rewrite puts it back whole
-        except OSError as exc:
-            raise BackendUnavailable(f"jsonfile {self.path}: cannot check for changes: {exc.strerror or exc}") from exc
-        if current == self._sig:
-            return None
-        try:
-            return read_store(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BackendUnavailable(f"jsonfile {self.path}: cannot read: {exc.strerror or exc}") from exc
+    # -- what tests, benchmarks and operators see ------------------------------------------------
 
-    def _adopt(self, changed: tuple[dict[Key, Value], Signature] | None) -> None:
-        if changed is None:
-            return
-        self._data, self._sig = changed
-        self.reloads += 1
-        log.info("jsonfile %s changed on disk; serving its new contents (%d keys)", self.path, len(self._data))
+    @property
+    def rewrites(self) -> int:
+        """Rewrites of the file so far: lets tests and benchmarks see group commit at work."""
+        return self._commits.flushes if self._flusher is None else self._flusher.rewrites
 
-    async def _poll(self) -> None:
-        refused = ""  # the last warning, so a file left broken is reported once, not ten times a second
-        while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            if self._commits.lock.locked():
-                continue  # a flush is checking for itself
-            try:
-                async with self._commits.lock:
-                    self._adopt(await asyncio.to_thread(self._read_if_changed))
-                refused = ""
-            except BackendUnavailable as exc:
-                # A half-written file from a non-atomic writer: keep serving what we have, retry.
-                if str(exc) != refused:
-                    refused = str(exc)
-                    log.warning("%s; still serving the last contents read", exc)
+    @property
+    def journal_appends(self) -> int:
+        """Appends (each one fsync) to the journal so far: concurrent writers share them."""
+        return 0 if self._flusher is None else self._commits.flushes
+
+    @property
+    def unflushed(self) -> int:
+        """Journaled writes the file does not hold yet."""
+        return len(self._index.unflushed)
+
+    @property
+    def superseded(self) -> int:
+        """Acknowledged writes replaced by a later change of the old application to their key."""
+        return self._index.superseded
+
+    @property
+    def reloads(self) -> int:
+        """Reloads after the file changed on disk under us."""
+        return self._index.reloads
+
+    @property
+    def lags(self) -> Sequence[float]:
+        """Seconds from each rewrite's oldest write being acknowledged to the file holding it."""
+        return () if self._flusher is None else self._flusher.lags
+
+    @property
+    def rewrite_seconds(self) -> Sequence[float]:
+        """Seconds each rewrite took, from its start (reading the old application's change first) to the rename."""
+        return () if self._flusher is None else self._flusher.rewrite_seconds
+
+    @property
+    def rewrite_late(self) -> Sequence[float]:
+        """Seconds each rewrite started after it was due (the event loop's timer and other work)."""
+        return () if self._flusher is None else self._flusher.rewrite_late
+
+    # -- close ----------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
@@ -194,7 +240,11 @@ class JsonFileBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             await self._commits.wait_idle()
+        if self._flusher is not None:
+            await self._flusher.stop()
         self._poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._poller
+        if self._flusher is not None:
+            self._flusher.close_journal()
         self._lock.release()

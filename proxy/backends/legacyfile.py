@@ -13,10 +13,11 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.backends.base import Key, Value
-from proxy.durable import fsync_dir, replace_file, temp_name
+from proxy.durable import create_temp, fsync_dir, replace_file, temp_name
 from proxy.errors import BackendUnavailable
 
 Signature = tuple[int, int, int]
@@ -75,6 +76,14 @@ def parse_store(raw: bytes, path: Path) -> dict[Key, Value]:
     if not isinstance(document, dict):
         raise BackendUnavailable(f"jsonfile {path}: the top level must be a JSON object")
     return {key: compact(value) for key, value in document.items()}
+
+
+def compact_value(raw: Value) -> Value:
+    """A document as parse_store keeps it (compacted), or its bytes when Python cannot carry it unchanged."""
+    try:
+        return compact(json.loads(raw, parse_float=_finite_float, parse_int=_bounded_int))
+    except (_BeyondPython, ValueError, RecursionError):
+        return raw
 
 
 def raw_members(text: str) -> dict[Key, Value]:
@@ -156,3 +165,97 @@ def render_store(data: dict[Key, Value]) -> bytes:
         parts.append(value)
     parts.append(b"}\n")
     return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A rewrite written and fsynced beside the file, not yet renamed over it."""
+
+    temp: Path
+    sig: Signature
+
+
+class MemberNames:
+    """Renders the file as render_store does, with each member's `,\\n"name":` encoded once per key
+    and kept: a rewrite of a big file is then list slicing and writev, work done in C (outside the
+    GIL for the writes), instead of a JSON encoding per member that stalls the event loop's thread.
+
+    Used from one thread at a time (a store's rewrites never overlap)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Key, bytes] = {}
+
+    def parts(self, data: dict[Key, Value]) -> list[bytes]:
+        """The file's bytes as a list of pieces, in order (joined, they are render_store(data))."""
+        cache = self._cache
+        if len(cache) > 2 * len(data) + 1024:
+            cache.clear()  # mostly keys deleted long ago
+        try:
+            names = [cache[key] for key in data]
+        except KeyError:
+            names = [cache.get(key) or cache.setdefault(key, b",\n" + compact(key) + b":") for key in data]
+        if not names:
+            return [b"{}\n"]
+        pieces: list[bytes] = [b""] * (2 * len(names) + 2)
+        pieces[0], pieces[-1] = b"{", b"}\n"
+        pieces[1:-1:2] = names
+        pieces[2:-1:2] = list(data.values())
+        pieces[1] = names[0][2:]  # no separator before the first member
+        return pieces
+
+
+#: writev takes at most this many buffers per call (IOV_MAX is 1024 on Linux).
+_IOV_MAX = 1024
+
+
+def _write_pieces(fd: int, pieces: list[bytes]) -> None:
+    for start in range(0, len(pieces), _IOV_MAX):
+        chunk = pieces[start : start + _IOV_MAX]
+        written = os.writev(fd, chunk)
+        if written < sum(len(piece) for piece in chunk):  # a short write: finish this chunk plainly
+            view = memoryview(b"".join(chunk))[written:]
+            while view:
+                view = view[os.write(fd, view) :]
+
+
+def stage_store(path: Path, pieces: list[bytes]) -> Staged:
+    """Write the pieces to path's temporary sibling and fsync it; its signature is the file's once
+    renamed (a rename keeps the inode, mtime and size), so a journal can name it before the rename."""
+    temp = temp_name(path)
+    fd = create_temp(temp)
+    try:
+        _write_pieces(fd, pieces)
+        os.fsync(fd)
+        sig = signature(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    os.close(fd)
+    return Staged(temp, sig)
+
+
+def commit_staged(path: Path, staged: Staged, expected: Signature) -> bool:
+    """Rename the staged rewrite over path, unless path changed since it was `expected` (the old
+    application wrote it meanwhile: its change must be read first); then the rewrite is dropped and
+    False returned. A path deleted under us is put back whole."""
+    try:
+        current: Signature | None = signature(path.stat())
+    except FileNotFoundError:
+        current = None
+    if current is not None and current != expected:
+        discard_staged(staged)
+        return False
+    try:
+        os.replace(staged.temp, path)
+    except BaseException:
+        discard_staged(staged)
+        raise
+    fsync_dir(path.parent)
+    return True
+
+
+def discard_staged(staged: Staged) -> None:
+    with contextlib.suppress(OSError):
+        staged.temp.unlink()
