@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -42,6 +42,24 @@ class KeyLocks:
             raise
         return partial(self._release, key)
 
+    async def acquire_many(self, keys: Iterable[str]) -> Callable[[], None]:
+        """Wait for every key's lock, taken one by one in sorted order; returns the function that
+        releases them all (call it exactly once). Sorted, because every holder of several keys then
+        takes them in one order and a holder of one key waits for nothing else: no wait can go round."""
+        return await self._take_turns(keys)
+
+    async def _take_turns(self, keys: Iterable[str]) -> Callable[[], None]:
+        """acquire_many of this table alone (a subclass's own acquire, which may do more, is not called)."""
+        releases: list[Callable[[], None]] = []
+        try:
+            for key in sorted(set(keys)):
+                releases.append(await KeyLocks.acquire(self, key))
+        except BaseException:
+            for release in reversed(releases):
+                release()
+            raise
+        return partial(_release_all, releases)
+
     def _release(self, key: str) -> None:
         """Hand the key to its first live waiter, or free it."""
         waiters = self._held[key]
@@ -62,3 +80,8 @@ class KeyLocks:
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+def _release_all(releases: list[Callable[[], None]]) -> None:
+    for release in reversed(releases):
+        release()

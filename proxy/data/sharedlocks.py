@@ -27,8 +27,9 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +75,78 @@ class SharedKeyLocks(KeyLocks):
             release_slot()
 
         return release
+
+    async def acquire_many(self, keys: Iterable[str]) -> Callable[[], None]:
+        """Every key's turn (a migration's page): the slots in this worker, then their bytes, both in
+        one order (the slots' names sorted), so holders of several keys never wait in a circle. Bytes
+        free now are taken at once; from the first busy one on, the rest are waited for in order in
+        one thread, one hop for the page rather than one per key."""
+        names = sorted({str(slot(key)) for key in keys})
+        release_slots = await self._take_turns(names)
+        wanted = [int(name) for name in names]
+        taken = 0
+        try:
+            while taken < len(wanted) and self._try(wanted[taken], wait=False):
+                taken += 1
+        except BaseException:
+            self._unlock(wanted[:taken])
+            release_slots()
+            raise
+        if taken < len(wanted):
+            await self._wait_for_rest(wanted, taken, release_slots)
+
+        def release() -> None:
+            self._unlock(wanted)
+            release_slots()
+
+        return release
+
+    async def _wait_for_rest(self, wanted: list[int], taken: int, release_slots: Callable[[], None]) -> None:
+        """Take wanted[taken:] in order in a thread; when that fails or is cancelled, every byte goes
+        back, and the slots only once no thread waits for a byte any more (as in _wait_for)."""
+        loop = asyncio.get_running_loop()
+        try:
+            waited = self._waiting.submit(self._take_in_order, wanted[taken:])
+        except BaseException:  # closed meanwhile
+            self._unlock(wanted[:taken])
+            release_slots()
+            raise
+        try:
+            await asyncio.wrap_future(waited)
+        except asyncio.CancelledError:
+
+            def done(finished: Future[None]) -> None:  # runs in the waiting thread (or here, if it never ran)
+                succeeded = not finished.cancelled() and finished.exception() is None
+                self._unlock(wanted if succeeded else wanted[:taken])
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to take the slots
+                    loop.call_soon_threadsafe(release_slots)
+
+            waited.add_done_callback(done)
+            raise
+        except BaseException:
+            self._unlock(wanted[:taken])
+            release_slots()
+            raise
+
+    def _take_in_order(self, rest: list[int]) -> None:
+        """Wait for each byte in turn (in the waiting thread); a wait the kernel calls a deadlock pauses
+        and tries again, as the byte's holder lets go without waiting for any byte of ours (it is a
+        single key's writer, or a page taking its bytes in this same order). On an error the bytes
+        taken here go back."""
+        done = 0
+        try:
+            for byte in rest:
+                while not self._try(byte, wait=True):
+                    time.sleep(DEADLOCK_PAUSE_S)
+                done += 1
+        except BaseException:
+            self._unlock(rest[:done])
+            raise
+
+    def _unlock(self, held: Iterable[int]) -> None:
+        if self._fd >= 0:  # once closed, the kernel has dropped every byte already
+            for byte in held:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
 
     async def _wait_for(self, byte: int, release_slot: Callable[[], None]) -> None:
         """Wait in a thread until the byte is this worker's. When that fails or is cancelled, the slot

@@ -1,11 +1,15 @@
 """Bulk migrate: stream one store into the other in batches, resumable, throttled, validated.
 
-Offline (no proxy) a batch is copied as it was read. Live (inside the proxy) each key is copied
-under its lock, from its current state, and only when no write of it is still being replicated: a
-backfill then never overwrites a newer live write and never brings back a deleted key.
+Offline (no proxy) a batch is copied as it was read. Live (inside the proxy) a batch is copied
+under its keys' locks (taken in one order, so no writer of one key and no other batch can wait in a
+circle with it), each key from its current state read under them, and only when no write of it is
+still being replicated: a backfill then never overwrites a newer live write and never brings back a
+deleted key. A live batch costs one pending check, one read of each store, one write and one
+read-back, and a write of one of its keys waits at most that long (the batch size bounds it).
 
-Up to `concurrency` batches (offline) or keys (live) are in flight at once; the checkpoint only
-ever names the last key of a run of batches that have all finished.
+Up to `concurrency` batches are in flight at once offline, one live (its locks held as briefly as
+the batch allows); the checkpoint only ever names the last key of a run of batches that have all
+finished.
 
 Re-running is safe: a key whose target already holds an equal document is skipped, and a
 checkpoint in state_dir lets an interrupted run resume after the last key it finished (for stores
@@ -37,6 +41,10 @@ from proxy.routing.router import Route
 from proxy.statedir import CHECKPOINT_FILE
 
 MAX_ERROR_SAMPLES = 100
+#: The most keys a live copy holds the locks of at once, whatever the batch size: a write of one of
+#: them waits for the whole page's copy (bench/live_migrate.py measures the hold per page size:
+#: about 20 ms at 1000 keys into SQLite, half that at the default batch of 500).
+MAX_LIVE_PAGE = 1000
 
 Transform = Callable[[str, Any], Any]
 
@@ -116,8 +124,9 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
         progress.total = await count_keys(src)
     throttle = Throttle(rate)
     slots = asyncio.Semaphore(concurrency)
-    # Offline, whole batches overlap (reading the next while earlier ones are written); inside a
-    # proxy each batch's keys are copied concurrently instead, under their locks.
+    # Offline, whole batches overlap (reading the next while earlier ones are written). Inside a
+    # proxy one batch at a time: one holds its keys' locks only for its own copy, where overlapping
+    # ones would each also wait for the others' writes to the target while holding theirs.
     window = max(1, concurrency) if stores.live is None else 1
     in_flight: list[tuple[asyncio.Task[None], Sequence[Item]]] = []
 
@@ -177,8 +186,9 @@ def _transformed(transform: Transform | None, key: str, value: bytes) -> bytes:
 async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend, page: Sequence[Item],
                       transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult) -> None:
     if stores.live is not None:
-        await asyncio.gather(*(_copy_live(stores, source, src, dst, key, transform, slots, result)
-                               for key, _ in page))
+        async with slots:
+            for start in range(0, len(page), MAX_LIVE_PAGE):
+                await _copy_live_page(stores, source, src, dst, page[start:start + MAX_LIVE_PAGE], transform, result)
         return
     existing = await get_many(dst, [key for key, _ in page])
     writes: list[Item] = []
@@ -208,34 +218,55 @@ async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend,
             result.migrated += 1
 
 
-async def _copy_live(stores: Stores, source: Route, src: Backend, dst: Backend, key: str,
-                     transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult) -> None:
+async def _copy_live_page(stores: Stores, source: Route, src: Backend, dst: Backend, page: Sequence[Item],
+                          transform: Transform | None, result: MigrateResult) -> None:
+    """Copy a page under its keys' locks, each key decided by the live rule from its current state:
+    one read of each store, one write and one read-back for the page."""
     live = stores.live
     assert live is not None
-    async with slots, live.locks.hold(key):
-        if live.queue.pending(key) is not None:
-            result.skipped += 1  # a live write is on its way; the replayer copies its latest state
-            return
-        # When the target takes this key's writes, what it holds is newer; if it lacks the key, the
-        # source's copy is the only one (a delete through the target reaches both stores).
-        if stores.truth(key) is not source and await dst.has(key):
-            result.skipped += 1
+    keys = [key for key, _ in page]
+    async with live.page(keys) as pending:
+        # A key with a live write on its way is left to the replayer, which copies its latest state.
+        candidates = [key for key in keys if key not in pending] if pending else keys
+        result.skipped += len(keys) - len(candidates)
+        if not candidates:
             return
         try:
-            value = await src.get(key)  # the current state, read under the lock
+            values = await get_many(src, candidates)  # the current state, read under the locks
+            currents = await get_many(dst, candidates)
+        except Exception as exc:
+            for key in candidates:
+                _error(result, key, f"read failed: {exc}")
+            return
+        writes: list[Item] = []
+        for key, value, current in zip(candidates, values, currents, strict=True):
             if value is None:
                 result.skipped += 1  # deleted since the scan: never bring it back
-                return
-            wanted = _transformed(transform, key, value)
-            current = await dst.get(key)
+                continue
+            # When the target takes this key's writes, what it holds is newer; if it lacks the key, the
+            # source's copy is the only one (a delete through the target reaches both stores).
+            if current is not None and stores.truth(key) is not source:
+                result.skipped += 1
+                continue
+            try:
+                wanted = _transformed(transform, key, value)
+            except Exception as exc:
+                _error(result, key, f"transform failed: {exc}")
+                continue
             if current is not None and documents_equal(current, wanted):
                 result.skipped += 1
-                return
-            await dst.set(key, wanted)
-            stored = await dst.get(key)
-        except Exception as exc:
-            _error(result, key, str(exc))
+            else:
+                writes.append((key, wanted))
+        if not writes:
             return
+        try:
+            await dst.set_many(writes)
+            read_back = await get_many(dst, [key for key, _ in writes])
+        except Exception as exc:
+            for key, _ in writes:
+                _error(result, key, f"write failed: {exc}")
+            return
+    for (key, wanted), stored in zip(writes, read_back, strict=True):
         if stored is None or not documents_equal(stored, wanted):
             _error(result, key, "read-back differs from what was written")
         else:

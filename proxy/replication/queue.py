@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -201,6 +201,12 @@ class IntentQueue(abc.ABC):
 
     def pending(self, key: str) -> Intent | None:
         return self._pending.get(key)
+
+    async def pending_among(self, keys: Sequence[str]) -> set[str]:
+        """Which of keys have a copy pending (a live migration's page, asked once for the page and
+        held under the keys' locks). One process: its memory is the truth."""
+        pending = self._pending
+        return {key for key in keys if key in pending} if pending else set()
 
     def pending_under(self, prefix: str) -> dict[str, Intent]:
         """The pending intents of the keys that start with prefix, as a snapshot.

@@ -10,6 +10,9 @@ and removes a record only if it is still the one it settled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from proxy.backends.base import get_many
 from proxy.replication.queue import Intent, IntentQueue
 
 
@@ -39,6 +42,14 @@ class SharedReplicationQueue(IntentQueue):
         """The records in the store of the keys that start with prefix, whichever worker wrote them; a
         record already settled but not yet removed is among them, which only costs a look."""
         return {key: Intent.decode(key, raw) async for page in self._store.scan(prefix) for key, raw in page}
+
+    async def pending_among(self, keys: Sequence[str]) -> set[str]:
+        """The keys any worker has a record for in the store (one read for the page): another worker's
+        write may still be on its way. A record settled but not yet removed counts too; the key is then
+        skipped though both stores hold its last write, which costs nothing."""
+        stored = await get_many(self._store, keys)
+        recorded = {key for key, raw in zip(keys, stored, strict=True) if raw is not None}
+        return recorded | await super().pending_among(keys)
 
     async def stored_intent(self, key: str) -> Intent | None:
         """The record for key in the store, whichever worker wrote it."""
