@@ -1,11 +1,13 @@
 """Server CPU per gRPC call, shadow mode against route old, at one fixed rate (h2load, memory stores).
 
     .venv/bin/python bench/profile_shadow.py [--op Set] [--rate 5000] [--duration 8] [--rounds 3]
-                                             [--pyspy DIR] [--perf DIR]
+                                             [--pyspy DIR] [--perf DIR] [--servers a,b] [--json OUT]
+    .venv/bin/python bench/profile_shadow.py --servers floor,proxy-memory --op Get   # the proxy's own cost
 
 Throughput on a shared 2-core machine moves by several points between runs; CPU time per call at a
 rate both servers sustain moves far less, and it is what the throughput gap comes from. Each round
-starts both servers (bench/cases.py's proxy-memory and proxy-memory-shadow), loads each in turn at
+starts each server (by default bench/cases.py's proxy-memory and proxy-memory-shadow; --servers
+names others, the first being what the rest are read against), loads each in turn at
 the same rate with the same framed request bench/run.py sends, and reads utime + stime of the
 server process from /proc before and after the measured window: in all, and for the event-loop
 thread alone (the rest is grpc's own threads). --pyspy and --perf record each server meanwhile (the
@@ -15,10 +17,11 @@ figures of a profiled run then include the profiler's cost).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -109,7 +112,11 @@ def main() -> int:
     parser.add_argument("--native", action="store_true", help="py-spy --native (pauses the server per sample)")
     parser.add_argument("--pyspy-rate", type=int, default=pyspy.RATE_HZ, help="py-spy samples per second")
     parser.add_argument("--perf", type=Path, help="record each server with perf -g into this folder")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="servers of bench/cases.py to measure in turn, each round (e.g. floor,proxy-memory)")
+    parser.add_argument("--json", type=Path, help="also write every sample and each server's best here")
     args = parser.parse_args()
+    servers: list[str] = [name for name in args.servers.split(",") if name]
     profile_dir: Path | None = args.pyspy or args.perf
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +125,7 @@ def main() -> int:
         body = Path(scratch) / "request.bin"
         body.write_bytes(grpc_frame(request_bytes(args.op, KEY_FORMAT.format(0))))
         for round_no in range(args.rounds):
-            for name in SERVERS:
+            for name in servers:
                 with RunningServer(server_named(name), Path(scratch) / f"{round_no}-{name}") as running:
                     preload(running.target, 1)
                     profile = None if profile_dir is None else profile_dir / f"{name}-{args.op}-{round_no}"
@@ -127,10 +134,22 @@ def main() -> int:
                 print(f"round {round_no}: {name:22} {args.op} {sample.calls / args.duration:8.0f} calls/s  "
                       f"{sample.us_all:6.1f} us CPU/call ({sample.us_loop:6.1f} us on the event-loop thread)",
                       flush=True)
-    for name in SERVERS:
+    best: dict[str, dict[str, float]] = {}
+    for name in servers:
         mine = [s for s in samples if s.server == name]
-        print(f"{name:22} best {min(s.us_all for s in mine):6.1f} us/call, loop thread "
-              f"{min(s.us_loop for s in mine):6.1f}; all: {', '.join(f'{s.us_all:.1f}' for s in mine)}")
+        best[name] = {"us_all": min(s.us_all for s in mine), "us_loop": min(s.us_loop for s in mine)}
+        print(f"{name:22} best {best[name]['us_all']:6.1f} us/call, loop thread "
+              f"{best[name]['us_loop']:6.1f}; all: {', '.join(f'{s.us_all:.1f}' for s in mine)}")
+    first = servers[0]
+    for name in servers[1:]:
+        # Each round's pair, side by side: a ratio of CPU per call moves far less than throughput.
+        pairs = [b.us_all / a.us_all for a, b in zip((s for s in samples if s.server == first),
+                                                      (s for s in samples if s.server == name), strict=True)]
+        print(f"{name} / {first}: CPU per call x{best[name]['us_all'] / best[first]['us_all']:.2f} (bests), "
+              f"per round {', '.join(f'{r:.2f}' for r in pairs)}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"op": args.op, "rate": args.rate, "samples": [asdict(s) for s in samples],
+                                         "best": best}, indent=2) + "\n")
     return 0
 
 

@@ -23,12 +23,17 @@ from proxy.telemetry.tracing import Telemetry
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Call:
     """One caller's operation as it passes through: who asked, and its span when traced."""
 
     caller: str | None = None
     span: trace.Span | None = None
+
+
+#: The call of a caller who gave no name, untraced: most calls, which then share it (frozen) rather
+#: than each building its own.
+UNNAMED = Call()
 
 
 @dataclass

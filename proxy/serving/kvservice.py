@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from turnout.kv.v1 import kv_pb2
 
-from proxy.config import Limits
+from proxy.config import MAX_KEY_BYTES, Limits
+from proxy.data.backendcall import UNNAMED
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.errors import BackendUnavailable, InvalidArgument, ReadOnly, TurnoutError
 from proxy.serving.refusals import ReleaseRefusedRequests, in_flight_budget
@@ -25,6 +26,11 @@ from proxy.telemetry.tracing import Telemetry
 log = logging.getLogger(__name__)
 
 USER_METADATA = "x-turnout-user"
+#: A key of at most this many code points is within MAX_KEY_BYTES whatever it holds (4 UTF-8 bytes
+#: at most each): the handlers call check_key only past it, or for an empty key.
+KEY_CLEARED = MAX_KEY_BYTES // 4
+GetRequest, SetRequest, HasRequest, DeleteRequest = (
+    kv_pb2.GetRequest, kv_pb2.SetRequest, kv_pb2.HasRequest, kv_pb2.DeleteRequest)
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KeyValue"].full_name
 #: Room for the key and the protobuf framing around the largest value.
 MESSAGE_OVERHEAD = 64 * 1024
@@ -66,12 +72,27 @@ def caller_of(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-class Handling:
-    """The one error-and-span context of every handler: an expected error becomes its status code
-    (and an error on the call's span), and the span ends however the call ends.
+async def failed(call: Call, error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A call ended by error: an expected one becomes its status code (abort raises grpc's AbortError)
+    and an error on the call's span; any other (a programming error: INTERNAL) still ends the span,
+    and the caller re-raises it."""
+    span = call.span
+    if isinstance(error, TurnoutError):
+        code = status_for(error)
+        if span is not None:
+            span.set_status(trace.StatusCode.ERROR, f"{code.name}: {error}")
+            span.end()
+        await context.abort(code, str(error))
+    if span is not None:
+        span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
+        span.end()
 
-    A class rather than a generator-based context manager: it sits on every call, and costs one
-    small object instead of a generator.
+
+class Handling:
+    """The error-and-span context of a streaming handler: an expected error becomes its status code
+    (and an error on the call's span), and the span ends however the call ends. The unary handlers,
+    on every call, do the same in line (try, `failed`, end the span): an `async with` costs two
+    coroutines a call.
     """
 
     __slots__ = ("_context", "call")
@@ -84,20 +105,11 @@ class Handling:
         return self.call
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        span = self.call.span
         if error is None:
-            if span is not None:
-                span.end()
+            if self.call.span is not None:
+                self.call.span.end()
             return
-        if isinstance(error, TurnoutError):
-            code = status_for(error)
-            if span is not None:
-                span.set_status(trace.StatusCode.ERROR, f"{code.name}: {error}")
-                span.end()
-            await self._context.abort(code, str(error))
-        if span is not None:  # a programming error: INTERNAL, and the span still ends
-            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
-            span.end()
+        await failed(self.call, error, self._context)
 
 
 #: A protobuf message type of the KeyValue service's requests.
@@ -110,8 +122,12 @@ def parsed(kind: type[Request], raw: bytes) -> Request:
     try:
         return kind.FromString(raw)
     except DecodeError:
-        raise InvalidArgument(f"request: not a valid {kind.DESCRIPTOR.full_name} (not protobuf, or a string field "
-                              "holds invalid UTF-8)") from None
+        raise not_parsed(kind) from None
+
+
+def not_parsed(kind: type[Message]) -> InvalidArgument:
+    return InvalidArgument(f"request: not a valid {kind.DESCRIPTOR.full_name} (not protobuf, or a string field "
+                           "holds invalid UTF-8)")
 
 
 class KeyValueService:
@@ -123,54 +139,116 @@ class KeyValueService:
                  telemetry: Telemetry | None = None) -> None:
         # A callable, so the service can be registered before the backends are open.
         self._dispatcher = dispatcher
+        #: The dispatcher once open: it stays for the life of the service, so calls read it here.
+        self._open: Dispatcher | None = None
         self._max_value_bytes = max_value_bytes
         self._telemetry = telemetry or Telemetry(enabled=False)
 
     def _ready(self) -> Dispatcher:
-        dispatcher = self._dispatcher()
+        dispatcher = self._open
         if dispatcher is None:
-            raise BackendUnavailable("turnout is starting: backends not open yet")
+            dispatcher = self._open = self._dispatcher()
+            if dispatcher is None:
+                raise BackendUnavailable("turnout is starting: backends not open yet")
         return dispatcher
 
-    def _handling(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Handling:
+    def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
         metadata = context.invocation_metadata()
-        return Handling(Call(caller_of(metadata), self._telemetry.server_span(method, metadata)), context)
+        return Call(caller_of(metadata), self._telemetry.server_span(method, metadata))
+
+    # The four unary handlers run on every call, so what they share is written out in each (a
+    # function call per step costs more than the step): the call's caller and span, the parse, the
+    # key's cheap bound (check_key only for a key that may be too long), the error and the span's end.
 
     async def Get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
-        async with self._handling("Get", context) as call:
-            key = parsed(kv_pb2.GetRequest, raw).key
-            check_key(key)
-            value = await self._ready().get(key, call)
+        metadata = context.invocation_metadata()
+        caller = caller_of(metadata) if metadata else None
+        span = self._telemetry.server_span("Get", metadata) if self._telemetry.traces_calls else None
+        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        try:
+            try:
+                key = GetRequest.FromString(raw).key
+            except DecodeError:
+                raise not_parsed(GetRequest) from None
+            if not key or len(key) > KEY_CLEARED:
+                check_key(key)
+            value = await (self._open or self._ready()).get(key, call)
+        except BaseException as error:
+            await failed(call, error, context)
+            raise
+        if span is not None:
+            span.end()
         if value is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(found=True, value=value)
 
     async def Set(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
-        async with self._handling("Set", context) as call:
-            request = parsed(kv_pb2.SetRequest, raw)
-            check_key(request.key)
-            check_value(request.value, self._max_value_bytes)
-            await self._ready().set(request.key, request.value, call)
+        metadata = context.invocation_metadata()
+        caller = caller_of(metadata) if metadata else None
+        span = self._telemetry.server_span("Set", metadata) if self._telemetry.traces_calls else None
+        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        try:
+            try:
+                request = SetRequest.FromString(raw)
+            except DecodeError:
+                raise not_parsed(SetRequest) from None
+            key = request.key
+            if not key or len(key) > KEY_CLEARED:
+                check_key(key)
+            value = request.value
+            check_value(value, self._max_value_bytes)
+            await (self._open or self._ready()).set(key, value, call)
+        except BaseException as error:
+            await failed(call, error, context)
+            raise
+        if span is not None:
+            span.end()
         return kv_pb2.SetResponse()
 
     async def Has(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
-        async with self._handling("Has", context) as call:
-            key = parsed(kv_pb2.HasRequest, raw).key
-            check_key(key)
-            found = await self._ready().has(key, call)
+        metadata = context.invocation_metadata()
+        caller = caller_of(metadata) if metadata else None
+        span = self._telemetry.server_span("Has", metadata) if self._telemetry.traces_calls else None
+        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        try:
+            try:
+                key = HasRequest.FromString(raw).key
+            except DecodeError:
+                raise not_parsed(HasRequest) from None
+            if not key or len(key) > KEY_CLEARED:
+                check_key(key)
+            found = await (self._open or self._ready()).has(key, call)
+        except BaseException as error:
+            await failed(call, error, context)
+            raise
+        if span is not None:
+            span.end()
         return kv_pb2.HasResponse(found=found)
 
     async def Delete(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.DeleteResponse:
-        async with self._handling("Delete", context) as call:
-            key = parsed(kv_pb2.DeleteRequest, raw).key
-            check_key(key)
-            existed = await self._ready().delete(key, call)
+        metadata = context.invocation_metadata()
+        caller = caller_of(metadata) if metadata else None
+        span = self._telemetry.server_span("Delete", metadata) if self._telemetry.traces_calls else None
+        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        try:
+            try:
+                key = DeleteRequest.FromString(raw).key
+            except DecodeError:
+                raise not_parsed(DeleteRequest) from None
+            if not key or len(key) > KEY_CLEARED:
+                check_key(key)
+            existed = await (self._open or self._ready()).delete(key, call)
+        except BaseException as error:
+            await failed(call, error, context)
+            raise
+        if span is not None:
+            span.end()
         return kv_pb2.DeleteResponse(existed=existed)
 
     async def Keys(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[kv_pb2.KeysResponse]:
-        async with self._handling("Keys", context) as call:
+        async with Handling(self._call("Keys", context), context) as call:
             prefix = parsed(kv_pb2.KeysRequest, raw).prefix
             async for page in self._ready().keys(prefix, call):
                 yield kv_pb2.KeysResponse(keys=page)

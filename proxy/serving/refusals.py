@@ -67,13 +67,6 @@ class InFlight:
         return None
 
 
-def _admitted(in_flight: InFlight, request: Any) -> tuple[int, str | None]:
-    """The request's size, and why it must wait (None: taken, and counted in the budget)."""
-    size = len(request) if isinstance(request, bytes) else request.ByteSize()  # KeyValue parses its own
-    why = in_flight.refusal(size)
-    return (0, why) if why is not None else (size, None)
-
-
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any], why: str) -> Any:
     try:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
@@ -87,44 +80,44 @@ async def _refuse_stream(context: grpc.aio.ServicerContext[Any, Any], why: str) 
     yield  # never reached: makes this an async generator, as the stream handlers are
 
 
-class _Held:
-    """While a handler runs: its request counted in the budget, and an abort's tracebacks dropped, so
-    that no frame in the cycle the abort leaves behind still reaches the request."""
-
-    __slots__ = ("_in_flight", "_size")
-
-    def __init__(self, in_flight: InFlight, size: int) -> None:
-        self._in_flight = in_flight
-        self._size = size
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        self._in_flight.held -= self._size
-        if isinstance(error, grpc.aio.AbortError):
-            _forget_frames(error)
-
-
 def _unary(behaviour: _Behaviour, in_flight: InFlight) -> Callable[..., Awaitable[Any]]:
+    # One frame per call, everything in line: this wraps every call the server takes.
     async def release_on_abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        size, why = _admitted(in_flight, request)
-        work = behaviour(request, context) if why is None else _refuse(context, why)
+        size = len(request) if type(request) is bytes else request.ByteSize()  # KeyValue parses its own
+        why = in_flight.refusal(size)
+        if why is None:
+            work = behaviour(request, context)
+        else:
+            work, size = _refuse(context, why), 0
         del request  # only the handler's frame holds it now, and an abort's traceback is dropped
-        with _Held(in_flight, size):
+        try:
             return await work
+        except grpc.aio.AbortError as aborted:
+            _forget_frames(aborted)  # so that no frame in the cycle the abort leaves reaches the request
+            raise
+        finally:
+            in_flight.held -= size
 
     return release_on_abort
 
 
 def _unary_stream(behaviour: _Behaviour, in_flight: InFlight) -> Callable[..., AsyncIterator[Any]]:
     async def release_on_abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        size, why = _admitted(in_flight, request)
-        replies = behaviour(request, context) if why is None else _refuse_stream(context, why)
+        size = len(request) if type(request) is bytes else request.ByteSize()
+        why = in_flight.refusal(size)
+        if why is None:
+            replies = behaviour(request, context)
+        else:
+            replies, size = _refuse_stream(context, why), 0
         del request
-        with _Held(in_flight, size):
+        try:
             async for reply in replies:
                 yield reply
+        except grpc.aio.AbortError as aborted:
+            _forget_frames(aborted)
+            raise
+        finally:
+            in_flight.held -= size
 
     return release_on_abort
 

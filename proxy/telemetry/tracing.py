@@ -127,6 +127,8 @@ class Telemetry:
     def __init__(self, enabled: bool, record_keys: bool = False, exporter: SpanExporter | None = None) -> None:
         self.enabled = enabled
         self.record_keys = record_keys
+        #: Whether a call may get a span at all: False lets the hot path skip server_span's call.
+        self.traces_calls = False
         self._providers: list[TracerProvider] = []
         if not enabled:
             return
@@ -151,6 +153,7 @@ class Telemetry:
         self._always = always.get_tracer("turnout")
         # With sampling off, calls get no span at all (discrepancy spans are still exported).
         self._calls_traced = env.get("OTEL_TRACES_SAMPLER", "").lower() != "always_off"
+        self.traces_calls = self._calls_traced
 
     @classmethod
     def from_env(cls, record_keys: bool = False) -> Telemetry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.backends.memory import MemoryBackend
 from proxy.data.compare import documents_equal, json_equal
-from proxy.jsonvalue import MAX_DEPTH, DocumentError, check_document, nesting_depth, value_problem
+from proxy.jsonvalue import MAX_DEPTH, DocumentError, check_document, check_exactly, nesting_depth, value_problem
 from proxy.migration import archive as archives
 from proxy.migration.checksum import canonical, item_hash
 from proxy.migration.validate import validate_jsondir, validate_jsonfile
@@ -148,3 +149,68 @@ def test_validate_reports_too_deep_documents_by_key(tmp_path: Path) -> None:
     (folder / "deep.json").write_text(json.dumps(deep))
     (folder / "past.json").write_bytes(b"[" * PAST_THE_PARSER + b"]" * PAST_THE_PARSER)
     assert dict(validate_jsondir(folder, 1 << 20).by_problem) == {"too_deep": 2}
+
+
+def outcome(check: Callable[[bytes], None], raw: bytes) -> str | None:
+    """The kind of problem check finds in raw, or None when it takes raw."""
+    try:
+        check(raw)
+    except DocumentError as exc:
+        return exc.problem.kind
+    return None
+
+
+#: Member names and scalars at the edges of the rules: colons inside strings and spelled by escapes,
+#: surrogates alone and in pairs, numbers at a double's range and past 64 bits, what is not JSON.
+NAMES = ["a", "b", "a:b", "\\u003a", "\\u003A:", "\\ud800", "\\udc00\\ud800", "\\ud83d\\ude00", '\\"', "\\\\", "é", ""]
+SCALARS = ["1", "-0", "1.5", "1e308", "1.7976931348623157e308", "1.7976931348623158e308", "1.7976931348623159e308",
+           "-1e400", "1e-400", "18446744073709551616", "1" + "0" * 400, "1" + "0" * 400 + ".0", "true", "null",
+           '"x:y"', '"\\u003a"', '"\\udc00"', '"\\ud83d\\ude00"', "NaN", "Infinity", "01", "[1,]", '"\\x"']
+
+edge_texts = st.recursive(
+    st.sampled_from(SCALARS),
+    lambda children: st.lists(children, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+    | st.lists(st.tuples(st.sampled_from(NAMES), children), max_size=4).map(
+        lambda members: "{" + ", ".join(f'"{name}": {value}' for name, value in members) + "}"),
+    max_leaves=12,
+)
+
+
+@given(edge_texts)
+def test_the_fast_path_and_the_exact_check_agree_on_documents_at_the_edges(text: str) -> None:
+    """orjson's fast path takes exactly what the standard library's check takes, and refuses the rest
+    with the same finding (it hands every doubt to the exact check)."""
+    raw = text.encode()
+    assert outcome(check_document, raw) == outcome(check_exactly, raw)
+
+
+@given(st.binary(max_size=40) | st.text(alphabet='{}[]":,\\u0123456789abcdefE.-+ tnrl', max_size=40).map(str.encode))
+def test_the_fast_path_and_the_exact_check_agree_on_any_bytes(raw: bytes) -> None:
+    """Garbage, truncated documents and stray escapes get the same verdict from both paths."""
+    assert outcome(check_document, raw) == outcome(check_exactly, raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'{"a": 1, "a": "\\u003a"}', "duplicate_member"),  # the escape's colon makes up for the lost one
+        (b'{"a": "\\u003a", "a": 1}', "duplicate_member"),
+        (b'{"k": "\\"", "k": "\\\\"}', "duplicate_member"),
+        (b"[1.7976931348623159e308]", "nan_or_infinity"),
+        (b'["\\ude00\\ud83d"]', "value_not_unicode"),
+        (b"[" * 1100 + b"]" * 1100, "too_deep"),
+    ],
+)
+def test_the_fast_path_refuses_what_only_a_count_or_the_exact_check_catches(raw: bytes, kind: str) -> None:
+    """Duplicates hidden by escapes, the first number past a double, reversed surrogates, orjson's own depth limit."""
+    assert outcome(check_document, raw) == kind
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"1" + b"0" * 400, b'{"n": 18446744073709551616}', b"[1.7976931348623158e308]", b'{"a:b": "\\u003a", "b": 1}',
+     b'["\\ud83d\\ude00"]', b'{"a": 1, "A": 1, "\\u0061b": 2}'],
+)
+def test_the_fast_path_takes_what_the_rules_take(raw: bytes) -> None:
+    """A long integer (which orjson alone refuses and Python keeps whole), the largest double, escaped colons."""
+    assert outcome(check_document, raw) is None

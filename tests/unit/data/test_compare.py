@@ -8,7 +8,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.data.compare import Kind, compare_key_sets, compare_presence, compare_values, documents_equal
+from proxy.data.compare import (
+    Kind,
+    compare_key_sets,
+    compare_presence,
+    compare_values,
+    documents_equal,
+    documents_equal_stdlib,
+)
 
 documents = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
@@ -106,3 +113,26 @@ def test_key_sets_count_each_sides_surplus_with_bounded_samples(primary: set[str
     assert len(diff.missing_sample) == min(sample, diff.missing)
     assert len(diff.extra_sample) == min(sample, diff.extra)
     assert (diff.kind is None) == (primary == shadow)
+
+
+def test_integers_past_64_bits_compare_exactly() -> None:
+    """Two integers too long for a double differ by their last digit, as Python's own parser reads them."""
+    assert not documents_equal(b"[18446744073709551617]", b"[18446744073709551616]")
+    assert documents_equal(b'{"n": 123456789012345678901234567890}', b'{ "n":123456789012345678901234567890}')
+
+
+def test_documents_the_fast_parser_refuses_compare_as_the_standard_library_reads_them() -> None:
+    """What a legacy store may hold from before the rules (a lone surrogate, 1e400, NaN) still compares."""
+    assert documents_equal(b'["\\ud800"]', b'[ "\\ud800"]')
+    assert not documents_equal(b'["\\ud800"]', b'["\\ud801"]')
+    assert documents_equal(b"[1e400]", b"[1e401]")  # both read as Infinity
+    assert not documents_equal(b"[NaN]", b"[ NaN]")  # NaN equals nothing, itself included
+    assert not documents_equal(b"[1, 2", b"[1,2")
+
+
+@given(documents, documents)
+def test_equality_agrees_with_the_standard_librarys_reading(a: Any, b: Any) -> None:
+    """The fast parse and its sorted copy give the verdict the standard library's parse and walk give."""
+    for left, right in ((a, b), (a, a), (b, json.loads(json.dumps(b, indent=1)))):
+        raw_left, raw_right = json.dumps(left).encode(), json.dumps(right, sort_keys=True, indent=2).encode()
+        assert documents_equal(raw_left, raw_right) == documents_equal_stdlib(raw_left, raw_right)
