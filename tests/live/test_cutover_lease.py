@@ -4,6 +4,7 @@ to resume them by itself, and one that runs normally (a slow final sync included
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +25,7 @@ from proxy import statedir
 from proxy.admin.service import AdminService
 from proxy.admin.state import AdminState
 from proxy.backends.memory import MemoryBackend
-from proxy.config import load_config
+from proxy.config import BackendSpec, load_config
 from proxy.control.adminclient import admin_target
 from proxy.control.cutover import cutover
 from proxy.control.report import Follow, summary
@@ -39,6 +41,8 @@ from proxy.telemetry.tracing import Telemetry
 from tests.support.fake_admin import FakeAdmin, clean_result
 from tests.support.paths import ROOT
 from tests.support.proxy_process import ProxyProcess, cli_command, run_cli, run_turnout, write_config
+from tests.support.servers import spec_document
+from tests.support.servers.postgres import PostgresServer
 
 ENV = {"PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -194,12 +198,28 @@ def test_a_cutover_whose_lease_ran_out_rolls_back_instead_of_switching(tmp_path:
 
 # --- a real `turnout serve` and a real `turnout cutover` ----------------------------------------
 
-def seed(folder: Path, keys: int) -> Path:
+def seed(folder: Path, keys: int, new: BackendSpec) -> Path:
     (folder / "legacy.json").write_text(json.dumps({f"k{i:06}": {"i": i, "pad": "x" * 50} for i in range(keys)}))
     config = write_config(folder, old={"type": "jsonfile", "path": "legacy.json"},
-                          new={"type": "sqlite", "path": "new.sqlite"})
+                          new={**spec_document(new), "call_timeout": 30})
     (folder / "flags.yaml").write_text("use_new_storage: true\n")
     return config
+
+
+@contextlib.contextmanager
+def table_held(server: PostgresServer, spec: BackendSpec, seconds: float) -> Iterator[None]:
+    """Another session holds new's table locked for `seconds`: the final sync's reads and writes of it
+    wait that long, a slow final sync that no machine's speed makes quick."""
+    table = spec.options["table"]
+    server.sql(f"CREATE TABLE IF NOT EXISTS {table} (key text COLLATE \"C\" PRIMARY KEY, value jsonb NOT NULL)")
+    holder = threading.Thread(target=server.sql, args=(
+        f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({seconds}); COMMIT;",))
+    holder.start()
+    time.sleep(0.5)  # the lock is taken before the cutover starts
+    try:
+        yield
+    finally:
+        holder.join(timeout=seconds + 30)
 
 
 def admin(config: Path) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel]:
@@ -208,12 +228,14 @@ def admin(config: Path) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel]:
 
 
 @pytest.mark.slow
-def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(tmp_path: Path) -> None:
+def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(
+        tmp_path: Path, postgres_server: PostgresServer, postgres_spec: BackendSpec) -> None:
     """SIGKILL a real `turnout cutover --monitor 30` during its final sync (paused for longer than its
     lease by then, so renewals worked): writes are refused, then flow again within the lease."""
     lease = 1.0
-    config = seed(tmp_path, 40_000)  # a final sync of several seconds
-    with ProxyProcess(config, env=ENV) as proxy, SyncClient(proxy.target, timeout=5) as client:
+    config = seed(tmp_path, 2_000, postgres_spec)
+    with ProxyProcess(config, env=ENV) as proxy, SyncClient(proxy.target, timeout=5) as client, \
+            table_held(postgres_server, postgres_spec, 6 * lease):  # a final sync of several seconds
         statedir.record_verify(tmp_path / "state", {"clean": True})
         stub, channel = admin(config)
         cutover = subprocess.Popen(
@@ -262,13 +284,15 @@ def test_a_killed_cutover_leaves_writes_paused_only_until_its_lease_runs_out(tmp
 
 
 @pytest.mark.slow
-def test_a_cutover_with_a_short_lease_runs_through_a_slow_final_sync(tmp_path: Path) -> None:
+def test_a_cutover_with_a_short_lease_runs_through_a_slow_final_sync(
+        tmp_path: Path, postgres_server: PostgresServer, postgres_spec: BackendSpec) -> None:
     """A real cutover whose final sync outlasts its lease several times: renewed all along, it succeeds."""
     lease = 0.5
-    config = seed(tmp_path, 20_000)
+    config = seed(tmp_path, 2_000, postgres_spec)
     with ProxyProcess(config, env=ENV):
         statedir.record_verify(tmp_path / "state", {"clean": True})
-        report = run_turnout(config, "cutover", "--monitor", "0", "--pause-lease", str(lease), env=ENV)
+        with table_held(postgres_server, postgres_spec, 6 * lease):
+            report = run_turnout(config, "cutover", "--monitor", "0", "--pause-lease", str(lease), env=ENV)
         stub, channel = admin(config)
         with channel:
             status = stub.Status(admin_pb2.StatusRequest(), timeout=5)
