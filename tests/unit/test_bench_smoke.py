@@ -82,3 +82,45 @@ def test_the_dispatcher_benchmark_runs_and_reads_each_mode_against_route_old(tmp
     for figure in figures:
         assert figure["value"] > 0
         assert (figure["ratio"] is None) == figure["case"].endswith("route old")
+
+
+def test_the_server_migration_benchmark_migrates_and_verifies_into_postgres_and_redis(tmp_path: Path) -> None:
+    """bench/migrate_servers.py loads a small legacy file raw, migrates it and verifies it clean on a real
+    PostgreSQL and a real redis-server, and reads each migrate rate against its raw load."""
+    out = tmp_path / "migrate_servers.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "migrate_servers.py"), "--keys", "3000", "--batch-size", "500",
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    figures = {(f["case"], f["baseline"]): f for f in json.loads(out.read_text())["figures"]}
+    assert len(figures) == 8
+    for figure in figures.values():
+        assert figure["value"] > 0
+    assert figures[("turnout migrate jsonfile -> postgres", "raw psycopg COPY into the table")]["ratio"] > 0
+    assert figures[("turnout migrate jsonfile -> redis", "raw redis-py pipelined MSET x500")]["ratio"] > 0
+    assert figures[("turnout verify jsonfile vs redis", "target 100k keys/s")]["target"] == 1.0
+
+
+def test_the_server_store_benchmark_loads_a_proxy_over_each_store_and_times_direct_calls(tmp_path: Path) -> None:
+    """bench/server_stores.py starts PostgreSQL, redis-server, an upstream and a proxy over each, loads
+    Get and Set without errors, and gives each store's added p50 against its own client."""
+    out = tmp_path / "server_stores.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "server_stores.py"), "--duration", "0.3", "--warmup", "0.2",
+         "--calls", "20", "--load", "python", "--processes", "1", "--connections", "1", "--streams", "4",
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    figures = {f["case"]: f for f in json.loads(out.read_text())["figures"]}
+    for store in ("postgres", "redis", "grpc"):
+        for op in ("Get", "Set"):
+            loaded = figures[f"proxy over {store} {op}"]
+            assert loaded["value"] > 0
+            assert loaded["extra"]["errors"] == 0
+            assert loaded["baseline"] == f"proxy over memory {op}"
+            sequential = figures[f"sequential {op}: proxy over {store} p50"]
+            assert sequential["baseline"] == f"direct {store}"
+            assert sequential["extra"]["added_us"] == sequential["value"] - figures[f"sequential {op}: direct {store} p50"]["value"]
