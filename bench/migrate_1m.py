@@ -4,6 +4,7 @@ the raw SQLite bulk-insert rate of the same rows, measured in the same run.
     .venv/bin/python bench/migrate_1m.py [--keys 1000000] [--json bench/results/migrate.json]
 
 Each phase runs in a child process of its own, so its peak resident memory is its own.
+bench/migrate_servers.py measures its phases with this file's `timed_phase` and `peak_resident_mib`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Figure, print_table, save, with_ratio
+from proxy.backends.base import Backend
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.backends.sqlitefile import SCHEMA
@@ -55,14 +57,15 @@ def raw_insert(folder: Path, keys: int) -> float:
     return elapsed
 
 
-async def run_phase(phase: str, folder: Path) -> float:
-    old = await JsonFileBackend.open(folder / "legacy.json")
-    new = await SqliteBackend.open(folder / "new.sqlite")
+async def timed_phase(phase: str, old: Backend, new: Backend, state: Path, batch_size: int) -> float:
+    """Seconds that `migrate` (from scratch, with its state in `state`) or `verify` of old against new
+    takes, the code path of `turnout migrate` / `turnout verify`; it must end clean. Closes both stores.
+    The stores are opened (and the legacy file parsed) by the caller, before the clock starts."""
     stores = Stores(old, new, Router(Flags()))
     try:
         started = time.perf_counter()
         if phase == "migrate":
-            result = await migrate(stores, folder / "state", batch_size=2000, restart=True)
+            result = await migrate(stores, state, batch_size=batch_size, restart=True)
             assert result.error_count == 0, result.errors[:3]
         else:
             checked = await verify(stores)
@@ -73,10 +76,25 @@ async def run_phase(phase: str, folder: Path) -> float:
         await new.close()
 
 
+async def run_phase(phase: str, folder: Path) -> float:
+    old = await JsonFileBackend.open(folder / "legacy.json")
+    new = await SqliteBackend.open(folder / "new.sqlite")
+    return await timed_phase(phase, old, new, folder / "state", 2000)
+
+
+def peak_resident_mib() -> float:
+    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries the parent's
+    peak at fork across exec into it, so every child would report at least the parent's (which held
+    the whole legacy file while writing it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
 def child(phase: str, folder: Path, keys: int) -> None:
     elapsed = raw_insert(folder, keys) if phase == "raw" else asyncio.run(run_phase(phase, folder))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"phase": phase, "seconds": elapsed, "peak_mib": peak_mib}))
+    print(json.dumps({"phase": phase, "seconds": elapsed, "peak_mib": peak_resident_mib()}))
 
 
 def measure(phase: str, folder: Path, keys: int) -> dict[str, float]:

@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,9 +37,9 @@ import psycopg
 from psycopg import sql
 from redis.asyncio import Redis
 
-from bench.migrate_1m import build_legacy, document
+from bench.migrate_1m import build_legacy, document, peak_resident_mib, timed_phase
 from bench.pyspy import print_top, py_spy
-from bench.report import Figure, print_table, save, with_ratio
+from bench.report import Figure, chosen_stores, print_table, save, with_ratio
 from proxy.backends.base import Backend
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.options import read_options
@@ -51,11 +48,6 @@ from proxy.backends.postgresschema import Statements
 from proxy.backends.redis import RedisBackend
 from proxy.backends.registry import STORE_TYPES
 from proxy.config import BackendSpec
-from proxy.migration.migrate import migrate
-from proxy.migration.stores import Stores
-from proxy.migration.verify import verify
-from proxy.routing.flags import Flags
-from proxy.routing.router import Router
 from tests.support.servers.postgres import PostgresServer
 from tests.support.servers.redis import RedisNode, RedisServer, free_port
 
@@ -70,11 +62,10 @@ CHILD_TIMEOUT_S = 1800
 VERIFY_TARGET, VERIFY_TARGET_KEYS_S = "target 100k keys/s", 100_000.0
 
 
-def rows(keys: int) -> Iterator[tuple[str, str]]:
-    """The legacy file's entries as (key, compact JSON text), built while they are loaded, as the
-    migration builds its own from the file."""
-    for i in range(keys):
-        yield f"user:{i:08}", json.dumps(document(i), separators=(",", ":"))
+def rows(keys: int) -> list[tuple[str, str]]:
+    """The legacy file's entries as (key, compact JSON text), built before the clock starts, as the
+    migration's are: JsonFileBackend.open parses the file and compacts every value before its clock."""
+    return [(f"user:{i:08}", json.dumps(document(i), separators=(",", ":"))) for i in range(keys)]
 
 
 def postgres_spec(dsn: str, table: str) -> BackendSpec:
@@ -97,12 +88,13 @@ async def raw_postgres(dsn: str, keys: int, upsert: bool) -> float:
         await connection.execute(statements.create)
         target = b"COPY turnout_load (key, value) FROM STDIN" if upsert else \
             sql.SQL("COPY {t} (key, value) FROM STDIN").format(t=statements.name).as_bytes(connection)
+        loaded = rows(keys)
         started = time.perf_counter()
         async with connection.transaction():
             if upsert:
                 await connection.execute(statements.create_load)
             async with connection.cursor().copy(target) as copy:
-                for row in rows(keys):
+                for row in loaded:
                     await copy.write_row(row)
             if upsert:
                 await connection.execute(statements.upsert_loaded)
@@ -115,11 +107,12 @@ async def raw_redis(url: str, keys: int, batch: int) -> float:
     client = Redis.from_url(url)
     try:
         prefix = PREFIX.encode()
+        loaded = [(prefix + key.encode(), value.encode()) for key, value in rows(keys)]
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         pending, chunk = 0, {}
-        for key, value in rows(keys):
-            chunk[prefix + key.encode()] = value.encode()
+        for key, value in loaded:
+            chunk[key] = value
             if len(chunk) == batch:
                 pipe.mset(chunk)
                 pending, chunk = pending + 1, {}
@@ -168,29 +161,7 @@ async def run_phase(phase: str, store: str, address: str, folder: Path, batch: i
         await empty_target(store, address)
     old = await JsonFileBackend.open(folder / "legacy.json")
     new = await open_store(store, address)
-    stores = Stores(old, new, Router(Flags()))
-    try:
-        started = time.perf_counter()
-        if phase == "migrate":
-            result = await migrate(stores, folder / f"state-{store}", batch_size=batch, restart=True)
-            assert result.error_count == 0, result.errors[:3]
-        else:
-            checked = await verify(stores)
-            assert checked.clean, checked.to_document()
-        return time.perf_counter() - started
-    finally:
-        await old.close()
-        await new.close()
-
-
-def peak_resident_mib() -> float:
-    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries the parent's
-    peak at fork across exec into it, so every child would report at least the parent's (which held
-    the whole legacy file while writing it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+    return await timed_phase(phase, old, new, folder / f"state-{store}", batch)
 
 
 def child(phase: str, store: str, address: str, folder: Path, keys: int, batch: int, result: Path) -> None:
@@ -278,12 +249,7 @@ def main() -> None:
     if args.phase:
         child(args.phase, args.store, args.address, args.folder, args.keys, args.batch_size, args.result)
         return
-    wanted = [name.strip() for name in args.stores.split(",") if name.strip()]
-    unknown = sorted(set(wanted) - set(STORES))
-    if unknown:
-        parser.error(f"unknown store(s) {', '.join(unknown)}; known: {', '.join(STORES)}")
-    if "redis" in wanted and shutil.which("redis-server") is None:
-        sys.exit("redis-server is missing: install the Debian package redis-server")
+    wanted = chosen_stores(parser, args.stores, STORES)
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="turnout-bench-migrate-") as name:
         folder = Path(name)

@@ -32,6 +32,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from bench.concurrency import run_concurrently
 from bench.report import Figure, print_table, save, with_ratio
 from proxy.backends.postgres import PostgresBackend
 from proxy.backends.postgresschema import Statements
@@ -47,24 +48,6 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 def key(i: int) -> str:
     return f"user:{i % KEYS:05}"
-
-
-async def concurrently(op: Callable[[int], Awaitable[None]], seconds: float, workers: int = WORKERS) -> float:
-    """Operations per second with `workers` loops calling op at once until the time is up."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def loop(n: int) -> None:
-        nonlocal done
-        i = n * 977
-        while time.monotonic() < stop:
-            await op(i)
-            done += 1
-            i += 7919
-
-    started = time.monotonic()
-    await asyncio.gather(*(loop(n) for n in range(workers)))
-    return done / (time.monotonic() - started)
 
 
 async def raw_pool(dsn: str, size: int) -> Pool:
@@ -98,7 +81,8 @@ async def point_figures(dsn: str, spec: Any, statements: Statements, seconds: fl
     best = dict.fromkeys(cases, 0.0)
     for _ in range(rounds):
         for name, workers in cases:
-            best[(name, workers)] = max(best[(name, workers)], await concurrently(ops[name], seconds, workers))
+            timed = await run_concurrently(ops[name], workers, seconds)
+            best[(name, workers)] = max(best[(name, workers)], timed.rate)
     figures = []
     for workers in (WORKERS, BURST):
         for name in ("get", "set"):

@@ -19,7 +19,6 @@ import asyncio
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from bench.concurrency import run_concurrently
 from bench.report import Figure, print_table, save, with_ratio
 from proxy.backends.redis import RedisBackend
 from proxy.config import BackendSpec
@@ -42,24 +42,6 @@ DOC = b'{"name": "someone", "visits": 12, "tags": ["a", "b"]}'
 
 def key(i: int) -> str:
     return f"user:{i % KEYS:05}"
-
-
-async def concurrently(op: Callable[[int], Awaitable[Any]], seconds: float) -> float:
-    """Operations per second of op run from WORKERS loops at once for the given time."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def loop(n: int) -> None:
-        nonlocal done
-        i = n * 977
-        while time.monotonic() < stop:
-            await op(i)
-            done += 1
-            i += 7919
-
-    started = time.monotonic()
-    await asyncio.gather(*(loop(n) for n in range(WORKERS)))
-    return done / (time.monotonic() - started)
 
 
 def raw_client(spec: BackendSpec) -> Redis | RedisCluster:
@@ -129,10 +111,10 @@ async def measure(spec: BackendSpec, seconds: float, rounds: int, label: str) ->
         for _ in range(rounds):
             for raw_name, name, raw_op, op, _unit in pairs:
                 for case, measured in ((f"raw redis-py {raw_name}", raw_op), (f"backend {name}", op)):
-                    best[case] = max(best.get(case, 0.0), await concurrently(measured, seconds))
+                    best[case] = max(best.get(case, 0.0), (await run_concurrently(measured, WORKERS, seconds)).rate)
             if isinstance(raw, RedisCluster):
                 case = "raw redis-py SET + WAIT 1"
-                best[case] = max(best.get(case, 0.0), await concurrently(raw_set_wait, seconds))
+                best[case] = max(best.get(case, 0.0), (await run_concurrently(raw_set_wait, WORKERS, seconds)).rate)
         figures: list[Figure] = []
         for raw_name, name, _raw_op, _op, unit in pairs:
             baseline = Figure(f"{label}: raw redis-py {raw_name}", best[f"raw redis-py {raw_name}"], unit)

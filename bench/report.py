@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -40,6 +41,19 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
     """--rounds (how many times every case is measured) and --json (where the figures also go)."""
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+
+
+def chosen_stores(parser: argparse.ArgumentParser, option: str, known: Sequence[str]) -> list[str]:
+    """The store names of a comma-separated --stores option, in the order given. A name not in
+    `known` is a usage error, and a run wanting Redis without redis-server installed stops at once
+    with what to install, before it starts any server."""
+    wanted = [name.strip() for name in option.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        parser.error(f"unknown store(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if "redis" in wanted and shutil.which("redis-server") is None:
+        sys.exit("redis-server is missing: install the Debian package redis-server")
+    return wanted
 
 
 def best_of_rounds(rounds: int, cases: Sequence[Case], measure: Callable[[Case], float]) -> dict[Case, float]:

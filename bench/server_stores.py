@@ -24,7 +24,6 @@ that store as `old` and default flags (route old), so every call goes to the sto
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from bench.cases import MEMORY, Server
 from bench.load import SET_VALUE, LoadResult, LoadSpec, generate, h2load_available, preload
-from bench.report import Figure, print_table, save, with_ratio
+from bench.report import Figure, chosen_stores, print_table, save, with_ratio
 from bench.servers import RunningServer
 from proxy.backends.postgresschema import Statements
 from tests.support.servers.postgres import PostgresServer
@@ -228,12 +227,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="load every case this many times, keep the best")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
-    wanted = [name.strip() for name in args.stores.split(",") if name.strip()]
-    unknown = sorted(set(wanted) - set(STORES))
-    if unknown:
-        parser.error(f"unknown store(s) {', '.join(unknown)}; known: {', '.join(STORES)}")
-    if "redis" in wanted and shutil.which("redis-server") is None:
-        sys.exit("redis-server is missing: install the Debian package redis-server")
+    wanted = chosen_stores(parser, args.stores, STORES)
     baseline = measure_proxy("memory", dict(MEMORY), None, args)
     measured: list[Measured] = []
     for store in wanted:

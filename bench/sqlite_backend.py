@@ -18,11 +18,11 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.concurrency import run_concurrently
 from bench.report import Figure, print_table, save, with_ratio
 from proxy.backends.sqlite import SqliteBackend
 from proxy.backends.sqlitefile import prepared
@@ -62,26 +62,6 @@ def raw_sets(path: Path, seconds: float) -> Figure:
     return Figure("raw sqlite3, one transaction per set", done / elapsed, "sets/s")
 
 
-async def concurrently(op: Callable[[int], Awaitable[None]], workers: int, seconds: float,
-                       step: int) -> tuple[int, float]:
-    """Run op from `workers` loops at once until the time is up; each loop walks keys from its own
-    start by `step`. Returns the operations done and the seconds taken."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def loop(n: int) -> None:
-        nonlocal done
-        i = n * 977
-        while time.monotonic() < stop:
-            await op(i)
-            done += 1
-            i += step
-
-    started = time.monotonic()
-    await asyncio.gather(*(loop(n) for n in range(workers)))
-    return done, time.monotonic() - started
-
-
 async def backend_sets(path: Path, seconds: float, writers: int) -> Figure:
     seed(path)
     backend = await SqliteBackend.open(path)
@@ -90,11 +70,11 @@ async def backend_sets(path: Path, seconds: float, writers: int) -> Figure:
         await backend.set(key(i), DOC)
 
     commits_before = backend.commits
-    done, elapsed = await concurrently(write, writers, seconds, step=1)
+    measured = await run_concurrently(write, writers, seconds, step=1)
     commits = backend.commits - commits_before
     await backend.close()
     name = f"backend set, {writers} concurrent writer{'s' if writers > 1 else ''}"
-    return Figure(name, done / elapsed, "sets/s", extra={"sets_per_commit": done / max(commits, 1)})
+    return Figure(name, measured.rate, "sets/s", extra={"sets_per_commit": measured.calls / max(commits, 1)})
 
 
 def raw_gets(path: Path, seconds: float) -> Figure:
@@ -121,9 +101,9 @@ async def backend_gets(path: Path, seconds: float) -> Figure:
     async def read(i: int) -> None:
         assert await backend.get(key(i)) is not None
 
-    done, elapsed = await concurrently(read, WORKERS, seconds, step=7919)
+    measured = await run_concurrently(read, WORKERS, seconds)
     await backend.close()
-    return Figure(f"backend get, {WORKERS} concurrent readers", done / elapsed, "gets/s")
+    return Figure(f"backend get, {WORKERS} concurrent readers", measured.rate, "gets/s")
 
 
 async def main() -> None:

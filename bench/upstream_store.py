@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,6 +23,7 @@ from grpc import aio  # after the path is set, as the other benchmarks do
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from bench.cases import Server
+from bench.concurrency import run_concurrently
 from bench.report import Figure, print_table, save, with_ratio
 from bench.servers import RunningServer
 from proxy.backends.options import read_options
@@ -39,25 +38,6 @@ UPSTREAM = Server("upstream-memory", "proxy")
 
 def key(i: int) -> str:
     return f"user:{i % KEYS:05}"
-
-
-async def rate(op: Callable[[int], Awaitable[None]], workers: int, seconds: float) -> tuple[float, float]:
-    """Calls per second of op from `workers` concurrent loops over a fixed time, and the CPU
-    microseconds this process (its gRPC threads included) spent per call."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def loop(n: int) -> None:
-        nonlocal done
-        i = n * 977
-        while time.monotonic() < stop:
-            await op(i)
-            done += 1
-            i += 7919
-
-    started, cpu = time.monotonic(), time.process_time()
-    await asyncio.gather(*(loop(n) for n in range(workers)))
-    return done / (time.monotonic() - started), (time.process_time() - cpu) * 1e6 / max(done, 1)
 
 
 async def measure(target: str, seconds: float, workers: int, rounds: int) -> list[Figure]:
@@ -81,7 +61,7 @@ async def measure(target: str, seconds: float, workers: int, rounds: int) -> lis
         async def store_set(i: int) -> None:
             await backend.set(key(i), DOC)
 
-        await rate(raw_get, workers, min(seconds, 1.0))  # warm-up: connections, caches
+        await run_concurrently(raw_get, workers, min(seconds, 1.0))  # warm-up: connections, caches
         cases = {"raw stub Get": (raw_get, "gets/s"), "grpc store get": (store_get, "gets/s"),
                  "raw stub Set": (raw_set, "sets/s"), "grpc store set": (store_set, "sets/s")}
         best = dict.fromkeys(cases, 0.0)
@@ -90,8 +70,9 @@ async def measure(target: str, seconds: float, workers: int, rounds: int) -> lis
         # from a case, and a noisy moment then hits one round of each rather than one case.
         for _ in range(rounds):
             for name, (op, _unit) in cases.items():
-                calls, cpu_per_call = await rate(op, workers, seconds)
-                best[name], cpu[name] = max(best[name], calls), min(cpu[name], cpu_per_call)
+                # The CPU per call of this process, its gRPC threads included.
+                measured = await run_concurrently(op, workers, seconds)
+                best[name], cpu[name] = max(best[name], measured.rate), min(cpu[name], measured.cpu_us_per_call)
         figures = {name: Figure(f"{name}, {workers} concurrent", best[name], unit,
                                 extra={"client_cpu_us_per_call": cpu[name]}) for name, (_, unit) in cases.items()}
         return [figures["raw stub Get"], with_ratio(figures["grpc store get"], figures["raw stub Get"]),

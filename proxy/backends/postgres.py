@@ -110,7 +110,10 @@ class PostgresBackend:
         text = await self._server.bounded(read.done, self._call_timeout, lambda: self._server.reachable)
         return None if text is None else text.encode()
 
-    async def _answer_reads(self, batch: list[QueuedRead]) -> None:
+    async def _on_batch_connection(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run one queued batch's work on a pooled connection within the call timeout, the table made
+        first if need be. Running past it is BackendUnavailable saying whether a connection was had;
+        every other failure is left to the caller, which answers each waiting call of the batch."""
         limit, connected = self._call_timeout, False
         try:
             async with asyncio.timeout(limit):
@@ -118,17 +121,23 @@ class PostgresBackend:
                     await self._prepare_table(limit)
                 async with self._pool.connection(timeout=limit) as connection:
                     connected = True
-                    if len(batch) == 1:
-                        row = await (await connection.execute(self._sql.get, (batch[0].key,))).fetchone()
-                        found = {} if row is None else {batch[0].key: str(row[0])}
-                    else:
-                        keys = list(dict.fromkeys(read.key for read in batch))
-                        rows = await (await connection.execute(self._sql.get_many, (keys,))).fetchall()
-                        found = {str(key): str(value) for key, value in rows}
+                    return await work(connection)
         except TimeoutError:
-            error: Exception = BackendUnavailable(self._server.late(limit, connected))
-        except Exception as exc:
-            error = self._server.translated(exc, limit)
+            raise BackendUnavailable(self._server.late(limit, connected)) from None
+
+    async def _answer_reads(self, batch: list[QueuedRead]) -> None:
+        async def fetch(connection: Connection) -> dict[str, str]:
+            if len(batch) == 1:
+                row = await (await connection.execute(self._sql.get, (batch[0].key,))).fetchone()
+                return {} if row is None else {batch[0].key: str(row[0])}
+            keys = list(dict.fromkeys(read.key for read in batch))
+            rows = await (await connection.execute(self._sql.get_many, (keys,))).fetchall()
+            return {str(key): str(value) for key, value in rows}
+
+        try:
+            found = await self._on_batch_connection(fetch)
+        except Exception as exc:  # BackendUnavailable passes through translated() as it is
+            error = self._server.translated(exc, self._call_timeout)
         else:
             for read in batch:
                 if not read.done.done():
@@ -226,19 +235,12 @@ class PostgresBackend:
 
     async def _commit_batch(self, batch: list[QueuedWrite]) -> None:
         """Apply one batch of single writes in one statement or transaction and answer each write."""
-        limit, connected = self._call_timeout, False
+        limit = self._call_timeout
         try:
-            async with asyncio.timeout(limit):
-                if not self._table_ready:
-                    await self._prepare_table(limit)
-                async with self._pool.connection(timeout=limit) as connection:
-                    connected = True
-                    existed = await apply_batch(connection, self._sql, batch)
-        except TimeoutError:
-            error: Exception = BackendUnavailable(self._server.late(limit, connected))
+            existed = await self._on_batch_connection(lambda connection: apply_batch(connection, self._sql, batch))
         except REFUSED_INPUT as exc:
             if len(batch) == 1:
-                error = self._server.translated(exc, limit)
+                error: Exception = self._server.translated(exc, limit)
             else:  # one write the server refused must not fail the others: each goes alone
                 for write in batch:
                     await self._commit_batch([write])

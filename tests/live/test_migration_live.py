@@ -7,68 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import sqlite3
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
-import pycountry
 import pytest
-from turnout import AsyncClient, TurnoutError
+from turnout import AsyncClient
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.config import load_config
 from proxy.control.adminclient import admin_target
-from tests.support.proxy_process import ProxyProcess, run_cli, run_turnout, write_config
+from tests.support.proxy_process import ProxyProcess, run_cli, write_config
 from tests.support.stores import legacy_contents, seed_sqlite, sqlite_contents
-
-
-def subdivisions() -> dict[str, Any]:
-    data = Path(pycountry.__file__).parent / "databases" / "iso3166-2.json"
-    return {f"subdivision:{s['code']}": s for s in json.loads(data.read_text(encoding="utf-8"))["3166-2"]}
-
-
-@dataclass
-class Writer:
-    """Updates, deletes and creates keys of its own; remembers the last acknowledged state of each.
-
-    Writers share no key, so each key's writes are sequential and its final state is known."""
-
-    keys: list[str]
-    acknowledged: dict[str, Any] = field(default_factory=dict)  # key -> document, None for deleted
-    uncertain: set[str] = field(default_factory=set)  # a write that failed may or may not have landed
-    refused: int = 0
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self, target: str, seed: int) -> None:
-        rng = random.Random(seed)
-        async with AsyncClient(target, timeout=5, user=f"writer-{seed}") as client:
-            i = 0
-            while not self.stop.is_set():
-                key = rng.choice(self.keys) if rng.random() < 0.8 else f"fresh:{seed}:{i}"
-                delete = rng.random() < 0.2
-                value = None if delete else {"writer": seed, "i": i}
-                try:
-                    if delete:
-                        await client.delete(key)
-                    else:
-                        await client.set(key, value)
-                except TurnoutError:
-                    self.refused += 1  # e.g. the cutover's write pause
-                    self.uncertain.add(key)
-                else:
-                    self.acknowledged[key] = value
-                    self.uncertain.discard(key)
-                i += 1
-                await asyncio.sleep(0.002)
-
-
-async def turnout(config: Path, *args: str, expect: int = 0) -> dict[str, Any]:
-    """`run_turnout` on a thread of its own, so the event loop (and the writers) run on meanwhile."""
-    return await asyncio.to_thread(run_turnout, config, *args, expect=expect)
+from tests.support.writers import Writer, assert_every_acknowledged_write_held, subdivisions, turnout, writing
 
 
 @pytest.mark.slow
@@ -83,8 +35,7 @@ async def test_migrate_verify_cutover_rollback_under_writes(tmp_path: Path) -> N
     keys = sorted(legacy)
     writers = [Writer(keys[n::3]) for n in range(3)]
     with ProxyProcess(config, env={"PYTHONPATH": os.pathsep.join(sys.path)}) as proxy:
-        tasks = [asyncio.create_task(w.run(proxy.target, n)) for n, w in enumerate(writers)]
-        try:
+        async with writing(proxy.target, writers):
             migrated = await turnout(config, "migrate", "--live", "--batch-size", "250")
             assert migrated["mode"] == "live"
             assert migrated["error_count"] == 0
@@ -102,27 +53,11 @@ async def test_migrate_verify_cutover_rollback_under_writes(tmp_path: Path) -> N
             await asyncio.sleep(0.5)  # writes flow to new as primary for a while
             rollback = await turnout(config, "rollback", "--reason", "drill")
             assert rollback["ok"], rollback
-        finally:
-            for writer in writers:
-                writer.stop.set()
-            await asyncio.gather(*tasks)
         drained = await turnout(config, "verify", "--live")
         assert drained["clean"], drained
     old, new = legacy_contents(tmp_path / "legacy.json"), sqlite_contents(tmp_path / "new.sqlite")
     assert old == new
-    expected = dict(legacy)
-    for writer in writers:
-        for key, value in writer.acknowledged.items():
-            if value is None:
-                expected.pop(key, None)
-            else:
-                expected[key] = value
-    uncertain = set().union(*(w.uncertain for w in writers))
-    for key in set(expected) | set(old):
-        if key in uncertain:
-            continue
-        assert old.get(key) == expected.get(key), key
-    assert sum(len(w.acknowledged) for w in writers) > 100
+    assert_every_acknowledged_write_held(legacy, writers, old, at_least=100)
 
 
 async def test_cutover_rolls_back_by_itself_when_verify_fails(tmp_path: Path) -> None:
@@ -239,30 +174,13 @@ async def test_a_live_migrate_under_two_workers_keeps_every_write_of_either(tmp_
     keys = sorted(legacy)
     writers = [Writer(keys[n::3]) for n in range(3)]
     with ProxyProcess(config, args=["--workers", "2"]) as proxy:
-        tasks = [asyncio.create_task(w.run(proxy.target, n)) for n, w in enumerate(writers)]
-        try:
+        async with writing(proxy.target, writers):
             migrated = await turnout(config, "migrate", "--live", "--batch-size", "200")
             assert migrated["mode"] == "live"
             assert migrated["error_count"] == 0
             # Keys deleted before the scan reached them are not read: fewer than the legacy count.
             assert migrated["migrated"] + migrated["skipped"] == migrated["total"] > len(legacy) // 2
-        finally:
-            for writer in writers:
-                writer.stop.set()
-            await asyncio.gather(*tasks)
         verified = await turnout(config, "verify", "--live")
         assert verified["clean"], verified
     old, new = sqlite_contents(tmp_path / "old.sqlite"), sqlite_contents(tmp_path / "new.sqlite")
-    expected = dict(legacy)
-    for writer in writers:
-        for key, value in writer.acknowledged.items():
-            if value is None:
-                expected.pop(key, None)
-            else:
-                expected[key] = value
-    uncertain = set().union(*(w.uncertain for w in writers))
-    for key in set(expected) | set(old) | set(new):
-        if key not in uncertain:
-            assert old.get(key) == expected.get(key), key
-            assert new.get(key) == expected.get(key), key
-    assert sum(len(w.acknowledged) for w in writers) > 100
+    assert_every_acknowledged_write_held(legacy, writers, old, new, at_least=100)

@@ -16,10 +16,10 @@ from turnout import AsyncClient, RetryPolicy, TurnoutError
 
 from proxy.backends import open_backend
 from proxy.config import BackendSpec
-from tests.live.test_migration_live import Writer, subdivisions, turnout
 from tests.support.proxy_process import ProxyProcess, get_page, http_address, run_turnout, write_config
 from tests.support.servers import Restartable, spec_document
 from tests.support.stores import backend_contents, legacy_contents
+from tests.support.writers import Writer, assert_every_acknowledged_write_held, subdivisions, turnout, writing
 
 SERVER_SPECS = {"postgres": "postgres_spec", "redis": "redis_spec", "redis-cluster": "redis_cluster_spec",
                 "grpc": "upstream_spec"}
@@ -41,21 +41,9 @@ async def seed(spec: BackendSpec, items: dict[str, Any]) -> None:
         await backend.close()
 
 
-def expected_after(legacy: dict[str, Any], writers: list[Writer]) -> tuple[dict[str, Any], set[str]]:
-    expected = dict(legacy)
-    for writer in writers:
-        for key, value in writer.acknowledged.items():
-            if value is None:
-                expected.pop(key, None)
-            else:
-                expected[key] = value
-    return expected, set().union(*(w.uncertain for w in writers))
-
-
 async def run_the_plan(config: Path, proxy: ProxyProcess, writers: list[Writer]) -> None:
     """migrate, verify, repair, cutover, rollback on the running proxy while the writers write."""
-    tasks = [asyncio.create_task(w.run(proxy.target, n)) for n, w in enumerate(writers)]
-    try:
+    async with writing(proxy.target, writers):
         migrated = await turnout(config, "migrate", "--live")
         assert migrated["mode"] == "live"
         assert migrated["error_count"] == 0, migrated
@@ -68,20 +56,8 @@ async def run_the_plan(config: Path, proxy: ProxyProcess, writers: list[Writer])
         await asyncio.sleep(0.3)  # writes flow to new as primary for a while
         rollback = await turnout(config, "rollback", "--reason", "drill")
         assert rollback["ok"], rollback
-    finally:
-        for writer in writers:
-            writer.stop.set()
-        await asyncio.gather(*tasks)
     drained = await turnout(config, "verify", "--live")
     assert drained["clean"], drained
-
-
-def assert_holds_every_acknowledged_write(store: dict[str, Any], legacy: dict[str, Any], writers: list[Writer]) -> None:
-    expected, uncertain = expected_after(legacy, writers)
-    for key in set(expected) | set(store):
-        if key not in uncertain:
-            assert store.get(key) == expected.get(key), key
-    assert sum(len(w.acknowledged) for w in writers) > 20
 
 
 @pytest.mark.slow
@@ -100,7 +76,7 @@ async def test_the_plan_from_the_legacy_file_into_a_server_store(kind: str, tmp_
         await run_the_plan(config, proxy, writers)
     old, new = legacy_contents(tmp_path / "legacy.json"), await contents(spec)
     assert old == new
-    assert_holds_every_acknowledged_write(new, legacy, writers)
+    assert_every_acknowledged_write_held(legacy, writers, new, at_least=20)
 
 
 @pytest.mark.slow
@@ -120,7 +96,7 @@ async def test_the_plan_between_redis_and_postgres(old_kind: str, new_kind: str,
         await run_the_plan(config, proxy, writers)
     old, new = await contents(old_spec), await contents(new_spec)
     assert old == new
-    assert_holds_every_acknowledged_write(new, legacy, writers)
+    assert_every_acknowledged_write_held(legacy, writers, new, at_least=20)
 
 
 def metric_value(page: str, name: str, labels: dict[str, str]) -> float:

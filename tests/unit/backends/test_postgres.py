@@ -32,6 +32,14 @@ async def store(postgres_spec: BackendSpec) -> AsyncIterator[PostgresBackend]:
     await backend.close()
 
 
+@pytest.fixture
+async def fast_store(postgres_server: PostgresServer, postgres_table: str) -> AsyncIterator[PostgresBackend]:
+    """A store on this test's server and table with FAST timeouts, so an outage shows within a second."""
+    backend = await open_on(postgres_server, postgres_table, **FAST)
+    yield backend
+    await backend.close()
+
+
 async def open_on(server: PostgresServer, table: str, **options: object) -> PostgresBackend:
     backend = await open_backend(server.spec(table, **options))
     assert isinstance(backend, PostgresBackend)
@@ -271,45 +279,39 @@ async def test_nothing_listening_is_unavailable_within_the_call_timeout(postgres
 
 
 async def test_a_server_stopped_and_started_again_is_reconnected(
-        postgres_server: PostgresServer, postgres_table: str) -> None:
+        postgres_server: PostgresServer, fast_store: PostgresBackend) -> None:
     """Calls fail with BackendUnavailable while the server is down and succeed again once it is back, on the same store."""
-    backend = await open_on(postgres_server, postgres_table, **FAST)
-    try:
-        await asyncio.gather(*(backend.set(f"k{i}", b"1") for i in range(20)))  # several pooled connections
-        postgres_server.stop()
-        calls: list[Callable[[], Awaitable[object]]] = [lambda: backend.get("k1"), lambda: backend.set("k2", b"2"),
-                                                        backend.probe]
-        for call in calls:
-            with pytest.raises(BackendUnavailable):
-                await asyncio.wait_for(call(), 10 * FAST["call_timeout"])  # a bound against hanging
-        postgres_server.start()
-        await eventually(lambda: backend.get("k1"))
-        # Once one call succeeds the dead connections are gone: every following call succeeds.
-        assert await asyncio.gather(*(backend.get(f"k{i}") for i in range(20))) == [b"1"] * 20
-        await backend.set("k2", b"3")
-        assert await backend.get("k2") == b"3"
-    finally:
-        await backend.close()
+    backend = fast_store
+    await asyncio.gather(*(backend.set(f"k{i}", b"1") for i in range(20)))  # several pooled connections
+    postgres_server.stop()
+    calls: list[Callable[[], Awaitable[object]]] = [lambda: backend.get("k1"), lambda: backend.set("k2", b"2"),
+                                                    backend.probe]
+    for call in calls:
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(call(), 10 * FAST["call_timeout"])  # a bound against hanging
+    postgres_server.start()
+    await eventually(lambda: backend.get("k1"))
+    # Once one call succeeds the dead connections are gone: every following call succeeds.
+    assert await asyncio.gather(*(backend.get(f"k{i}") for i in range(20))) == [b"1"] * 20
+    await backend.set("k2", b"3")
+    assert await backend.get("k2") == b"3"
 
 
 async def test_a_call_the_server_holds_up_is_abandoned_at_the_call_timeout(
-        postgres_server: PostgresServer, postgres_table: str) -> None:
+        postgres_server: PostgresServer, postgres_table: str, fast_store: PostgresBackend) -> None:
     """A write stuck behind another session's lock fails with BackendUnavailable at call_timeout; the store works after."""
-    backend = await open_on(postgres_server, postgres_table, **FAST)
-    try:
-        await backend.set("k", b"1")
-        import psycopg
+    backend = fast_store
+    await backend.set("k", b"1")
+    import psycopg
 
-        async with await psycopg.AsyncConnection.connect(postgres_server.dsn) as blocker:
-            await blocker.execute(f"LOCK TABLE {postgres_table} IN ACCESS EXCLUSIVE MODE")
-            with pytest.raises(BackendUnavailable, match="no answer within"):
-                await asyncio.wait_for(backend.get("k"), 10 * FAST["call_timeout"])  # a bound against hanging
-            await blocker.rollback()
-        assert await backend.get("k") == b"1"
-        await backend.set("k", b"2")
-        assert await backend.get("k") == b"2"
-    finally:
-        await backend.close()
+    async with await psycopg.AsyncConnection.connect(postgres_server.dsn) as blocker:
+        await blocker.execute(f"LOCK TABLE {postgres_table} IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(BackendUnavailable, match="no answer within"):
+            await asyncio.wait_for(backend.get("k"), 10 * FAST["call_timeout"])  # a bound against hanging
+        await blocker.rollback()
+    assert await backend.get("k") == b"1"
+    await backend.set("k", b"2")
+    assert await backend.get("k") == b"2"
 
 
 async def test_close_is_idempotent_and_calls_after_it_are_refused(store: PostgresBackend) -> None:

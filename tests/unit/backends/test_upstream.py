@@ -179,23 +179,30 @@ async def test_calls_after_close_fail_with_backend_unavailable(store: UpstreamBa
         await store.get("k")
 
 
+async def assert_served_and_refused(server: UpstreamServer, served: dict[str, Any], refused: dict[str, Any]) -> None:
+    """A store opened on the TLS server with the `served` options works (set, get, probe); one opened
+    with the `refused` options is unavailable, not wrong. Stops the server."""
+    good = await UpstreamBackend.open(server.spec(**served))
+    bad = await UpstreamBackend.open(server.spec(**refused))
+    try:
+        await good.set("k", b"1")
+        assert await good.get("k") == b"1"
+        await good.probe()
+        with pytest.raises(BackendUnavailable):
+            await bad.get("k")
+    finally:
+        await good.close()
+        await bad.close()
+        server.stop()
+
+
 async def test_tls_upstream_is_reached_with_its_ca_and_refused_without(
         tmp_path: Path, certificates: Certificates) -> None:  # noqa: F811 (the fixture imported above)
     """An upstream serving TLS is served with ca_file set; without TLS the store is unavailable, not wrong."""
     server = UpstreamServer(tmp_path, tls={"cert_file": str(certificates.server_cert),
                                            "key_file": str(certificates.server_key)}).start()
-    trusting = await UpstreamBackend.open(server.spec(ca_file=str(certificates.ca), call_timeout=CALL_TIMEOUT))
-    plain = await UpstreamBackend.open(server.spec(call_timeout=CALL_TIMEOUT, connect_timeout=CALL_TIMEOUT))
-    try:
-        await trusting.set("k", b"1")
-        assert await trusting.get("k") == b"1"
-        await trusting.probe()
-        with pytest.raises(BackendUnavailable):
-            await plain.get("k")
-    finally:
-        await trusting.close()
-        await plain.close()
-        server.stop()
+    await assert_served_and_refused(server, served={"ca_file": str(certificates.ca), "call_timeout": CALL_TIMEOUT},
+                                    refused={"call_timeout": CALL_TIMEOUT, "connect_timeout": CALL_TIMEOUT})
 
 
 async def test_mtls_upstream_needs_the_client_certificate(
@@ -205,18 +212,10 @@ async def test_mtls_upstream_needs_the_client_certificate(
                                            "key_file": str(certificates.server_key),
                                            "client_ca_file": str(certificates.ca)}).start()
     timeouts: dict[str, Any] = {"call_timeout": CALL_TIMEOUT, "connect_timeout": CALL_TIMEOUT}
-    with_cert = await UpstreamBackend.open(server.spec(ca_file=str(certificates.ca), cert_file=str(certificates.client_cert),
-                                                       key_file=str(certificates.client_key), **timeouts))
-    anonymous = await UpstreamBackend.open(server.spec(ca_file=str(certificates.ca), **timeouts))
-    try:
-        await with_cert.set("k", b"1")
-        assert await with_cert.get("k") == b"1"
-        with pytest.raises(BackendUnavailable):
-            await anonymous.get("k")
-    finally:
-        await with_cert.close()
-        await anonymous.close()
-        server.stop()
+    await assert_served_and_refused(
+        server, served={"ca_file": str(certificates.ca), "cert_file": str(certificates.client_cert),
+                        "key_file": str(certificates.client_key), **timeouts},
+        refused={"ca_file": str(certificates.ca), **timeouts})
 
 
 async def test_an_unreadable_ca_file_is_refused_naming_the_option(tmp_path: Path) -> None:
