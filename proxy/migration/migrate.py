@@ -13,9 +13,9 @@ finished.
 
 Re-running is safe: a key whose target already holds an equal document is skipped, and a
 checkpoint in state_dir lets an interrupted run resume after the last key it finished (for stores
-whose scans are ordered) and a run that finished without errors return at once. A run that left
-errors is not complete: the next one scans again, skipping what is already there, so the keys that
-failed are tried again.
+whose scans are ordered; a run killed outright, at most CHECKPOINT_EVERY_S of copying before that)
+and a run that finished without errors return at once. A run that left errors is not complete:
+the next one scans again, skipping what is already there, so the keys that failed are tried again.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ MAX_ERROR_SAMPLES = 100
 #: them waits for the whole page's copy (bench/live_migrate.py measures the hold per page size:
 #: about 20 ms at 1000 keys into SQLite, half that at the default batch of 500).
 MAX_LIVE_PAGE = 1000
+
+#: The checkpoint is written at most this often (and when a run stops, by error or interruption):
+#: each write is a file and a folder fsync on the event loop, per batch a tenth of a fast run's time.
+#: A run killed outright redoes at most this long of copying, which is harmless: a key whose target
+#: already holds an equal document is skipped, and a live copy decides each key from its current state.
+CHECKPOINT_EVERY_S = 1.0
 
 Transform = Callable[[str, Any], Any]
 
@@ -129,15 +135,25 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
     # ones would each also wait for the others' writes to the target while holding theirs.
     window = max(1, concurrency) if stores.live is None else 1
     in_flight: list[tuple[asyncio.Task[None], Sequence[Item]]] = []
+    unwritten: dict[str, Any] | None = None  # the checkpoint due, not yet written (CHECKPOINT_EVERY_S)
+    written_at = time.monotonic()
+
+    def write_checkpoint() -> None:
+        nonlocal unwritten, written_at
+        if unwritten is not None:
+            statedir.write_json(checkpoint_path, unwritten)
+            unwritten, written_at = None, time.monotonic()
 
     async def finish_oldest() -> None:
+        nonlocal unwritten
         task, done_page = in_flight.pop(0)
         await task
         result.total += len(done_page)
         # Batches finish in the order they were started here, so every key up to this one is done.
-        statedir.write_json(checkpoint_path, {"source": source.value, "last_key": done_page[-1][0],
-                                               "complete": False, "migrated": result.migrated,
-                                               "errors": result.error_count})
+        unwritten = {"source": source.value, "last_key": done_page[-1][0], "complete": False,
+                     "migrated": result.migrated, "errors": result.error_count}
+        if time.monotonic() - written_at >= CHECKPOINT_EVERY_S:
+            write_checkpoint()
         if progress is not None:
             progress.advance(len(done_page))
 
@@ -157,6 +173,11 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
                 await finish_oldest()
         while in_flight:
             await finish_oldest()
+    except BaseException:
+        # Stopped by a failure or an interruption (Ctrl-C): keep how far it got, so the next run
+        # resumes there rather than at the last timed write.
+        write_checkpoint()
+        raise
     finally:
         for task, _ in in_flight:
             task.cancel()

@@ -23,7 +23,7 @@ from typing import Any
 from proxy import statedir
 from proxy.backends.base import Backend, Item
 from proxy.data.compare import documents_equal
-from proxy.migration.checksum import item_hash
+from proxy.migration.checksum import canonical, canonical_hash, item_hash
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
 from proxy.replication.replayer import put_state
@@ -44,8 +44,11 @@ class Side:
     checksum: int = 0
 
     def add(self, key: str, value: bytes) -> None:
+        self.add_hash(item_hash(key, value))
+
+    def add_hash(self, hashed: int) -> None:
         self.records += 1
-        self.checksum = (self.checksum + item_hash(key, value)) & _MASK
+        self.checksum = (self.checksum + hashed) & _MASK
 
 
 @dataclass
@@ -136,10 +139,7 @@ async def _merge(old: Backend, new: Backend, old_side: Side, new_side: Side, res
             result.note("extra", b[0])
             await right.advance()
         else:
-            old_side.add(*a)
-            new_side.add(*b)
-            if a[1] != b[1] and not documents_equal(a[1], b[1]):
-                result.note("different", a[0])
+            _both(a[0], a[1], b[1], old_side, new_side, result)
             await left.advance()
             await right.advance()
         if progress is not None:
@@ -150,19 +150,38 @@ async def _in_memory(old: Backend, new: Backend, old_side: Side, new_side: Side,
                      progress: Progress | None) -> None:
     theirs: dict[str, bytes] = {}
     async for key, value in _items(new):
-        theirs[key] = value
-        new_side.add(key, value)
+        theirs[key] = value  # hashed below, beside its old copy (once, when the two are the same bytes)
     async for key, value in _items(old):
-        old_side.add(key, value)
         other = theirs.pop(key, None)
         if other is None:
+            old_side.add(key, value)
             result.note("missing", key)
-        elif not documents_equal(value, other):
-            result.note("different", key)
+        else:
+            _both(key, value, other, old_side, new_side, result)
         if progress is not None:
             progress.advance()
     for key in sorted(theirs):
+        new_side.add(key, theirs[key])
         result.note("extra", key)
+
+
+def _both(key: str, old_value: bytes, new_value: bytes, old_side: Side, new_side: Side,
+          result: VerifyResult) -> None:
+    """A key both stores hold: add it to both checksums and note it if the documents differ."""
+    if old_value == new_value:
+        # The same bytes (a store that keeps what it was given): one hash for both sides.
+        hashed = item_hash(key, old_value)
+        old_side.add_hash(hashed)
+        new_side.add_hash(hashed)
+        return
+    # A store that writes documents its own way (jsonb): the canonical forms the checksums need are
+    # also the comparison, equal for equal documents but for spellings of a number (1 and 1.0),
+    # which the full comparison decides.
+    old_canonical, new_canonical = canonical(old_value), canonical(new_value)
+    old_side.add_hash(canonical_hash(key, old_canonical))
+    new_side.add_hash(canonical_hash(key, new_canonical))
+    if old_canonical != new_canonical and not documents_equal(old_value, new_value):
+        result.note("different", key)
 
 
 async def _recheck(stores: Stores, result: VerifyResult) -> VerifyResult:
