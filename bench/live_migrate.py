@@ -29,7 +29,6 @@ import asyncio
 import json
 import random
 import shutil
-import sqlite3
 import string
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from proxy.migration.migrate import migrate
 from proxy.migration.stores import Stores
 from proxy.replication.local import ReplicationQueue
 from proxy.routing.watcher import FlagWatcher
+from tests.support.stores import sqlite_contents
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -154,14 +154,6 @@ def migrated(doc: dict[str, Any], what: str) -> float:
     if doc["error_count"]:
         raise RuntimeError(f"{what}: {doc['error_count']} errors, e.g. {doc['errors'][:3]}")
     return float(doc["rate_per_s"])
-
-
-def sqlite_contents(path: Path) -> dict[str, Any]:
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return {key: json.loads(value) for key, value in connection.execute("SELECT key, value FROM kv")}
-    finally:
-        connection.close()
 
 
 # -- the page sweep (in this process) -----------------------------------------------------------

@@ -35,8 +35,8 @@ class HealthProber:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._probe_forever(route, store), name=f"probe {route.value}")
-                       for route, store in self._servers.items()]
+        self._tasks = [asyncio.create_task(self._probe_forever(route), name=f"probe {route.value}")
+                       for route in self._servers]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -64,7 +64,7 @@ class HealthProber:
             log.info("%s store answers again", route.value)
         return True
 
-    async def _probe_forever(self, route: Route, store: ServerStore) -> None:
+    async def _probe_forever(self, route: Route) -> None:
         while True:
             healthy = await self.probe_once(route)
             await asyncio.sleep(HEALTHY_INTERVAL_S if healthy else FAILING_INTERVAL_S)

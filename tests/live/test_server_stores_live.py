@@ -20,9 +20,9 @@ from tests.support.proxy_process import ProxyProcess, get_page, http_address, ru
 from tests.support.servers import Restartable, spec_document
 from tests.support.stores import backend_contents, legacy_contents
 from tests.support.writers import Writer, assert_every_acknowledged_write_held, subdivisions, turnout, writing
+from tests.unit.backends.conftest import SERVER_KINDS
 
-SERVER_SPECS = {"postgres": "postgres_spec", "redis": "redis_spec", "redis-cluster": "redis_cluster_spec",
-                "grpc": "upstream_spec"}
+SERVER_SPECS = SERVER_KINDS  # each server kind of the conformance suite, by the fixture giving its spec
 
 
 async def contents(spec: BackendSpec) -> dict[str, Any]:

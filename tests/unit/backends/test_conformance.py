@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,7 @@ import pytest
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
 from proxy.errors import InvalidArgument, StoreLocked
-from tests.support.paths import ROOT
+from tests.support.crashes import acknowledged_before_kill
 from tests.unit.backends.conftest import DURABLE_TYPES, Opener, spec_for
 
 #: Stores that cannot hold U+0000 in a key or in a string of a document, and why. Such a store must
@@ -249,31 +245,7 @@ async def test_close_flushes_writes_under_way(opener: Opener) -> None:
 async def test_sigkill_keeps_every_acknowledged_write(kind: str, opener: Opener, tmp_path: Path) -> None:
     """A writer process killed mid-stream leaves a readable store holding every write it had acknowledged."""
     path = spec_for(kind, tmp_path).path
-    writer = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "support" / "crash_writer.py"), kind, str(path), "100000"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    assert writer.stdout is not None
-    # Bounds the test if the writer hangs: a killed writer closes its stdout, which ends every read below.
-    watchdog = threading.Timer(30, writer.kill)
-    watchdog.start()
-    acknowledged: list[str] = []
-    try:
-        assert writer.stdout.readline().strip() == "ready"
-        for line in writer.stdout:
-            acknowledged.append(line.strip())
-            if len(acknowledged) >= 200:
-                break
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
-        acknowledged.extend(line.strip() for line in writer.stdout)  # acknowledged before the kill landed
-    finally:
-        watchdog.cancel()
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-        writer.stdout.close()
-    assert writer.returncode == -signal.SIGKILL, "the writer ended before it was killed"
+    acknowledged = acknowledged_before_kill([kind, str(path), "100000"], kill_after=200, watchdog_s=30)
     assert len(acknowledged) >= 200
     backend = await opener()
     items = await all_items(backend)

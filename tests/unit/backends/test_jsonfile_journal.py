@@ -7,10 +7,8 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,6 +33,7 @@ from proxy.config import BackendSpec
 from proxy.durable import replace_file
 from proxy.errors import BackendUnavailable
 from proxy.migration.validate import validate_jsonfile
+from tests.support.crashes import acknowledged_before_kill
 from tests.support.paths import ROOT
 from tests.support.proxy_process import write_config
 from tests.unit.backends import test_conformance as conformance
@@ -424,30 +423,9 @@ async def test_sigkill_with_the_journal_on_keeps_every_acknowledged_write_and_no
     journal holding every acknowledged write, and no key whose delete was acknowledged."""
     path = tmp_path / "store.json"
     path.write_text(json.dumps({f"pre:{i:06}": {"i": i} for i in range(preload)}))
-    writer = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "support" / "crash_writer.py"), "jsonfile", str(path), "1000000",
-         "0.02"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert writer.stdout is not None
-    watchdog = threading.Timer(60, writer.kill)
-    watchdog.start()
-    lines: list[str] = []
     stop_after = 300 + int.from_bytes(os.urandom(2)) % 3000  # a random point in the stream
-    try:
-        assert writer.stdout.readline().strip() == "ready"
-        for line in writer.stdout:
-            lines.append(line.strip())
-            if len(lines) >= stop_after:
-                break
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
-        lines.extend(line.strip() for line in writer.stdout)
-    finally:
-        watchdog.cancel()
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-        writer.stdout.close()
-    assert writer.returncode == -signal.SIGKILL, "the writer ended before it was killed"
+    lines = acknowledged_before_kill(["jsonfile", str(path), "1000000", "0.02"], kill_after=stop_after,
+                                     watchdog_s=60)
     deleted = {line[1:] for line in lines if line.startswith("-")}
     written = [line for line in lines if not line.startswith("-")]
     # The file is whole on its own, before any replay.
