@@ -124,3 +124,17 @@ def test_the_server_store_benchmark_loads_a_proxy_over_each_store_and_times_dire
             sequential = figures[f"sequential {op}: proxy over {store} p50"]
             assert sequential["baseline"] == f"direct {store}"
             assert sequential["extra"]["added_us"] == sequential["value"] - figures[f"sequential {op}: direct {store} p50"]["value"]
+
+
+def test_the_handler_benchmark_reads_the_proxy_path_against_the_floor_handler(tmp_path: Path) -> None:
+    """bench/handlers.py times the proxy's per-call Python path and the floor's handler, Set and Get."""
+    out = tmp_path / "handlers.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "handlers.py"), "--calls", "200", "--rounds", "1", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    figures = {f["case"]: f for f in json.loads(out.read_text())["figures"]}
+    assert set(figures) == {"floor Set", "proxy Set", "floor Get", "proxy Get"}
+    assert figures["proxy Set"]["baseline"] == "floor Set"
+    assert all(f["value"] > 0 for f in figures.values())
