@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "proxy.commands.discrepancies",
     "proxy.commands.migration",
     "proxy.commands.cutover",
+    "proxy.commands.safety",
 )
 
 

@@ -19,6 +19,7 @@ import yaml
 from proxy.backends.options import read_options
 from proxy.backends.registry import STORE_TYPES
 from proxy.errors import ConfigError
+from proxy.safety.hookspec import HookSpec, parse_hooks
 from proxy.secrets import mask
 
 DEFAULT_CONFIG = Path("config/turnout.yaml")
@@ -92,6 +93,8 @@ class Config:
     #: Discrepancy records hold the two values only when this is true (contract §5).
     record_values: bool = False
     limits: Limits = field(default_factory=Limits)
+    #: Webhooks and commands run on state changes (proxy.safety.hooks); none by default.
+    hooks: tuple[HookSpec, ...] = ()
     source: Path | None = None
 
 
@@ -125,7 +128,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> Config:
 
 
 _TOP_FIELDS = {"listen", "flags", "state_dir", "backends", "admin", "max_value_bytes", "telemetry", "tls",
-               "discrepancies", "limits"}
+               "discrepancies", "limits", "hooks"}
 
 
 def _parse(raw: object, base: Path, source: Path | None) -> Config:
@@ -163,6 +166,7 @@ def _parse(raw: object, base: Path, source: Path | None) -> Config:
         tls=_tls(doc["tls"], base) if doc.get("tls") is not None else None,
         record_values=_flag(discrepancies, "record_values", "discrepancies."),
         limits=_limits(doc.get("limits", {})),
+        hooks=parse_hooks(doc.get("hooks")),
         source=source,
     )
 

@@ -39,6 +39,11 @@ KEY_LOCKS_FILE = "keys.lock"
 ADMIN_ADDRESS_FILE = "admin.address"
 HTTP_ADDRESS_FILE = "http.address"
 LISTEN_ADDRESS_FILE = "listen.address"
+#: The canary's step and state (proxy.safety.canary): it survives restarts.
+CANARY_FILE = "canary.json"
+#: What the go/no-go checkpoints need to remember (proxy.safety.records): when shadow mode began, the
+#: rollbacks and resumes since.
+SAFETY_RECORDS_FILE = "safety.json"
 #: Worker N > 0 of `turnout serve --workers` keeps its own files in workers/N.
 WORKERS_DIR = "workers"
 

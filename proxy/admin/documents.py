@@ -15,6 +15,7 @@ from turnout.admin.v1 import admin_pb2
 from proxy.data.writegate import PauseStatus
 from proxy.replication.queue import QueueStats
 from proxy.routing.router import Override
+from proxy.safety.canary import CanaryState
 
 _INT64_TYPES = frozenset({
     FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
@@ -52,14 +53,20 @@ def status_document(status: admin_pb2.StatusResponse) -> dict[str, Any]:
     doc = message_document(status)
     doc["flags"] = json.loads(doc.pop("flags_json"))
     doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
+    doc["health"] = json.loads(doc.pop("health_json") or "{}")
     return doc
 
 
 def override_state(override: Override | None) -> admin_pb2.OverrideState:
     if override is None:
         return admin_pb2.OverrideState(active=False)
-    return admin_pb2.OverrideState(active=True, route=override.route.value, reason=override.reason,
-                                   since_unix=override.since)
+    state = admin_pb2.OverrideState(active=True, route=override.route.value, reason=override.reason,
+                                    since_unix=override.since, automatic=override.automatic)
+    if override.trigger is not None:
+        trip = override.trigger
+        state.trigger.CopyFrom(admin_pb2.TriggerState(name=trip.name, measured=trip.measured,
+                                                      threshold=trip.threshold, detail=trip.detail))
+    return state
 
 
 def pause_state(status: PauseStatus) -> admin_pb2.PauseState:
@@ -72,3 +79,12 @@ def replication_state(stats: QueueStats) -> admin_pb2.ReplicationState:
     return admin_pb2.ReplicationState(depth=stats.depth, oldest_age_seconds=stats.oldest_age_s,
                                       replayed=stats.replayed, failures=stats.failures,
                                       last_error=stats.last_error or "")
+
+
+def canary_state(canary: CanaryState | None, active: bool) -> admin_pb2.CanaryState:
+    """The canary as status shows it; inactive (all zero) when the flag file has none."""
+    if canary is None or not active:
+        return admin_pb2.CanaryState(active=False)
+    return admin_pb2.CanaryState(active=True, step=canary.step, percentage=canary.percentage,
+                                 state=canary.phase.value, steps=list(canary.steps), since_unix=canary.since,
+                                 reason=canary.reason, operator_hold=canary.operator_hold)

@@ -18,9 +18,14 @@ from proxy.admin.state import AdminState
 from proxy.data.plane import Snapshot
 from proxy.migration.checksum import Summary, summarize
 from proxy.routing.watcher import FlagWatcher
+from proxy.safety.window import WindowFigures
 from proxy.telemetry.metrics import Metrics
 from proxy.workers.relay import merged_metrics
 
+#: (automatic, trigger) of every kind of rollback: an operator's, an aborted canary, a cutover undoing
+#: itself, and each rollback trigger.
+ROLLBACK_KINDS = ((False, "operator"), (False, "canary_abort"), (True, "cutover"), (True, "error_rate"),
+                  (True, "latency_increase"), (True, "discrepancy_rate"))
 #: The latency quantiles each backend's summary shows, as fractions and as their `quantile` label.
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -36,6 +41,7 @@ class ProxyCollector(Collector):
         plane = self._state.plane
         if plane is not None:
             yield from plane_families(plane.snapshot())
+        yield from safety_families(self._state)
 
 
 class Families(Collector):
@@ -110,6 +116,48 @@ def plane_families(snapshot: Snapshot) -> Iterator[Metric]:
                  [({}, stats.oldest_age_s)])
     yield _counter("turnout_replication_replayed_total", "Writes copied by the replayer.", [({}, stats.replayed)])
     yield _counter("turnout_replication_failures_total", "Failed replay attempts.", [({}, stats.failures)])
+
+
+def safety_families(state: AdminState) -> Iterator[Metric]:
+    """Rollbacks, the override's kind, the canary and the health window the guard judged (the guard
+    runs in a lone process or worker 0, so only that page has the window's families)."""
+    # Every kind from zero, so that a first rollback is an increase Prometheus' rate() sees.
+    counts = {kind: 0 for kind in ROLLBACK_KINDS} | dict(state.rollbacks)
+    yield _counter("turnout_rollbacks_total", "Rollbacks since the proxy started, by kind and trigger.",
+                   [({"automatic": str(automatic).lower(), "trigger": trigger}, n)
+                    for (automatic, trigger), n in sorted(counts.items())])
+    override = state.watcher.override
+    yield _gauge("turnout_override_automatic", "1 while an automatic rollback holds everything on old.",
+                 [({"trigger": override.trigger.name if override and override.trigger else ""},
+                   1 if override is not None and override.automatic else 0)])
+    guard = state.guard
+    if guard is None:
+        return
+    canary = guard.canary
+    if canary is not None and state.watcher.file_flags.canary is not None:
+        yield _gauge("turnout_canary_step", "The canary's current step (index into canary.steps).",
+                     [({"state": canary.phase.value}, canary.step)])
+        yield _gauge("turnout_canary_percentage", "The read and write percentage of the canary's step.",
+                     [({}, canary.percentage)])
+    last = guard.last
+    figures = last.figures if last is not None else WindowFigures(start=0.0, end=0.0)
+    # Both backends always, at zero before they have calls, so a dashboard's series never start missing.
+    backends = [(name, figures.of(name)) for name in ("new", "old")]
+    yield _gauge("turnout_window_calls", "Calls per backend in the health window.",
+                 [({"backend": b}, f.calls) for b, f in backends])
+    yield _gauge("turnout_window_error_rate", "Share of each backend's calls that failed in the health window.",
+                 [({"backend": b}, f.error_rate) for b, f in backends])
+    yield _gauge("turnout_window_latency_seconds", "Backend call latency quantiles over the health window.",
+                 [({"backend": b, "quantile": q}, v) for b, f in backends
+                  for q, v in (("0.5", f.p50), ("0.95", f.p95), ("0.99", f.p99))])
+    interval = figures.discrepancy_interval
+    yield _gauge("turnout_window_discrepancy_rate", "Discrepancies over compared operations in the health "
+                 "window, with the bounds of its 95 % Wilson interval.",
+                 [({"bound": "point"}, figures.discrepancy_rate), ({"bound": "low"}, interval.low),
+                  ({"bound": "high"}, interval.high)])
+    yield _gauge("turnout_window_compared", "Operations compared in the health window.", [({}, figures.compared)])
+    yield _gauge("turnout_window_conclusive", "1 when new had at least min_calls calls in the health window.",
+                 [({}, 1 if last is not None and last.evaluation.conclusive else 0)])
 
 
 def latency_family(metrics: Metrics) -> Metric:

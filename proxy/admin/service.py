@@ -8,6 +8,7 @@ covers them all (proxy.workers.relay). Migrate, Verify and the rollback record s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -18,15 +19,27 @@ import grpc
 from turnout.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from proxy.admin.auth import RequireToken
-from proxy.admin.documents import override_state, pause_state, replication_state
+from proxy.admin.documents import canary_state, message_document, override_state, pause_state, replication_state
 from proxy.admin.jobs import migrate_updates, verify_updates
+from proxy.admin.safety import checkpoint_report, local_counters
 from proxy.admin.state import AdminState
 from proxy.admin.status import proxy_status
+from proxy.admin.steering import ProxySteering
 from proxy.config import Limits
 from proxy.data.plane import DataPlane
 from proxy.migration.stores import Stores
-from proxy.routing.router import Op, Override, Route, explain
-from proxy.workers.relay import RELAY_TIMEOUT_S, Peer, failure, holds_on, merge_pause, merge_replication, relay
+from proxy.routing.router import Op, Override, Route, Trip, explain
+from proxy.safety import records
+from proxy.workers.relay import (
+    RELAY_TIMEOUT_S,
+    Answer,
+    Peer,
+    failure,
+    holds_on,
+    merge_pause,
+    merge_replication,
+    relay,
+)
 
 if TYPE_CHECKING:
     from turnout.admin.v1.admin_pb2_grpc import AdminAsyncStub
@@ -38,6 +51,7 @@ T = TypeVar("T")
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, state: AdminState) -> None:
         self._state = state
+        self._steering = ProxySteering(state)
 
     async def Status(self, request: admin_pb2.StatusRequest, context: Any) -> admin_pb2.StatusResponse:
         return await proxy_status(self._state, request.records)
@@ -47,21 +61,32 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             route = Route(request.route or "old")
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"route: must be old or new, got {request.route!r}")
-        override = Override(route=route, reason=request.reason or "operator override", since=time.time())
-        self._state.watcher.set_override(override)
+        trip = request.trigger if request.HasField("trigger") else None
+        trigger = None if trip is None else Trip(trip.name, trip.measured, trip.threshold, trip.detail)
+        override = Override(route=route, reason=request.reason or "operator override", since=time.time(),
+                            automatic=request.automatic, trigger=trigger)
         log.warning("override: everything to %s (%s)", route.value, override.reason)
-        self._event("turnout.override", {"turnout.route": route.value, "turnout.override.reason": override.reason})
-        await self._relay(context, f"the override to {route.value}",
-                          lambda stub: stub.SetOverride(request, timeout=RELAY_TIMEOUT_S))
+        answers = await self._steering.set_override(override)
+        await self._abort_unless_all(context, "the override to " + route.value, answers)
         return override_state(override)
 
     async def ClearOverride(self, request: admin_pb2.ClearOverrideRequest, context: Any) -> admin_pb2.OverrideState:
-        self._state.watcher.set_override(None)
+        had = self._state.watcher.override
         log.warning("override cleared: the flag file decides again")
-        self._event("turnout.override.cleared", {})
-        await self._relay(context, "clearing the override",
-                          lambda stub: stub.ClearOverride(request, timeout=RELAY_TIMEOUT_S))
+        answers = await self._steering.set_override(None)
+        if had is not None and self._state.worker == 0:  # the one the operator asked, not a relayed copy
+            now = time.time()
+            records.note_event(self._state.state_dir, records.Event("resume", now, reason=had.reason))
+            self._state.hooks.fire_soon("resume", {"override": message_document(override_state(had))})
+        await self._abort_unless_all(context, "clearing the override", answers)
         return override_state(None)
+
+    async def _abort_unless_all(self, context: Any, what: str, answers: Sequence[Answer[Any]]) -> None:
+        """UNAVAILABLE, naming the workers, when some did not take a relayed change."""
+        if any(answer.error for answer in answers):
+            message = f"{failure(what, answers)}; {holds_on(answers, self._state.worker)}"
+            log.error("%s", message)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
     async def Route(self, request: admin_pb2.RouteRequest, context: Any) -> admin_pb2.RouteResponse:
         try:
@@ -83,9 +108,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             log.error("%s", message)
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         return [(answer.peer.index, answer.reply) for answer in answers if answer.reply is not None]
-
-    def _event(self, name: str, attributes: dict[str, Any]) -> None:
-        self._state.telemetry.event(name, attributes)
 
     def _plane(self) -> DataPlane:
         if self._state.plane is None:
@@ -165,14 +187,45 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         record = admin_pb2.RollbackRecord()
         record.CopyFrom(request)
         record.time_unix = time.time()
-        self._state.last_rollback = record
-        outcome = "ok" if record.ok else "failed"
-        (log.warning if record.ok else log.error)(
-            "%s rollback %s: %s%s%s", "automatic" if record.automatic else "operator", outcome, record.reason,
-            f"; {record.detail}" if record.detail else "", f"; incident {record.incident}" if record.incident else "")
-        self._state.telemetry.rollback(record.reason, record.ok, record.automatic, record.detail, record.incident)
+        self._state.record_rollback(record)
+        records.note_event(self._state.state_dir, records.Event("rollback", record.time_unix,
+                                                                automatic=record.automatic, reason=record.reason))
+        self._state.hooks.fire_soon("rollback", {"automatic": record.automatic, "reason": record.reason,
+                                                 "ok": record.ok, "detail": record.detail,
+                                                 "incident": record.incident})
         # Not relayed: worker 0's status speaks for the proxy, and one rollback is one span.
         return record
+
+    async def Checkpoint(self, request: admin_pb2.CheckpointRequest, context: Any) -> admin_pb2.CheckpointReport:
+        report = await checkpoint_report(self._state)
+        if report is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "the checkpoints are judged by worker 0 once the backends are open")
+        assert report is not None  # abort raised
+        return admin_pb2.CheckpointReport(go=bool(report["go"]), report_json=json.dumps(report))
+
+    async def Canary(self, request: admin_pb2.CanaryRequest, context: Any) -> admin_pb2.CanaryState:
+        state = self._state
+        if request.action == "apply":  # worker 0 telling this worker the step in force
+            state.watcher.set_canary_step(request.state.step)
+            return request.state
+        guard = state.guard
+        if guard is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the canary is walked by worker 0 once serving")
+        assert guard is not None  # abort raised
+        active = state.watcher.file_flags.canary is not None
+        if not request.action:
+            return canary_state(guard.canary, active)
+        try:
+            canary = await guard.operator(request.action, request.reason)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.warning("canary %s by an operator: step %d, %s", request.action, canary.step, canary.reason)
+        return canary_state(canary, active)
+
+    async def Counters(self, request: admin_pb2.CountersRequest, context: Any) -> admin_pb2.CountersReply:
+        counters = local_counters(self._state)
+        return admin_pb2.CountersReply(counters_json="" if counters is None else json.dumps(counters.to_document()))
 
 
 def build_admin_server(state: AdminState, limits: Limits | None = None) -> grpc.aio.Server:

@@ -12,7 +12,7 @@ import os
 from turnout.admin.v1 import admin_pb2
 
 from proxy import __version__
-from proxy.admin.documents import override_state, pause_state, replication_state
+from proxy.admin.documents import canary_state, override_state, pause_state, replication_state
 from proxy.admin.state import AdminState
 from proxy.migration.checksum import summarize
 from proxy.secrets import mask
@@ -36,6 +36,10 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
     )
     if state.last_rollback is not None:
         response.last_rollback.CopyFrom(state.last_rollback)
+    guard = state.guard
+    if guard is not None:
+        response.canary.CopyFrom(canary_state(guard.canary, watcher.file_flags.canary is not None))
+        response.health_json = json.dumps(guard.document())
     plane = state.plane
     if plane is not None:
         snapshot = plane.snapshot()

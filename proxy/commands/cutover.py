@@ -20,6 +20,7 @@ from proxy.errors import BackendUnavailable
 from proxy.migration.stores import open_offline
 from proxy.migration.verify import verify
 from proxy.routing.router import Route
+from proxy.safety.hookspec import Event
 from proxy.statedir import OVERRIDE_FILE
 from proxy.telemetry.tracing import Telemetry
 
@@ -51,6 +52,8 @@ def run_cutover(args: argparse.Namespace) -> int:
     if found is None:
         raise BackendUnavailable(f"cutover needs the running proxy; none answered at {admin_target(config)}")
     stub, channel = found
+    if not args.dry_run:
+        _fire_hooks(config, "cutover_start", {"dry_run": False})
     # A SIGTERM mid-cutover must not leave writes paused: it rolls back like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -61,8 +64,21 @@ def run_cutover(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if not args.dry_run and not report.ok:
         record_incident(config.state_dir, args.reason, report)
-    emit(args, report.to_document(), summary(report))
+    document = report.to_document()
+    emit(args, document, summary(report))
+    if not args.dry_run:  # after the report is out: a slow hook never holds it back
+        _fire_hooks(config, "cutover_end", {"ok": report.ok, "steps": document["steps"],
+                                            "rolled_back": report.rolled_back})
     return 0 if report.ok else 1
+
+
+def _fire_hooks(config: Config, event: Event, document: dict[str, Any]) -> None:
+    """The config's hooks for event, each within its timeout; a failing hook is logged, never raised."""
+    if not any(event in hook.on for hook in config.hooks):
+        return
+    from proxy.safety.hooks import Hooks  # aiohttp only when there is a hook to send to
+
+    asyncio.run(Hooks(config.hooks).fire(event, document))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,6 +7,7 @@ shadow's, and the presence checks of a Keys listing alike, so each is measured t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from proxy.backends.base import Backend
-from proxy.errors import BackendUnavailable
+from proxy.errors import BackendUnavailable, InvalidArgument
 from proxy.routing.router import Op, Route
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Telemetry
@@ -73,7 +74,10 @@ class BackendCalls:
         except StopAsyncIteration:
             raise  # the end of a Keys listing: a call that succeeded with nothing more to give
         except BaseException as exc:
-            failed = True
+            # A document the store refuses (InvalidArgument) is the caller's error, and a call the
+            # caller gave up on (cancelled) says nothing of the store: neither counts against its
+            # error rate, which trips the rollback trigger.
+            failed = not isinstance(exc, InvalidArgument | asyncio.CancelledError)
             if isinstance(exc, BackendUnavailable):
                 health.errors += 1
                 health.consecutive_errors += 1

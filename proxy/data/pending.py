@@ -3,8 +3,9 @@ reads moved before its last write was copied.
 
 When a Get or Has is routed to the backend a pending intent is still copying the key *to*, the
 intent's source (which holds the key's newest state) answers instead, and nothing is compared (the
-other side is known to lag). Not under the kill switch or an operator override: those keep new out
-of the answer whatever it holds, and the replayer brings old up to date.
+other side is known to lag). Under an override too (a rollback sends reads to old before the last
+writes new took have landed there), but not under the kill switch, which keeps new out of the answer
+whatever it holds while the replayer brings old up to date.
 
 Where a key's pending copy is known depends on the queue, and the resolver is chosen once, with it
 (`pending_copies`): one process reads its queue's memory, which is the truth (LocalPending), without
@@ -26,7 +27,7 @@ from proxy.data.shadow import ShadowCounters
 from proxy.replication.local import ReplicationQueue
 from proxy.replication.queue import Intent, IntentQueue
 from proxy.replication.shared import SharedReplicationQueue
-from proxy.routing.router import Decision, Op, Reason, Router
+from proxy.routing.router import Decision, Op, Router
 
 #: Span attribute: the read was answered by the backend its key's last write is being copied from.
 PENDING_WRITE = "turnout.route.pending_write"
@@ -62,9 +63,11 @@ class PendingCopies(Protocol):
 
 
 def follows_pending(decision: Decision) -> bool:
-    """Whether a read follows a key's pending copy: not under the kill switch or an override, which keep
-    the other store out of the answer whatever it holds (the replayer brings old up to date)."""
-    return decision.replicate and decision.reason is not Reason.OVERRIDE
+    """Whether a read follows a key's pending copy: always but under the kill switch, which keeps new out
+    of use whatever it holds. An override (`turnout rollback`, an automatic rollback) is followed too:
+    the writes new took before it are on their way to old, and until each lands, a read of that key
+    from old would miss an acknowledged write."""
+    return decision.replicate
 
 
 def follow(decision: Decision, intent: Intent, counters: ShadowCounters, span: trace.Span | None) -> Decision:

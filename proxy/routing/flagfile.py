@@ -20,6 +20,7 @@ import yaml
 
 from proxy.errors import ConfigError
 from proxy.routing.flags import Flags, LoadedFlags, check_key_pattern, is_percentage
+from proxy.routing.safetyflags import CanaryPlan, Triggers, parse_duration
 from proxy.routing.yaml12 import NULL_TAG, FlagsLoader
 
 
@@ -115,8 +116,11 @@ def read_document(text: str) -> Any:
 
 _FIELDS = {
     "revision", "use_new_storage", "shadow_mode_enabled", "traffic_percentage", "enabled_for_keys",
-    "disabled_for_keys", "enabled_for_users", "read_only", "bucket_salt",
+    "disabled_for_keys", "enabled_for_users", "read_only", "bucket_salt", "rollback_triggers", "canary",
 }
+_TRIGGER_SHARES = ("error_rate", "latency_increase", "discrepancy_rate")
+_TRIGGER_FIELDS = {*_TRIGGER_SHARES, "window", "min_calls"}
+_CANARY_FIELDS = {"steps", "interval"}
 _PERCENTAGES = {"read", "write"}
 
 
@@ -158,7 +162,79 @@ def _parse(node: yaml.Node | None) -> Flags:
         values["enabled_for_users"] = tuple(
             _scalar(item, f"enabled_for_users[{i}]", str, "a string") for i, item in enumerate(items)
         )
+    if "rollback_triggers" in fields:
+        values["rollback_triggers"] = _triggers(fields["rollback_triggers"][1])
+    if "canary" in fields:
+        values["canary"] = _canary(fields["canary"][1])
     return Flags(**values)
+
+
+def _triggers(node: yaml.Node) -> Triggers:
+    fields = _mapping(node, "rollback_triggers")
+    values: dict[str, Any] = {}
+    for name, (key_node, value_node) in fields.items():
+        field = f"rollback_triggers.{name}"
+        if name not in _TRIGGER_FIELDS:
+            raise _Invalid(key_node, field, f"unknown field (one of {', '.join(sorted(_TRIGGER_FIELDS))})")
+        if name == "window":
+            values["window_s"] = _duration(value_node, field)
+        elif name == "min_calls":
+            values["min_calls"] = _scalar(value_node, field, int, "a whole number")
+        else:
+            value = _construct(value_node) if isinstance(value_node, yaml.ScalarNode) else None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _Invalid(value_node, field, f"must be a number, got {_shown(value_node)}")
+            values[name] = value  # Triggers checks the range, then makes it a float
+    try:
+        return Triggers(**values)
+    except ConfigError as exc:
+        field, message = _split(exc)
+        # The line of the value at fault, not of the mapping: `rollback_triggers.min_calls` -> its node.
+        named = fields.get(field.removeprefix("rollback_triggers."))
+        raise _Invalid(node if named is None else named[1], field, message) from None
+
+
+def _canary(node: yaml.Node) -> CanaryPlan:
+    fields = _mapping(node, "canary")
+    for name, (key_node, _) in fields.items():
+        if name not in _CANARY_FIELDS:
+            raise _Invalid(key_node, f"canary.{name}", "unknown field (steps or interval)")
+    if "steps" not in fields:
+        raise _Invalid(node, "canary.steps", "is required: the percentages to walk through, such as [1, 10, 50, 100]")
+    steps = []
+    items = _sequence(fields["steps"][1], "canary.steps")
+    for i, item in enumerate(items):
+        value = _construct(item) if isinstance(item, yaml.ScalarNode) else None
+        if not is_percentage(value) or value == 0:
+            raise _Invalid(item, f"canary.steps[{i}]",
+                           f"must be a percentage above 0 and at most 100, got {_shown(item)}")
+        steps.append(float(value))
+    values: dict[str, Any] = {"steps": tuple(steps)}
+    if "interval" in fields:
+        values["interval_s"] = _duration(fields["interval"][1], "canary.interval")
+    try:
+        return CanaryPlan(**values)
+    except ConfigError as exc:
+        field, message = _split(exc)
+        # `canary.steps[2]: must be above the step before it` is that item's line (a block list spans several).
+        at = next((item for i, item in enumerate(items) if field == f"canary.steps[{i}]"), fields["steps"][1])
+        raise _Invalid(at, field, message) from None
+
+
+def _duration(node: yaml.Node, field: str) -> float:
+    value = _construct(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(node, yaml.ScalarNode):
+        raise _Invalid(node, field, f"must be a duration such as 60s, 10m or 1h, got {_shown(node)}")
+    try:
+        return parse_duration(value, field)
+    except ConfigError as exc:
+        raise _Invalid(node, *_split(exc)) from None
+
+
+def _split(exc: ConfigError) -> tuple[str, str]:
+    """A value's own `field: message` check, as the (field, message) of an _Invalid with a line."""
+    field, _, message = str(exc).partition(": ")
+    return field, message
 
 
 def _construct(node: yaml.Node) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 from re2 import _re2
 
 from proxy.errors import ConfigError
+from proxy.routing.safetyflags import CanaryPlan, Triggers
 
 #: Says whether a key matches any regex of one list (a match anywhere, as re.search); truthy when it does.
 KeySearch = Callable[[str], object]
@@ -33,6 +34,8 @@ class Flags:
     enabled_for_users: tuple[str, ...] = ()
     read_only: bool = False
     bucket_salt: str = ""
+    rollback_triggers: Triggers | None = None  # None: no automatic rollback
+    canary: CanaryPlan | None = None  # None: the percentages are traffic_percentage's
     # Compiled from the pattern strings above when the value is made; None for an empty list.
     enabled_keys_search: KeySearch | None = field(init=False, repr=False, compare=False)
     disabled_keys_search: KeySearch | None = field(init=False, repr=False, compare=False)
@@ -60,6 +63,8 @@ class Flags:
             "enabled_for_users": list(self.enabled_for_users),
             "read_only": self.read_only,
             "bucket_salt": self.bucket_salt,
+            **({} if self.rollback_triggers is None else {"rollback_triggers": self.rollback_triggers.to_document()}),
+            **({} if self.canary is None else {"canary": self.canary.to_document()}),
         }
 
 

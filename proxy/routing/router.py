@@ -84,12 +84,25 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Trip:
+    """A rollback trigger that tripped: its name, the figure measured over the window, its threshold."""
+
+    name: str  # error_rate, latency_increase, discrepancy_rate, or canary_abort (an operator's abort)
+    measured: float
+    threshold: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Override:
-    """An operator's word above the flag file: everything goes to `route` until cleared."""
+    """An operator's word above the flag file: everything goes to `route` until cleared. An automatic
+    rollback is one too, set by the proxy itself, with the trigger that tripped."""
 
     route: Route
     reason: str
     since: float  # unix time it was set: shown by status, never read by the router
+    automatic: bool = False
+    trigger: Trip | None = None
 
 
 def bucket(key: str, salt: str) -> int:

@@ -34,8 +34,9 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from proxy import statedir
 from proxy.background import BackgroundTask
@@ -43,7 +44,7 @@ from proxy.durable import replace_file
 from proxy.errors import ConfigError
 from proxy.routing.flagfile import digest, load_flags, parse_loaded, read_flag_file
 from proxy.routing.flags import Flags, LoadedFlags
-from proxy.routing.router import Override, Route, Router
+from proxy.routing.router import Override, Route, Router, Trip
 from proxy.statedir import LAST_GOOD_FILE, OVERRIDE_FILE
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class FlagWatcher:
         self.interval = interval
         self._loaded: LoadedFlags | None = None
         self._override = self._read_override()
+        self._canary_step = 0
         self.router = Router(Flags(), self._override)
         self._seen: Signature | None = None
         self._settling: Signature | None = None
@@ -215,7 +217,37 @@ class FlagWatcher:
 
     def _swap(self, loaded: LoadedFlags) -> None:
         self._loaded = loaded
-        self.router = Router(loaded.flags, self._override)  # the one swap requests see
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.router = Router(self._effective(), self._override)  # the one swap requests see
+
+    @property
+    def file_flags(self) -> Flags:
+        """The flags as the file says them (before a canary's step takes the percentages)."""
+        return self._loaded.flags if self._loaded is not None else Flags()
+
+    def _effective(self) -> Flags:
+        """The file's flags, with a canary's current step as both percentages (contract §3)."""
+        flags = self.file_flags
+        if flags.canary is None:
+            return flags
+        share = flags.canary.steps[min(self._canary_step, len(flags.canary.steps) - 1)]
+        return replace(flags, read_percentage=share, write_percentage=share)
+
+    # -- the canary's step ---------------------------------------------------------------------
+
+    @property
+    def canary_step(self) -> int:
+        return self._canary_step
+
+    def set_canary_step(self, step: int) -> None:
+        """Take the percentages from step `step` of the flag file's canary (proxy.safety.canary keeps
+        the step and persists it; the watcher only applies it, to every flag file that comes)."""
+        step = max(0, step)
+        if step != self._canary_step:
+            self._canary_step = step
+            self._rebuild()
 
     def _keep_last_good(self, raw: bytes) -> None:
         try:
@@ -236,16 +268,24 @@ class FlagWatcher:
         if override is None:
             statedir.remove(path)
         else:
-            statedir.write_json(path, {"route": override.route.value, "reason": override.reason,
-                                        "since": override.since})
+            doc: dict[str, Any] = {"route": override.route.value, "reason": override.reason,
+                                   "since": override.since, "automatic": override.automatic}
+            if override.trigger is not None:
+                doc["trigger"] = asdict(override.trigger)
+            statedir.write_json(path, doc)
         self._override = override
-        self.router = Router(self._loaded.flags if self._loaded is not None else Flags(), override)
+        self._rebuild()
 
     def _read_override(self) -> Override | None:
         doc = statedir.read_json(self.state_dir / OVERRIDE_FILE)
         if doc is None:
             return None
-        return Override(route=Route(doc["route"]), reason=str(doc["reason"]), since=float(doc["since"]))
+        trigger = doc.get("trigger")
+        return Override(route=Route(doc["route"]), reason=str(doc["reason"]), since=float(doc["since"]),
+                        automatic=bool(doc.get("automatic", False)),
+                        trigger=None if trigger is None else Trip(
+                            name=str(trigger["name"]), measured=float(trigger["measured"]),
+                            threshold=float(trigger["threshold"]), detail=str(trigger.get("detail", ""))))
 
     def status(self) -> ReloadStatus:
         return ReloadStatus(

@@ -24,8 +24,10 @@ from grpc_health.v1 import health
 from proxy import statedir
 from proxy.admin.auth import read_token
 from proxy.admin.http import HttpSide
+from proxy.admin.safety import readings
 from proxy.admin.service import build_admin_server
 from proxy.admin.state import AdminState
+from proxy.admin.steering import ProxySteering
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
 from proxy.config import BackendSpec, Config, Limits
@@ -42,6 +44,9 @@ from proxy.replication.queue import IntentQueue
 from proxy.replication.shared import SharedReplicationQueue
 from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
+from proxy.safety import canary
+from proxy.safety.guard import Guard
+from proxy.safety.hooks import Hooks
 from proxy.serving.kvservice import KeyValueService, build_server, set_serving
 from proxy.serving.tls import server_credentials
 from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, queue_store, worker_dir
@@ -96,7 +101,7 @@ class Proxy:
                               limits=config.limits)
         admin_token = None if config.admin_token_file is None else read_token(config.admin_token_file)
         admin_state = AdminState(watcher=watcher, plane=None, started=time.time(), state_dir=config.state_dir,
-                                 telemetry=telemetry, admin_token=admin_token)
+                                 telemetry=telemetry, admin_token=admin_token, hooks=Hooks(config.hooks))
         if role is not None:
             admin_state.worker = role.index
             if role.index == 0:
@@ -107,6 +112,7 @@ class Proxy:
         http = None if http_listen is None else HttpSide(admin_state, config.limits)
         queue: IntentQueue | None = None
         prober: HealthProber | None = None
+        guard: Guard | None = None
         discrepancies = DiscrepancyLog(own_dir, record_values=config.record_values)
         locks = KeyLocks() if role is None else SharedKeyLocks(config.state_dir)
         try:
@@ -149,6 +155,16 @@ class Proxy:
             admin_state.plane = DataPlane(self.dispatcher, watcher)
             prober = HealthProber(backends, self.dispatcher.health)
             prober.start()
+            plane = admin_state.plane
+            if first:
+                # One guard per proxy: it reads every worker's counters and steers them all.
+                guard = Guard(watcher, lambda: readings(admin_state), ProxySteering(admin_state), config.state_dir,
+                              admin_state.hooks, plane.drain)
+                guard.restore_canary()
+                admin_state.guard = guard
+                guard.start()
+            else:
+                restore_canary_step(watcher, config.state_dir)
             watcher.start()
             # Only now, with both backends open, do probes and callers hear that the proxy serves.
             await set_serving(health_servicer, True)
@@ -174,6 +190,9 @@ class Proxy:
             await server.stop(0)
             if prober is not None:
                 await prober.stop()
+            if guard is not None:
+                await guard.stop()
+            await admin_state.hooks.close()
             await watcher.stop()
             await self._close(queue)
             await discrepancies.stop()
@@ -231,6 +250,14 @@ class Proxy:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+
+
+def restore_canary_step(watcher: FlagWatcher, state_dir: Path) -> None:
+    """A worker other than 0 starts on the canary's step in state_dir (worker 0's guard then tells it
+    of every step after)."""
+    plan = watcher.file_flags.canary
+    if plan is not None:
+        watcher.set_canary_step(canary.load(state_dir, plan, time.time()).step)
 
 
 #: Allocations between two young-generation collections (Python's default is 700).

@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 #: Latency bucket upper bounds in seconds: 10 µs to ~80 s, 8 buckets per doubling (~9 % wide).
 _BOUNDS = [10e-6 * 2 ** (i / 8) for i in range(8 * 23)]
+
+
+def bucket_quantile(counts: Mapping[int, int], q: float) -> float:
+    """The q-quantile of a histogram given as {bucket index: count} (a window's difference of two
+    readings of LatencyHistogram.counts): the upper bound of the bucket holding it, 0 when empty."""
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for index in sorted(counts):
+        seen += counts[index]
+        if seen >= rank:
+            return _BOUNDS[min(index, len(_BOUNDS) - 1)]
+    return _BOUNDS[-1]
 
 
 class LatencyHistogram:

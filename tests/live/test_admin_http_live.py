@@ -18,7 +18,7 @@ from turnout import SyncClient
 
 from proxy.config import load_config
 from proxy.statedir import HTTP_ADDRESS_FILE, worker_dir
-from tests.support.metric_families import OPEN, RECORDS, WORKER_UP, Shape, by_worker, shape
+from tests.support.metric_families import GUARD, OPEN, RECORDS, WORKER_UP, Shape, by_worker, shape
 from tests.support.proxy_process import ProxyProcess, admin_address, get_page, http_address, write_config
 from tests.support.slow_start import new_backend_held_open
 
@@ -112,7 +112,9 @@ async def test_healthz_is_503_until_both_backends_are_open_then_200(
             assert reply.status == 200
             assert kinds(shape(await reply.text())) == {"turnout_flags_info": "gauge",
                                                         "turnout_flags_reload_failures_total": "counter",
-                                                        "turnout_override_active": "gauge"}
+                                                        "turnout_override_active": "gauge",
+                                                        "turnout_rollbacks_total": "counter",
+                                                        "turnout_override_automatic": "gauge"}
         start.opened.set()
         for _ in range(400):
             async with session.get(f"{base}/healthz") as reply:
@@ -135,12 +137,13 @@ def test_metrics_of_a_running_proxy_are_todays_families(tmp_path: Path) -> None:
         http = http_address(tmp_path / "state")
         page = get_page(http, "/metrics")
         families = shape(page)
-        assert kinds(families) == kinds(OPEN)
-        assert labelled(families, page) == labelled(OPEN, page)
+        guarded = {**OPEN, **GUARD}  # a lone proxy runs the guard, whose health window is on its page
+        assert kinds(families) == kinds(guarded)
+        assert labelled(families, page) == labelled(guarded, page)
         assert families["turnout_operations_total"] == OPEN["turnout_operations_total"]
         counted = get_page(http, "/metrics?records=1")
-        assert kinds(shape(counted)) == kinds({**OPEN, **RECORDS})
-        assert labelled(shape(counted), counted) == labelled({**OPEN, **RECORDS}, counted)
+        assert kinds(shape(counted)) == kinds({**guarded, **RECORDS})
+        assert labelled(shape(counted), counted) == labelled({**guarded, **RECORDS}, counted)
 
 
 def test_under_workers_each_family_appears_once_with_every_workers_samples(tmp_path: Path) -> None:
@@ -156,8 +159,8 @@ def test_under_workers_each_family_appears_once_with_every_workers_samples(tmp_p
         assert not any("worker" in labels for _, labels in shape(own).values())
         page = get_page(http_address(state), "/metrics")
         families = shape(page)
-        assert kinds(families) == kinds({**OPEN, **WORKER_UP})
-        assert labelled(families, page) == labelled(by_worker({**OPEN, **WORKER_UP}), page)
+        assert kinds(families) == kinds({**OPEN, **GUARD, **WORKER_UP})  # worker 0 runs the guard
+        assert labelled(families, page) == labelled(by_worker({**OPEN, **GUARD, **WORKER_UP}), page)
         workers = {sample.labels["worker"] for family in text_string_to_metric_families(page)
                    for sample in family.samples}
         assert workers == {"0", "1"}

@@ -26,6 +26,21 @@ OPEN: Shape = {
     "turnout_replication_oldest_age_seconds": ("gauge", frozenset()),
     "turnout_replication_replayed_total": ("counter", frozenset()),
     "turnout_replication_failures_total": ("counter", frozenset()),
+    "turnout_rollbacks_total": ("counter", frozenset({"automatic", "trigger"})),
+    "turnout_override_automatic": ("gauge", frozenset({"trigger"})),
+}
+#: What the guard's process (a lone proxy, or worker 0) adds once it has judged a window, and with a canary.
+GUARD: Shape = {
+    "turnout_window_calls": ("gauge", frozenset({"backend"})),
+    "turnout_window_error_rate": ("gauge", frozenset({"backend"})),
+    "turnout_window_latency_seconds": ("gauge", frozenset({"backend"})),  # and quantile, which shape() sets aside
+    "turnout_window_discrepancy_rate": ("gauge", frozenset({"bound"})),
+    "turnout_window_compared": ("gauge", frozenset()),
+    "turnout_window_conclusive": ("gauge", frozenset()),
+}
+CANARY: Shape = {
+    "turnout_canary_step": ("gauge", frozenset({"state"})),
+    "turnout_canary_percentage": ("gauge", frozenset()),
 }
 #: What `?records=1` adds.
 RECORDS: Shape = {
@@ -34,7 +49,8 @@ RECORDS: Shape = {
 }
 #: While the backends are not open yet: the flag families alone.
 STARTING: Shape = {name: OPEN[name] for name in ("turnout_flags_info", "turnout_flags_reload_failures_total",
-                                                 "turnout_override_active")}
+                                                 "turnout_override_active", "turnout_rollbacks_total",
+                                                 "turnout_override_automatic")}
 #: What worker 0 adds under `turnout serve --workers N`.
 WORKER_UP: Shape = {"turnout_worker_up": ("gauge", frozenset({"worker"}))}
 

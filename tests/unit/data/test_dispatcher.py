@@ -185,15 +185,22 @@ async def test_a_read_moved_before_its_write_was_copied_still_sees_the_write(tmp
 
 
 async def test_the_kill_switch_keeps_reads_off_new_even_with_a_copy_pending(tmp_path: Path) -> None:
-    """Under the kill switch (or an override) old answers, even while a write taken by new is being copied."""
+    """Under the kill switch old answers, even while a write taken by new is being copied; under an
+    override (a rollback) the read follows the copy, so it never misses the write new acknowledged."""
     dispatcher, _, new, routes = build(tmp_path, Flags(use_new_storage=True, write_percentage=100))
     await dispatcher.set("k", b'"on new"', Call())
     assert dispatcher.queue.pending("k") is not None
     routes.router = Router(Flags(use_new_storage=False))
     calls = new.calls
     assert await dispatcher.get("k", Call()) is None
+    assert new.calls == calls
     routes.router = Router(Flags(use_new_storage=True, write_percentage=100), Override(Route.OLD, "incident", 1.0))
-    assert await dispatcher.get("k", Call()) is None
+    assert await dispatcher.get("k", Call()) == b'"on new"'
+    dispatcher.queue.start()
+    assert await dispatcher.queue.drain(5)
+    await dispatcher.queue.stop()
+    calls = new.calls
+    assert await dispatcher.get("k", Call()) == b'"on new"'  # copied: old answers it now
     assert new.calls == calls
 
 
@@ -259,8 +266,10 @@ async def test_a_listing_stays_paged_and_ordered_around_pending_keys(tmp_path: P
     assert all(0 < len(page) <= 1000 for page in pages)
 
 
-async def test_a_listing_under_the_kill_switch_or_an_override_is_old_as_it_stands(tmp_path: Path) -> None:
-    """As for Get: under the kill switch or an override old lists what it holds, pending copies or not."""
+async def test_a_listing_under_the_kill_switch_is_old_as_it_stands_and_under_an_override_follows_copies(
+        tmp_path: Path) -> None:
+    """As for Get: under the kill switch old lists what it holds, pending copies or not; under an override
+    (a rollback), the writes new took and old has not been given yet are listed as they stand."""
     dispatcher, old, _, routes = build(tmp_path, Flags(use_new_storage=True, write_percentage=100))
     await old.set("k:old", b"0")
     await dispatcher.set("k:new", b"1", Call())
@@ -269,7 +278,9 @@ async def test_a_listing_under_the_kill_switch_or_an_override_is_old_as_it_stand
     routes.router = Router(Flags(use_new_storage=False))
     assert flat(await listing(dispatcher)) == ["k:old"]
     routes.router = Router(Flags(use_new_storage=True, write_percentage=100), Override(Route.OLD, "incident", 1.0))
-    assert flat(await listing(dispatcher)) == ["k:old"]
+    assert flat(await listing(dispatcher)) == ["k:new"]
+    assert await dispatcher.get("k:new", Call()) == b"1"  # acknowledged by new, still on its way to old
+    assert await dispatcher.get("k:old", Call()) is None  # its delete too
 
 
 async def test_a_listing_fails_when_the_source_of_a_pending_key_cannot_say(tmp_path: Path) -> None:

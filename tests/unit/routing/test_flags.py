@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from proxy.cli import main
 from proxy.errors import ConfigError
 from proxy.routing.flagfile import load_flags, parse_flags, read_document
 from proxy.routing.flags import Flags, check_key_pattern, compile_key_patterns
+from proxy.routing.safetyflags import CanaryPlan, Triggers
 from tests.support.paths import ROOT
 
 SCHEMA = json.loads((ROOT / "config" / "flags.schema.json").read_text())
@@ -42,6 +44,12 @@ VALID = [
     "traffic_percentage: {read: 0x1F, write: +5}\n",
     "bucket_salt: 1_0\nrevision: 1:30\n",
     "enabled_for_users: [0b11, 1_000]\n",
+    "rollback_triggers: {error_rate: 0.01, latency_increase: 0.20, discrepancy_rate: 0.0001, window: 60s, "
+    "min_calls: 100}\ncanary: {steps: [1, 10, 50, 100], interval: 10m}\n",
+    "rollback_triggers: {}\ncanary: {steps: [100]}\n",
+    "rollback_triggers: {error_rate: 0, latency_increase: 1000, discrepancy_rate: 1, window: 90, min_calls: 1}\n",
+    "rollback_triggers: {window: ' 1.5 s '}\ncanary: {steps: [0.5, 99.5], interval: 24h}\n",
+    "canary: {steps: [1], interval: 86400}\nrollback_triggers: {window: 1}\n",
 ]
 
 # Patterns that only a backtracking engine runs: RE2 refuses them, so no pattern can take longer than
@@ -88,12 +96,46 @@ INVALID = [
     ("enabled_for_users: [010]\n", 1, "enabled_for_users[0]: must be a string, got 010"),
     (BACKREFERENCE, 2, "enabled_for_keys[0]: regular expression does not compile (RE2 syntax"),
     (LOOKAHEAD, 1, "disabled_for_keys[0]: regular expression does not compile (RE2 syntax"),
+    ("rollback_triggers: {error_rate: 2}\n", 1, "rollback_triggers.error_rate: must be a share from 0 to 1, got 2"),
+    ("rollback_triggers:\n  latency_increase: -1\n", 2, "rollback_triggers.latency_increase: must be a share"),
+    ("rollback_triggers: {discrepancy_rate: '0.1'}\n", 1, "rollback_triggers.discrepancy_rate: must be a number"),
+    ("rollback_triggers: {window: 0}\n", 1, "rollback_triggers.window: must be from 1s to 24h"),
+    ("rollback_triggers: {window: soon}\n", 1, "rollback_triggers.window: must be a duration"),
+    ("rollback_triggers: {window: [60]}\n", 1, "rollback_triggers.window: must be a duration"),
+    ("rollback_triggers: {min_calls: 0}\n", 1, "rollback_triggers.min_calls: must be a whole number of 1 or more"),
+    ("rollback_triggers: {min_calls: true}\n", 1, "rollback_triggers.min_calls: must be a whole number, got true"),
+    ("rollback_triggers: {min_calls: 1.5}\n", 1, "rollback_triggers.min_calls: must be a whole number, got 1.5"),
+    ("rollback_triggers: {timeout: 1}\n", 1, "rollback_triggers.timeout: unknown field"),
+    ("rollback_triggers: 0.01\n", 1, "rollback_triggers: must be a mapping"),
+    ("canary: {interval: 10m}\n", 1, "canary.steps: is required"),
+    ("canary: {steps: []}\n", 1, "canary.steps: must list at least one percentage"),
+    ("canary: {steps: 10}\n", 1, "canary.steps: must be a list"),
+    ("canary: {steps: [0, 10]}\n", 1, "canary.steps[0]: must be a percentage above 0 and at most 100, got 0"),
+    ("canary: {steps: [10, 101]}\n", 1, "canary.steps[1]: must be a percentage above 0 and at most 100, got 101"),
+    ("canary: {steps: ['10']}\n", 1, "canary.steps[0]: must be a percentage above 0 and at most 100, got '10'"),
+    ("canary: {steps: [1], interval: -5}\n", 1, "canary.interval: must be from 1s to 24h"),
+    ("canary: {steps: [1], interval: 10 minutes}\n", 1, "canary.interval: must be a duration"),
+    ("canary: {steps: [1], pause: 1}\n", 1, "canary.pause: unknown field"),
 ]
+
+# Cases that the JSON Schema cannot express, so it accepts them: its `type: integer` takes 100.0 (JSON
+# knows no difference between the two), it orders nothing in a list, and a duration written as a string
+# is only matched against its pattern, not converted to seconds.
+SCHEMA_CANNOT_SAY = [
+    ("rollback_triggers: {min_calls: 100.0}\n", 1, "rollback_triggers.min_calls: must be a whole number, got 100.0"),
+    ("canary: {steps: [1, 50, 10]}\n", 1, "canary.steps[2]: must be above the step before it (50), got 10"),
+    ("canary: {steps: [10, 10]}\n", 1, "canary.steps[1]: must be above the step before it (10), got 10"),
+    ("rollback_triggers: {window: 500ms}\n", 1, "rollback_triggers.window: must be from 1s to 24h, got 0.5s"),
+    ("canary: {steps: [1], interval: 25h}\n", 1, "canary.interval: must be from 1s to 24h, got 90000.0s"),
+    ("rollback_triggers: {error_rate: .nan}\n", 1, "rollback_triggers.error_rate: must be a share from 0 to 1, got nan"),
+]
+INVALID += SCHEMA_CANNOT_SAY
 
 # Cases the JSON Schema cannot see (it gets the file after loading) or judges differently by design.
 CODE_ONLY = {
     "traffic_percentage: {read: .nan}\n",  # JSON Schema's range checks let NaN through
     BACKREFERENCE, LOOKAHEAD,  # `format: regex` is the checker's own engine, not RE2
+    *(case[0] for case in SCHEMA_CANNOT_SAY),
 }
 
 
@@ -170,11 +212,16 @@ def test_schema_and_code_agree(text: str) -> None:
 
 def test_schema_and_code_know_the_same_fields() -> None:
     """Every field the code reads is in the schema and no other, down to traffic_percentage's two."""
-    document = Flags().to_document()
+    # The optional sections appear in the document only when set, so the value shown sets them.
+    document = Flags(rollback_triggers=Triggers(error_rate=0.01, latency_increase=0.2, discrepancy_rate=0.0001),
+                     canary=CanaryPlan(steps=(1, 100))).to_document()
     assert set(SCHEMA["properties"]) == set(document)
-    assert set(SCHEMA["properties"]["traffic_percentage"]["properties"]) == set(document["traffic_percentage"])
+    for section in ("traffic_percentage", "rollback_triggers", "canary"):
+        assert set(SCHEMA["properties"][section]["properties"]) == set(document[section]), section
+        assert SCHEMA["properties"][section]["additionalProperties"] is False, section
     assert SCHEMA["additionalProperties"] is False
-    assert SCHEMA["properties"]["traffic_percentage"]["additionalProperties"] is False
+    assert SCHEMA["properties"]["canary"]["required"] == ["steps"]
+    assert _code_accepts("canary: {interval: 10m}\n") == _schema_accepts("canary: {interval: 10m}\n") is False
     for name in document:
         assert _code_accepts(f"{name}: {json.dumps(document[name])}\n")  # the defaults, written out
         assert _schema_accepts(f"{name}: {json.dumps(document[name])}\n")
@@ -369,6 +416,8 @@ def test_check_flags_json_for_a_valid_file(tmp_path: Path, capsys: pytest.Captur
 def test_shipped_flag_file_comments_every_field() -> None:
     """Every field of the shipped file carries a comment, and every contract field is in it."""
     lines = (ROOT / "config" / "flags.yaml").read_text().splitlines()
-    fields = [line for line in lines if line and not line.startswith("#")]
+    # rollback_triggers and canary are shipped commented out (`# canary:`): off, but shown and explained.
+    fields = [line.removeprefix("# ") for line in lines
+              if line and (not line.startswith("#") or re.match(r"# +[a-z_]+:", line))]
     assert all("#" in line for line in fields)
     assert set(SCHEMA["properties"]) <= {line.split(":")[0].strip() for line in fields}

@@ -19,6 +19,159 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointRequest: _TypeAlias = CheckpointRequest  # noqa: Y015
+
+@_typing.final
+class CheckpointReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GO_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    go: _builtins.bool
+    """every checkpoint is go"""
+    report_json: _builtins.str
+    """{"go", "checkpoints": [{"name", "verdict", "measured", "threshold", ...}]}"""
+    def __init__(
+        self,
+        *,
+        go: _builtins.bool = ...,
+        report_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["go", b"go", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointReport: _TypeAlias = CheckpointReport  # noqa: Y015
+
+@_typing.final
+class CanaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """"" (show), "hold", "promote", "abort"; "apply" is worker 0 telling another worker the step in force."""
+    reason: _builtins.str
+    @_builtins.property
+    def state(self) -> Global___CanaryState:
+        """with "apply": the state to take"""
+
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        state: Global___CanaryState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryRequest: _TypeAlias = CanaryRequest  # noqa: Y015
+
+@_typing.final
+class CanaryState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    PERCENTAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OPERATOR_HOLD_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """the flag file has a canary"""
+    step: _builtins.int
+    """index into steps"""
+    percentage: _builtins.float
+    """read and write percentage of the step"""
+    state: _builtins.str
+    """advancing, holding, done, rolled_back"""
+    since_unix: _builtins.float
+    """when the step began"""
+    reason: _builtins.str
+    """why it holds, or what rolled it back"""
+    operator_hold: _builtins.bool
+    """held by `turnout canary hold` (until promote)"""
+    interval_seconds: _builtins.float
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        step: _builtins.int = ...,
+        percentage: _builtins.float = ...,
+        state: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.float] | None = ...,
+        since_unix: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        operator_hold: _builtins.bool = ...,
+        interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "interval_seconds", b"interval_seconds", "operator_hold", b"operator_hold", "percentage", b"percentage", "reason", b"reason", "since_unix", b"since_unix", "state", b"state", "step", b"step", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryState: _TypeAlias = CanaryState  # noqa: Y015
+
+@_typing.final
+class CountersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountersRequest: _TypeAlias = CountersRequest  # noqa: Y015
+
+@_typing.final
+class CountersReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTERS_JSON_FIELD_NUMBER: _builtins.int
+    counters_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        counters_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counters_json", b"counters_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountersReply: _TypeAlias = CountersReply  # noqa: Y015
+
+@_typing.final
 class PauseWritesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -265,11 +418,19 @@ class OverrideState(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SINCE_UNIX_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     active: _builtins.bool
     route: _builtins.str
     """"old" or "new" while active"""
     reason: _builtins.str
     since_unix: _builtins.float
+    automatic: _builtins.bool
+    """set by a rollback trigger (or a canary abort), not `turnout rollback`"""
+    @_builtins.property
+    def trigger(self) -> Global___TriggerState:
+        """the trigger that tripped, with automatic"""
+
     def __init__(
         self,
         *,
@@ -277,14 +438,46 @@ class OverrideState(_message.Message):
         route: _builtins.str = ...,
         reason: _builtins.str = ...,
         since_unix: _builtins.float = ...,
+        automatic: _builtins.bool = ...,
+        trigger: Global___TriggerState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "reason", b"reason", "route", b"route", "since_unix", b"since_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "automatic", b"automatic", "reason", b"reason", "route", b"route", "since_unix", b"since_unix", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OverrideState: _TypeAlias = OverrideState  # noqa: Y015
+
+@_typing.final
+class TriggerState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """error_rate, latency_increase, discrepancy_rate (or canary_abort)"""
+    measured: _builtins.float
+    threshold: _builtins.float
+    detail: _builtins.str
+    """e.g. "12 of 340 calls of new failed over 60s" """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        measured: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "measured", b"measured", "name", b"name", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerState: _TypeAlias = TriggerState  # noqa: Y015
 
 @_typing.final
 class ReplicationState(_message.Message):
@@ -362,12 +555,18 @@ class StatusResponse(_message.Message):
     SHADOW_JSON_FIELD_NUMBER: _builtins.int
     LAST_ROLLBACK_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    HEALTH_JSON_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     flags_json: _builtins.str
     """the effective flags, as JSON"""
     started_unix: _builtins.float
     shadow_json: _builtins.str
     """shadow comparison: compared, discrepancies by kind and op, rate"""
+    health_json: _builtins.str
+    """The health window: per backend and op calls, errors, rates, p50/p95/p99, throughput; the
+    discrepancy rate with its 95 % Wilson interval; each trigger's verdict (JSON).
+    """
     @_builtins.property
     def reload(self) -> Global___ReloadState: ...
     @_builtins.property
@@ -390,6 +589,8 @@ class StatusResponse(_message.Message):
         single process.
         """
 
+    @_builtins.property
+    def canary(self) -> Global___CanaryState: ...
     def __init__(
         self,
         *,
@@ -404,10 +605,12 @@ class StatusResponse(_message.Message):
         shadow_json: _builtins.str = ...,
         last_rollback: Global___RollbackRecord | None = ...,
         workers: _abc.Iterable[Global___WorkerState] | None = ...,
+        canary: Global___CanaryState | None = ...,
+        health_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "writes", b"writes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "flags_json", b"flags_json", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "workers", b"workers", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "canary", b"canary", "flags_json", b"flags_json", "health_json", b"health_json", "last_rollback", b"last_rollback", "override", b"override", "reload", b"reload", "replication", b"replication", "shadow_json", b"shadow_json", "started_unix", b"started_unix", "version", b"version", "workers", b"workers", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,18 +717,26 @@ class SetOverrideRequest(_message.Message):
 
     ROUTE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     route: _builtins.str
     """"old" or "new" """
     reason: _builtins.str
+    automatic: _builtins.bool
+    """worker 0 relaying an automatic rollback"""
+    @_builtins.property
+    def trigger(self) -> Global___TriggerState: ...
     def __init__(
         self,
         *,
         route: _builtins.str = ...,
         reason: _builtins.str = ...,
+        automatic: _builtins.bool = ...,
+        trigger: Global___TriggerState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic", b"automatic", "reason", b"reason", "route", b"route", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,21 @@ class AdminStub:
                 request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
                 response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
                 _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/turnout.admin.v1.Admin/Checkpoint',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointReport.FromString,
+                _registered_method=True)
+        self.Canary = channel.unary_unary(
+                '/turnout.admin.v1.Admin/Canary',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryState.FromString,
+                _registered_method=True)
+        self.Counters = channel.unary_unary(
+                '/turnout.admin.v1.Admin/Counters',
+                request_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CountersRequest.SerializeToString,
+                response_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CountersReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -152,6 +167,29 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Checkpoint(self, request, context):
+        """The plan's go/no-go checkpoints, evaluated from the figures the proxy measured (`turnout checkpoint`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Canary(self, request, context):
+        """Show the canary, or step in: hold it, promote it to its next step, or abort it (everything to
+        old, as an automatic rollback would, until `turnout resume`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Counters(self, request, context):
+        """This process's figures since it started, as counters (worker 0 sums every worker's into the
+        health window); for the proxy's own use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +237,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RecordRollback,
                     request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
                     response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointReport.SerializeToString,
+            ),
+            'Canary': grpc.unary_unary_rpc_method_handler(
+                    servicer.Canary,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryState.SerializeToString,
+            ),
+            'Counters': grpc.unary_unary_rpc_method_handler(
+                    servicer.Counters,
+                    request_deserializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CountersRequest.FromString,
+                    response_serializer=turnout_dot_admin_dot_v1_dot_admin__pb2.CountersReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +499,87 @@ class Admin:
             '/turnout.admin.v1.Admin/RecordRollback',
             turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.SerializeToString,
             turnout_dot_admin_dot_v1_dot_admin__pb2.RollbackRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Checkpoint',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CheckpointReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Canary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Canary',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CanaryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Counters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/Counters',
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CountersRequest.SerializeToString,
+            turnout_dot_admin_dot_v1_dot_admin__pb2.CountersReply.FromString,
             options,
             channel_credentials,
             insecure,

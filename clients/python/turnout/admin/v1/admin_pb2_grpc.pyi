@@ -55,6 +55,16 @@ class AdminStub:
     """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
     RecordRollback: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackRecord, _admin_pb2.RollbackRecord]
     """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
+    Checkpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckpointRequest, _admin_pb2.CheckpointReport]
+    """The plan's go/no-go checkpoints, evaluated from the figures the proxy measured (`turnout checkpoint`)."""
+    Canary: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CanaryRequest, _admin_pb2.CanaryState]
+    """Show the canary, or step in: hold it, promote it to its next step, or abort it (everything to
+    old, as an automatic rollback would, until `turnout resume`).
+    """
+    Counters: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CountersRequest, _admin_pb2.CountersReply]
+    """This process's figures since it started, as counters (worker 0 sums every worker's into the
+    health window); for the proxy's own use.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -83,6 +93,16 @@ class AdminAsyncStub(AdminStub):
     """Compare the stores inside the proxy (re-checking differences after in-flight writes land)."""
     RecordRollback: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackRecord, _admin_pb2.RollbackRecord]  # type: ignore[assignment]
     """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
+    Checkpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckpointRequest, _admin_pb2.CheckpointReport]  # type: ignore[assignment]
+    """The plan's go/no-go checkpoints, evaluated from the figures the proxy measured (`turnout checkpoint`)."""
+    Canary: _aio.UnaryUnaryMultiCallable[_admin_pb2.CanaryRequest, _admin_pb2.CanaryState]  # type: ignore[assignment]
+    """Show the canary, or step in: hold it, promote it to its next step, or abort it (everything to
+    old, as an automatic rollback would, until `turnout resume`).
+    """
+    Counters: _aio.UnaryUnaryMultiCallable[_admin_pb2.CountersRequest, _admin_pb2.CountersReply]  # type: ignore[assignment]
+    """This process's figures since it started, as counters (worker 0 sums every worker's into the
+    health window); for the proxy's own use.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is for operators and the turnout command line only. It is served on `admin.listen`
@@ -162,5 +182,33 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RollbackRecord, _abc.Awaitable[_admin_pb2.RollbackRecord]]:
         """Record a rollback (`turnout rollback`, or a cutover's automatic one): log, span, status."""
+
+    @_abc_1.abstractmethod
+    def Checkpoint(
+        self,
+        request: _admin_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CheckpointReport, _abc.Awaitable[_admin_pb2.CheckpointReport]]:
+        """The plan's go/no-go checkpoints, evaluated from the figures the proxy measured (`turnout checkpoint`)."""
+
+    @_abc_1.abstractmethod
+    def Canary(
+        self,
+        request: _admin_pb2.CanaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CanaryState, _abc.Awaitable[_admin_pb2.CanaryState]]:
+        """Show the canary, or step in: hold it, promote it to its next step, or abort it (everything to
+        old, as an automatic rollback would, until `turnout resume`).
+        """
+
+    @_abc_1.abstractmethod
+    def Counters(
+        self,
+        request: _admin_pb2.CountersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CountersReply, _abc.Awaitable[_admin_pb2.CountersReply]]:
+        """This process's figures since it started, as counters (worker 0 sums every worker's into the
+        health window); for the proxy's own use.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
