@@ -43,7 +43,9 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
         return getattr(stub, method)(request, timeout=5)
     except grpc.RpcError as exc:
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        if isinstance(exc, grpc.Call) and exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                                          grpc.StatusCode.FAILED_PRECONDITION,
+                                                          grpc.StatusCode.INVALID_ARGUMENT):
             raise BackendUnavailable(f"the admin API at {target} refused the call: {detail}") from None
         raise BackendUnavailable(f"no running proxy answered at {target}: {detail}") from None
     finally:

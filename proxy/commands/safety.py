@@ -81,7 +81,8 @@ def format_checkpoints(doc: dict[str, Any]) -> str:
 
 
 def format_figure(value: Any) -> str:
-    """A measured value or threshold in a line: numbers short, small dicts as key=value, nested ones skipped."""
+    """A measured value or threshold in a line: numbers short, small dicts as key=value. Nested parts
+    are left to --json, except in a dict that is only a breakdown (feature parity's per operation)."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -89,7 +90,8 @@ def format_figure(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict):
-        parts = [f"{k}={format_figure(v)}" for k, v in value.items() if not isinstance(v, dict | list)]
+        breakdown = bool(value) and all(isinstance(v, dict) for v in value.values())
+        parts = [f"{k}={format_figure(v)}" for k, v in value.items() if breakdown or not isinstance(v, dict | list)]
         return "{" + ", ".join(parts) + "}"
     return str(value)
 

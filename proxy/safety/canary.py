@@ -66,14 +66,15 @@ class CanaryState:
 
 def load(state_dir: Path, plan: CanaryPlan, now: float) -> CanaryState:
     """The canary of plan as state_dir has it, or a new one at its first step."""
-    doc = statedir.read_json(state_dir / CANARY_FILE)
-    if doc is not None:
-        try:
-            state = CanaryState.from_document(doc)
-        except (KeyError, TypeError, ValueError):
-            state = None  # an unreadable file is a canary that starts again, not a proxy that cannot
-        if state is not None and state.steps == plan.steps and state.step < len(plan.steps):
-            return state
+    try:
+        # Reading is inside the try too: a torn or garbled file (not JSON) is a ValueError there.
+        doc = statedir.read_json(state_dir / CANARY_FILE)
+        state = None if doc is None else CanaryState.from_document(doc)
+    except (KeyError, TypeError, ValueError):
+        state = None  # an unreadable file is a canary that starts again, not a proxy that cannot
+    # A negative step would index the steps from the end (the last, largest percentage).
+    if state is not None and state.steps == plan.steps and 0 <= state.step < len(plan.steps):
+        return state
     return CanaryState(steps=plan.steps, since=now)
 
 

@@ -82,6 +82,10 @@ class Hooks:
         except asyncio.CancelledError:  # cut off (close() at shutdown): none of them is known to have it
             self.failures[event] += len(hooks)
             raise
+        except Exception:  # a document JSON cannot hold, say: the caller's bug, still never the caller's failure
+            self.failures[event] += len(hooks)
+            log.exception("turnout: the %s event could not be sent to its hooks", event)
+            return
         for hook, outcome in zip(hooks, outcomes, strict=True):
             if not outcome.ok:
                 self.failures[event] += 1
@@ -115,7 +119,12 @@ class Hooks:
         hooks = self.listening("confirm")
         if not hooks:
             return True, ""
-        outcomes = await self._deliver_all(hooks, "confirm", document)
+        try:
+            outcomes = await self._deliver_all(hooks, "confirm", document)
+        except Exception as exc:  # a gate that cannot be asked holds
+            self.failures["confirm"] += len(hooks)
+            log.exception("turnout: the confirm hooks could not be asked")
+            return False, f"the confirm hooks could not be asked: {type(exc).__name__}: {exc}"
         refusals = [f"{hook.describe()}: {outcome.reason}"
                     for hook, outcome in zip(hooks, outcomes, strict=True) if not outcome.ok]
         if not refusals:

@@ -30,6 +30,8 @@ class HookReceiver:
         self.received: list[Received] = []
         self.port = 0
         self._release = asyncio.Event()
+        #: Set once the first POST has arrived.
+        self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> HookReceiver:
@@ -52,6 +54,7 @@ class HookReceiver:
     async def _take(self, request: web.Request) -> web.Response:
         self.received.append(Received(request.path, request.query_string, request.headers.get("content-type", ""),
                                       json.loads(await request.read())))
+        self.arrived.set()
         if request.path == "/refuse":
             return web.Response(status=500, text=REFUSAL)
         if request.path == "/hang":

@@ -134,11 +134,22 @@ async def test_close_cancels_a_delivery_still_running_and_counts_it(receiver: Ho
     """At shutdown a hook that has not answered is not waited for past close()'s bound: cancelled, counted."""
     hooks = Hooks([url_hook(receiver.url("/hang"), "resume", timeout_s=30.0)])
     hooks.fire_soon("resume", {})
-    while not receiver.received:  # the POST is under way
-        await asyncio.sleep(0.01)
+    await guarded(receiver.arrived.wait())  # the POST is under way
     await guarded(hooks.close(wait_s=0.1))
     assert hooks.failures == {"resume": 1}
     assert "still running after 0.1s at shutdown: cancelled" in caplog.text
+
+
+async def test_a_document_json_cannot_hold_is_counted_never_raised(receiver: HookReceiver) -> None:
+    """fire() logs and counts what it cannot even encode; confirm() holds on it."""
+    loop: dict[str, Any] = {}
+    loop["self"] = loop  # JSON has no form for a cycle
+    hooks = Hooks([url_hook(receiver.url(), "rollback", "confirm")])
+    await hooks.fire("rollback", {"doc": loop})
+    ok, reason = await hooks.confirm({"doc": loop})
+    assert (ok, reason.startswith("the confirm hooks could not be asked: ValueError")) == (False, True)
+    assert hooks.failures == {"rollback": 1, "confirm": 1}
+    assert receiver.received == []
 
 
 async def test_fire_refuses_confirm_and_unknown_events() -> None:

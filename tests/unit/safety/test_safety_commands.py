@@ -123,6 +123,8 @@ def test_figures_print_short() -> None:
     assert format_figure(None) == "none"
     assert format_figure({"compared": 40, "rate": 0.0, "ops": {"get": {}}, "clean": True}) == \
         "{compared=40, rate=0, clean=yes}"
+    assert format_figure({"get": {"compared": 40, "discrepancies": 0}, "set": {"compared": 2, "discrepancies": 1}}) == \
+        "{get={compared=40, discrepancies=0}, set={compared=2, discrepancies=1}}"
 
 
 def test_report_that_disagrees_with_itself_is_no_go() -> None:
