@@ -38,6 +38,8 @@ class Counters:
     buckets: dict[Pair, Counter[int]] = field(default_factory=dict)
     compared: int = 0
     discrepancies: int = 0  # shadow errors left out
+    #: Operations served, by the route whose answer was returned ("old"/"new"), all operations summed.
+    served: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def read(cls, metrics: Metrics, report: Report, started: float) -> Counters:
@@ -47,6 +49,8 @@ class Counters:
             counters.calls[pair] = histogram.count
             counters.buckets[pair] = Counter({i: n for i, n in enumerate(histogram.counts) if n})
         counters.errors.update({pair: n for pair, n in list(metrics.errors.items()) if n})
+        for (_, route), n in list(metrics.operations.items()):
+            counters.served[str(route)] += n
         counters.compared = sum(report.compared.values())
         counters.discrepancies = report.total - report.by_kind.get(SHADOW_ERROR, 0)
         return counters
@@ -63,6 +67,7 @@ class Counters:
             buckets={pair: buckets - earlier.buckets.get(pair, Counter()) for pair, buckets in self.buckets.items()},
             compared=max(0, self.compared - earlier.compared),
             discrepancies=max(0, self.discrepancies - earlier.discrepancies),
+            served=+(self.served - earlier.served),
         )
 
     def add(self, other: Counters) -> None:
@@ -73,6 +78,7 @@ class Counters:
             self.buckets.setdefault(pair, Counter()).update(buckets)
         self.compared += other.compared
         self.discrepancies += other.discrepancies
+        self.served.update(other.served)
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -80,7 +86,7 @@ class Counters:
             "calls": {_name(pair): n for pair, n in self.calls.items()},
             "errors": {_name(pair): n for pair, n in self.errors.items()},
             "buckets": {_name(pair): {str(i): n for i, n in buckets.items()} for pair, buckets in self.buckets.items()},
-            "compared": self.compared, "discrepancies": self.discrepancies,
+            "compared": self.compared, "discrepancies": self.discrepancies, "served": dict(self.served),
         }
 
     @classmethod
@@ -92,6 +98,7 @@ class Counters:
             buckets={_pair(name): Counter({int(i): int(n) for i, n in buckets.items()})
                      for name, buckets in doc["buckets"].items()},
             compared=int(doc["compared"]), discrepancies=int(doc["discrepancies"]),
+            served=Counter({str(route): int(n) for route, n in doc.get("served", {}).items()}),
         )
 
 

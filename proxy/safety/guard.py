@@ -34,6 +34,7 @@ from proxy.routing.safetyflags import Triggers, format_duration
 from proxy.routing.watcher import FlagWatcher
 from proxy.safety import canary, records
 from proxy.safety.canary import CanaryState, Phase
+from proxy.safety.history import History
 from proxy.safety.hooks import Hooks
 from proxy.safety.triggers import Evaluation, TriggerVerdict, evaluate
 from proxy.safety.window import HealthWindow, Readings, WindowFigures
@@ -74,7 +75,8 @@ class Judgement:
 class Guard:
     def __init__(self, watcher: FlagWatcher, readings: Callable[[], Awaitable[Readings]], steering: Steering,
                  state_dir: Path, hooks: Hooks, drain: Callable[[float], Awaitable[QueueStats]],
-                 period: float = EVALUATION_PERIOD_S, clock: Callable[[], float] = time.time) -> None:
+                 period: float = EVALUATION_PERIOD_S, clock: Callable[[], float] = time.time,
+                 history: History | None = None) -> None:
         self._watcher = watcher
         self._readings = readings
         self._steering = steering
@@ -84,6 +86,8 @@ class Guard:
         self.period = period
         self._clock = clock
         self._window = HealthWindow()
+        #: The window's figures over time, for the dashboard.
+        self.history = history or History()
         self._epoch = clock()
         self._overridden = watcher.override is not None
         self._shadow_noted = records.read(state_dir).shadow_since is not None
@@ -126,8 +130,9 @@ class Guard:
         now = self._clock()
         flags = self._watcher.file_flags
         triggers = flags.rollback_triggers or Triggers()
-        keep = triggers.window_s + 3 * self.period
+        keep = max(triggers.window_s, self.history.interval_s) + 3 * self.period
         self._window.add(now, await self._readings(), keep)
+        self.history.observe(now, self._window)
         override = self._watcher.override
         if self._overridden and override is None:
             self._resumed(now)

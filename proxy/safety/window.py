@@ -50,6 +50,7 @@ class WindowFigures:
     backends: Mapping[str, CallFigures] = field(default_factory=dict)  # all of a backend's operations
     compared: int = 0
     discrepancies: int = 0
+    served: Mapping[str, int] = field(default_factory=dict)  # operations answered, by route
 
     @property
     def span_s(self) -> float:
@@ -76,6 +77,8 @@ class WindowFigures:
         return {
             "start_unix": self.start, "end_unix": self.end, "seconds": self.span_s,
             "backends": by_backend,
+            "served": {route: {"operations": n, "per_second": n / self.span_s if self.span_s > 0 else 0.0}
+                       for route, n in sorted(self.served.items())},
             "discrepancies": {"compared": self.compared, "discrepancies": self.discrepancies,
                               "rate": self.discrepancy_rate, "bound_low": interval.low, "bound_high": interval.high,
                               "confidence": 0.95},
@@ -126,7 +129,7 @@ def _figures(total: Counters, start: float, end: float) -> WindowFigures:
         errors = sum(n for (b, _), n in total.errors.items() if b == backend)
         backends[backend] = _call_figures(calls, errors, merged, seconds)
     return WindowFigures(start=start, end=end, pairs=pairs, backends=backends,
-                         compared=total.compared, discrepancies=total.discrepancies)
+                         compared=total.compared, discrepancies=total.discrepancies, served=dict(total.served))
 
 
 def _call_figures(calls: int, errors: int, buckets: Mapping[int, int], seconds: float) -> CallFigures:

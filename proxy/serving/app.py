@@ -46,6 +46,7 @@ from proxy.routing.router import Route
 from proxy.routing.watcher import FlagWatcher
 from proxy.safety import canary
 from proxy.safety.guard import Guard
+from proxy.safety.history import History
 from proxy.safety.hooks import Hooks
 from proxy.serving.kvservice import KeyValueService, build_server, set_serving
 from proxy.serving.tls import server_credentials
@@ -159,7 +160,8 @@ class Proxy:
             if first:
                 # One guard per proxy: it reads every worker's counters and steers them all.
                 guard = Guard(watcher, lambda: readings(admin_state), ProxySteering(admin_state), config.state_dir,
-                              admin_state.hooks, plane.drain)
+                              admin_state.hooks, plane.drain,
+                              history=History(lambda: plane.snapshot().replication))
                 guard.restore_canary()
                 admin_state.guard = guard
                 guard.start()
