@@ -15,6 +15,7 @@ from turnout.admin.v1 import admin_pb2
 from proxy.data.writegate import PauseStatus
 from proxy.replication.queue import QueueStats
 from proxy.routing.router import Override
+from proxy.routing.safetyflags import CanaryPlan
 from proxy.safety.canary import CanaryState
 
 _INT64_TYPES = frozenset({
@@ -81,10 +82,11 @@ def replication_state(stats: QueueStats) -> admin_pb2.ReplicationState:
                                       last_error=stats.last_error or "")
 
 
-def canary_state(canary: CanaryState | None, active: bool) -> admin_pb2.CanaryState:
-    """The canary as status shows it; inactive (all zero) when the flag file has none."""
-    if canary is None or not active:
+def canary_state(canary: CanaryState | None, plan: CanaryPlan | None) -> admin_pb2.CanaryState:
+    """The canary as status shows it; inactive (all zero) when the flag file has none (plan None)."""
+    if canary is None or plan is None:
         return admin_pb2.CanaryState(active=False)
     return admin_pb2.CanaryState(active=True, step=canary.step, percentage=canary.percentage,
                                  state=canary.phase.value, steps=list(canary.steps), since_unix=canary.since,
-                                 reason=canary.reason, operator_hold=canary.operator_hold)
+                                 reason=canary.reason, operator_hold=canary.operator_hold,
+                                 interval_seconds=plan.interval_s)

@@ -213,15 +213,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if guard is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the canary is walked by worker 0 once serving")
         assert guard is not None  # abort raised
-        active = state.watcher.file_flags.canary is not None
+        plan = state.watcher.file_flags.canary
         if not request.action:
-            return canary_state(guard.canary, active)
+            return canary_state(guard.canary, plan)
         try:
             canary = await guard.operator(request.action, request.reason)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.warning("canary %s by an operator: step %d, %s", request.action, canary.step, canary.reason)
-        return canary_state(canary, active)
+        return canary_state(canary, plan)
 
     async def Counters(self, request: admin_pb2.CountersRequest, context: Any) -> admin_pb2.CountersReply:
         counters = local_counters(self._state)

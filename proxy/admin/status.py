@@ -38,7 +38,7 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
         response.last_rollback.CopyFrom(state.last_rollback)
     guard = state.guard
     if guard is not None:
-        response.canary.CopyFrom(canary_state(guard.canary, watcher.file_flags.canary is not None))
+        response.canary.CopyFrom(canary_state(guard.canary, watcher.file_flags.canary))
         response.health_json = json.dumps(guard.document())
     plane = state.plane
     if plane is not None:

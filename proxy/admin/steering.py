@@ -65,7 +65,8 @@ class ProxySteering:
         state.watcher.set_canary_step(canary.step)
         others = state.other_workers()
         if others:
-            request = admin_pb2.CanaryRequest(action="apply", state=canary_state(canary, True))
+            shown = canary_state(canary, state.watcher.file_flags.canary)
+            request = admin_pb2.CanaryRequest(action="apply", state=shown)
             answers = await relay(others, lambda stub: stub.Canary(request, timeout=RELAY_TIMEOUT_S),
                                   state.admin_token)
             if any(answer.error for answer in answers):

@@ -14,6 +14,7 @@ from proxy.admin.documents import message_document, status_document
 from proxy.commands.common import add_config_argument, add_json_argument, emit, load
 from proxy.control.adminclient import admin_channel, admin_target
 from proxy.errors import BackendUnavailable
+from proxy.safety.wilson import wilson
 
 
 def register(subparsers: Any) -> None:
@@ -68,18 +69,22 @@ def show_status(args: argparse.Namespace) -> int:
     if reply.reload.last_error:
         lines.append(f"  LAST RELOAD FAILED: {reply.reload.last_error}")
     if reply.override.active:
-        lines.append(f"override: everything to {reply.override.route} ({reply.override.reason}, "
-                     f"since {_age(reply.override.since_unix)})")
+        kind = "AUTOMATIC ROLLBACK" if reply.override.automatic else "override"
+        lines.append(f"{kind}: everything to {reply.override.route} ({reply.override.reason}, "
+                     f"since {_age(reply.override.since_unix)}); `turnout resume` clears it")
     else:
         lines.append("override: none")
+    lines += _safety_lines(reply, doc)
     rep = reply.replication
     last = f" (last: {rep.last_error})" if rep.last_error else ""
     lines.append(f"replication: {rep.depth} pending, oldest {rep.oldest_age_seconds:.1f}s, "
                  f"{rep.replayed} replayed, {rep.failures} failures{last}")
     shadow = doc["shadow"]
     if shadow.get("compared"):
+        bound = wilson(shadow["discrepancies"], shadow["compared"])
         lines.append(f"shadow: {shadow['discrepancies']} discrepancies in {shadow['compared']} compared "
-                     f"(rate {shadow['rate']:.4%}) {shadow['by_kind']}")
+                     f"(rate {shadow['rate']:.4%}, 95 % interval {bound.low:.4%} to {bound.high:.4%}) "
+                     f"{shadow['by_kind']}")
     for op, routes in shadow.get("operations", {}).items():
         lines.append(f"operations {op}: " + ", ".join(f"{route} {n}" for route, n in routes.items()))
     for backend_name, ops in shadow.get("latency", {}).items():
@@ -108,6 +113,38 @@ def show_status(args: argparse.Namespace) -> int:
     lines.append("effective flags: " + json.dumps(doc["flags"]))
     emit(args, doc, "\n".join(lines))
     return 0
+
+
+def _safety_lines(reply: admin_pb2.StatusResponse, doc: dict[str, Any]) -> list[str]:
+    """The canary and the health window the guard judged, as `turnout status` prints them."""
+    lines: list[str] = []
+    canary = reply.canary
+    if canary.active:
+        steps = ", ".join(f"{step:g}" for step in canary.steps)
+        lines.append(f"canary: step {canary.step + 1} of {len(canary.steps)} ({canary.percentage:g} %, steps "
+                     f"[{steps}]), {canary.state}" + (f": {canary.reason}" if canary.reason else ""))
+    health = doc.get("health") or {}
+    window, evaluation = health.get("window"), health.get("evaluation")
+    if window and evaluation:
+        tripped = [t["name"] for t in evaluation["triggers"] if t["verdict"] == "tripped"]
+        verdict = (f"TRIPPED ({', '.join(tripped)})" if tripped else "healthy" if evaluation["healthy"] else
+                   "INCONCLUSIVE (too few calls of new)" if not evaluation["conclusive"] else
+                   "not yet healthy (a trigger is inconclusive)")
+        lines.append(f"health window ({window['seconds']:.0f}s of {evaluation['window_seconds']:.0f}s): {verdict}, "
+                     f"{evaluation['new_calls']} calls of new (min_calls {evaluation['min_calls']})")
+        for name, figures in sorted(window["backends"].items()):
+            all_ops = figures["all"]
+            lines.append(f"  {name}: {all_ops['calls']} calls, {all_ops['error_rate']:.2%} failed, "
+                         f"p50 {all_ops['p50'] * 1000:.2f} ms, p99 {all_ops['p99'] * 1000:.2f} ms, "
+                         f"{all_ops['throughput']:.1f}/s")
+        d = window["discrepancies"]
+        lines.append(f"  discrepancies: {d['discrepancies']} in {d['compared']} compared (rate {d['rate']:.4%}, "
+                     f"95 % interval {d['bound_low']:.4%} to {d['bound_high']:.4%})")
+        for trigger in evaluation["triggers"]:
+            measured = "-" if trigger["measured"] is None else f"{trigger['measured']:.4g}"
+            lines.append(f"  trigger {trigger['name']}: {trigger['verdict']} ({measured} vs threshold "
+                         f"{trigger['threshold']:g}; {trigger['detail']})")
+    return lines
 
 
 def _worker_line(worker: admin_pb2.WorkerState) -> str:

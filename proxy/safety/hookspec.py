@@ -101,6 +101,10 @@ def parse_hooks(raw: object) -> tuple[HookSpec, ...]:
 def _hook(raw: object, name: str) -> HookSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: must be a mapping, got {type(raw).__name__}")
+    if True in raw and "on" not in raw:
+        # The config is read as YAML 1.1, where a bare `on:` key is the boolean true (GitHub Actions
+        # workflows meet the same): it can only have meant `on`.
+        raw = {("on" if key is True else key): value for key, value in raw.items()}
     for key in raw:
         if key not in _FIELDS:
             raise ConfigError(f"{name}.{key}: unknown field (one of {', '.join(_FIELDS)})")

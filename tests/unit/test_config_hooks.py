@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import parse_config
+from proxy.config import load_config, parse_config
 from proxy.errors import ConfigError
 from proxy.safety.hookspec import NOTIFY_EVENTS, HookSpec
 
@@ -139,3 +139,13 @@ def test_a_hook_built_in_code_is_held_to_the_same_rules() -> None:
         HookSpec(on=frozenset({"nope"}), url=URL)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at most 60s"):
         HookSpec(on=frozenset({"rollback"}), url=URL, timeout_s=120)
+
+
+def test_a_bare_on_key_as_yaml_1_1_reads_it_is_the_hook_events(tmp_path: Path) -> None:
+    """`on:` unquoted, as an operator writes it: YAML 1.1 reads the key as true; it is the events."""
+    (tmp_path / "turnout.yaml").write_text(
+        "listen: 127.0.0.1:0\nflags: flags.yaml\nstate_dir: state\n"
+        "backends: {old: {type: memory}, new: {type: memory}}\n"
+        "hooks:\n  - on: [rollback, resume]\n    url: http://127.0.0.1:9/hook\n")
+    (hook,) = load_config(tmp_path / "turnout.yaml").hooks
+    assert hook.on == frozenset({"rollback", "resume"})
