@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,52 @@ from proxy.routing.router import Route
 UPDATE_INTERVAL_S = 0.5
 
 
+@dataclass
+class JobRecord:
+    """One Migrate or Verify run inside the proxy, for the dashboard: how far it got, and how it ended."""
+
+    kind: str
+    progress: Progress
+    started: float
+    finished: float | None = None
+    result: dict[str, Any] | None = None
+    error: str = ""
+
+    def ended(self, job: asyncio.Task[Any]) -> None:
+        self.finished = time.time()
+        if job.cancelled():
+            self.error = "cancelled: its caller went away"
+        elif job.exception() is not None:
+            self.error = str(job.exception())
+        else:
+            self.result = job.result().to_document()
+
+    def to_document(self) -> dict[str, Any]:
+        return {"kind": self.kind, "running": self.finished is None, "done": self.progress.done,
+                "total": self.progress.total, "started_unix": self.started, "finished_unix": self.finished,
+                "result": self.result, "error": self.error}
+
+
+class JobBoard:
+    """The latest run of each kind of job."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, JobRecord] = {}
+
+    def track(self, kind: str, progress: Progress, job: asyncio.Task[Any]) -> None:
+        record = self.latest[kind] = JobRecord(kind, progress, time.time())
+        job.add_done_callback(record.ended)
+
+
+#: The job board of each proxy, by its state_dir: one proxy owns a state_dir, and the admin service
+#: hands the jobs its state_dir (not the AdminState), so that is what the dashboard looks them up by.
+_BOARDS: dict[Path, JobBoard] = {}
+
+
+def job_board(state_dir: Path) -> JobBoard:
+    return _BOARDS.setdefault(state_dir, JobBoard())
+
+
 async def migrate_updates(stores: Stores, state_dir: Path, request: admin_pb2.MigrateRequest,
                           context: Any) -> AsyncIterator[admin_pb2.JobUpdate]:
     """Run a migrate as the request asks; a transform that cannot be loaded is INVALID_ARGUMENT."""
@@ -35,6 +83,7 @@ async def migrate_updates(stores: Stores, state_dir: Path, request: admin_pb2.Mi
         stores, state_dir, Route(request.source or "old"), request.batch_size or 500,
         request.concurrency or 16, request.rate or None, transform, request.restart, progress,
     ))
+    job_board(state_dir).track("migrate", progress, job)
     async for update in follow(job, progress):
         yield update
 
@@ -45,6 +94,7 @@ async def verify_updates(stores: Stores, state_dir: Path,
     progress = Progress("verify", None, enabled=False)
     truth = Route(request.truth) if request.truth else None
     job = asyncio.create_task(verify(stores, request.repair, progress, truth, state_dir))
+    job_board(state_dir).track("verify", progress, job)
     async for update in follow(job, progress):
         yield update
 

@@ -135,7 +135,7 @@ class Guard:
         self.history.observe(now, self._window)
         override = self._watcher.override
         if self._overridden and override is None:
-            self._resumed(now)
+            await self._resumed(now)
         self._overridden = override is not None
         if flags.use_new_storage and flags.shadow_mode_enabled and not self._shadow_noted:
             records.note_shadow(self._state_dir, now)
@@ -150,13 +150,15 @@ class Guard:
             await self._walk_canary(now, flags, triggers, override)
         return self.last
 
-    def _resumed(self, now: float) -> None:
+    async def _resumed(self, now: float) -> None:
         """The override was cleared (`turnout resume`): judge only what comes after it."""
         self._epoch = now
         log.info("guard: the override was cleared; the health window starts again")
         if self._canary is not None and self._canary.phase is Phase.ROLLED_BACK:
             self._canary = canary.restarted(self._canary, now)
             canary.save(self._state_dir, self._canary)
+            # The step it rolled back at is still in force in every process: put the first one back.
+            await self._steering.apply_canary(self._canary)
 
     async def _roll_back(self, now: float, verdict: TriggerVerdict, judgement: Judgement, flags: Flags) -> None:
         measured = verdict.measured if verdict.measured is not None else 0.0
