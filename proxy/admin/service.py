@@ -73,6 +73,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ClearOverride(self, request: admin_pb2.ClearOverrideRequest, context: Any) -> admin_pb2.OverrideState:
         had = self._state.watcher.override
         log.warning("override cleared: the flag file decides again")
+        if had is not None and self._state.guard is not None:
+            await self._state.guard.resuming()
         answers = await self._steering.set_override(None)
         if had is not None and self._state.worker == 0:  # the one the operator asked, not a relayed copy
             now = time.time()

@@ -150,6 +150,12 @@ class Guard:
             await self._walk_canary(now, flags, triggers, override)
         return self.last
 
+    async def resuming(self) -> None:
+        """Called by `turnout resume` before the override is cleared, so that a rolled-back canary is
+        on its first step again before any call is routed by the flag file (not a second later, at
+        the next evaluation)."""
+        await self._resumed(self._clock())
+
     async def _resumed(self, now: float) -> None:
         """The override was cleared (`turnout resume`): judge only what comes after it."""
         self._epoch = now
