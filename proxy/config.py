@@ -27,6 +27,11 @@ DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 #: The largest max_value_bytes accepted: a gRPC message carries at most 2 GiB, key and framing included.
 MAX_MAX_VALUE_BYTES = 1024 * 1024 * 1024
 MAX_KEY_BYTES = 1024
+#: A plain count, so an operator can reason about it. Calls past it are refused, not queued, so it
+#: sits above the bursts callers make (250 Sets at once on one channel to a SQLite proxy reached 64
+#: in flight; the bench keeps 32): normal traffic never meets it. A memory bound is then a choice:
+#: requests being received take up to this many receive limits (256 x 64 MiB at the defaults).
+DEFAULT_MAX_CONCURRENT_CALLS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,8 @@ class TlsSpec:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds one caller cannot push the proxy past (connections, idle time); see `limits:` in the config.
+    """Bounds one caller cannot push the proxy past (connections, idle time, calls at once); see `limits:`
+    in the config.
 
     Together they must fit in the process's descriptor limit (RLIMIT_NOFILE, raised to its hard limit
     at start) with room kept for the stores, health and admin; otherwise `turnout serve` refuses to
@@ -73,6 +79,11 @@ class Limits:
     #: after at most 10 s); an HTTP connection that has not sent a whole request for this long since it
     #: opened or since its last answer is closed, so a client dribbling its headers is cut off too.
     idle_timeout_s: float = 300.0
+    #: Calls the data port runs at once, over all its connections (health and reflection count too);
+    #: past it a call is refused with RESOURCE_EXHAUSTED before its request is read, so the requests
+    #: being received stay within this many receive limits (max_value_bytes x 4 each, at least 64 MiB).
+    #: Refused, not queued: set it above the calls your callers keep in flight.
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +232,11 @@ def _tls(raw: object, base: Path) -> TlsSpec:
 
 def _limits(raw: object) -> Limits:
     limits = _mapping(raw, "limits")
-    _no_unknown(limits, {"max_connections", "admin_max_connections", "idle_timeout_s"}, "limits.")
+    _no_unknown(limits, {"max_connections", "admin_max_connections", "idle_timeout_s", "max_concurrent_calls"},
+                "limits.")
     defaults = Limits()
     counts = {}
-    for key in ("max_connections", "admin_max_connections"):
+    for key in ("max_connections", "admin_max_connections", "max_concurrent_calls"):
         value = limits.get(key, getattr(defaults, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"limits.{key}: must be a whole number of at least 1, got {value!r}")
@@ -233,7 +245,7 @@ def _limits(raw: object) -> Limits:
     if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 < idle < float("inf"):
         raise ConfigError(f"limits.idle_timeout_s: must be a positive number of seconds, got {idle!r}")
     return Limits(max_connections=counts["max_connections"], admin_max_connections=counts["admin_max_connections"],
-                  idle_timeout_s=float(idle))
+                  idle_timeout_s=float(idle), max_concurrent_calls=counts["max_concurrent_calls"])
 
 
 def _backend(raw: object, name: str, base: Path) -> BackendSpec:

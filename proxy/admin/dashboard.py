@@ -1,27 +1,291 @@
-"""The live dashboard the HTTP side serves at / and /dashboard: one page that polls /status.json and
-/discrepancies.json every two seconds (no build step, nothing to install)."""
+"""The live dashboard the HTTP side serves at / and /dashboard: one page, with its style and script
+inline, that polls /dashboard.json (proxy.admin.dashboardview) every two seconds and draws its charts
+as inline SVG with a few lines of its own. Nothing is fetched from anywhere but the page's own origin
+(no CDN, no web font), so it works on an isolated network and leaks nothing; when the proxy stops
+answering, a banner says since when and every figure is greyed, rather than the page freezing silently.
 
-DASHBOARD = """<!doctype html>
-<html><head><meta charset="utf-8"><title>turnout</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:2px 10px;text-align:left}
-.bad{color:#b00}.ok{color:#070}pre{background:#f4f4f4;padding:8px}</style></head>
-<body><h1>turnout</h1><div id="status">loading...</div>
-<script>
-async function refresh() {
-  const s = await (await fetch('/status.json')).json();
-  const d = await (await fetch('/discrepancies.json')).json();
-  const rows = (s.backends || []).map(b => `<tr><td>${b.name}</td><td>${b.type}</td>` +
-    `<td class="${b.healthy ? 'ok' : 'bad'}">${b.healthy ? 'healthy' : 'FAILING ' + b.error}</td></tr>`).join('');
-  document.getElementById('status').innerHTML =
-    `<p>flags revision <b>${s.reload.revision}</b>${s.reload.last_error ? ' <span class="bad">last reload failed: ' +
-      s.reload.last_error + '</span>' : ''}</p>` +
-    `<p>override: ${s.override.active ? '<b class="bad">everything to ' + s.override.route + '</b> (' +
-      s.override.reason + ')' : 'none'}</p>` +
-    `<p>replication: ${s.replication.depth} pending, oldest ${s.replication.oldest_age_seconds.toFixed(1)} s</p>` +
-    `<table><tr><th>backend</th><th>type</th><th>health</th></tr>${rows}</table>` +
-    `<p>discrepancies: ${d.total || 0} of ${d.compared || 0} compared (rate ${(d.rate || 0).toFixed(4)})</p>` +
-    `<pre>${JSON.stringify(d.by_kind || {}, null, 1)}</pre><pre>${JSON.stringify(s.flags, null, 1)}</pre>`;
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>
+Sizes are in rem and the root font grows with the window, so the same grid reads on a laptop
+(1366x768) and on a wall screen (2560x1440).
 """
+
+_STYLE = """
+:root{--bg:#0f1419;--card:#1a212b;--ink:#e6edf3;--dim:#8b98a5;--ok:#3fb950;--warn:#d29922;--bad:#f85149;
+--old:#58a6ff;--new:#f0883e;--line:#2d3743}
+html{font-size:clamp(12px,0.5vw + 8px,22px)}
+body{margin:0;background:var(--bg);color:var(--ink);font:1rem/1.35 system-ui,-apple-system,"Segoe UI",sans-serif}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:.4rem 1.6rem;padding:.8rem 1.2rem;
+border-bottom:1px solid var(--line)}
+header h1{margin:0;font-size:1.4rem;font-weight:600}
+#phase{font-size:1.7rem;font-weight:700}
+#updated{color:var(--dim);margin-left:auto}
+#banner{display:none;background:var(--bad);color:#fff;font-size:1.3rem;font-weight:700;padding:.6rem 1.2rem}
+body.down #banner{display:block}
+body.down main{opacity:.35;filter:grayscale(1)}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(24rem,1fr));grid-auto-flow:dense;gap:.8rem;
+padding:.8rem 1.2rem}
+section{background:var(--card);border-radius:.5rem;padding:.7rem .9rem;min-width:0}
+section.wide{grid-column:span 2}
+@media (max-width:52rem){section.wide{grid-column:span 1}}
+h2{margin:0 0 .4rem;font-size:.85rem;font-weight:600;text-transform:uppercase;letter-spacing:.06em;color:var(--dim)}
+.big{font-size:2.6rem;font-weight:700;line-height:1.1;font-variant-numeric:tabular-nums}
+.unit{font-size:1rem;color:var(--dim);font-weight:400}
+.row{display:flex;gap:1.6rem;flex-wrap:wrap;align-items:baseline}
+.dim{color:var(--dim)}.ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}
+svg.chart{width:100%;height:9rem;display:block}
+svg.chart text{fill:var(--dim);font-size:.7rem}
+svg.chart line.grid{stroke:var(--line)}
+svg.chart path.series{fill:none;stroke-width:2}
+.legend{display:flex;gap:1rem;flex-wrap:wrap;font-size:.8rem;color:var(--dim)}
+.legend i{display:inline-block;width:1rem;height:.2rem;vertical-align:middle;margin-right:.3rem}
+table{border-collapse:collapse;width:100%;font-size:.85rem}
+td,th{text-align:left;padding:.15rem .4rem;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
+th{color:var(--dim);font-weight:500}
+.bar{height:.6rem;background:var(--line);border-radius:.3rem;overflow:hidden;margin:.3rem 0}
+.bar div{height:100%;background:var(--ok)}
+code{font-size:.8rem;color:var(--dim)}
+"""
+
+_SCRIPT = r"""
+'use strict';
+const POLL_MS = 2000, TIMEOUT_MS = 3000;
+const COLORS = {old: '#58a6ff', new: '#f0883e', p50: '#3fb950', p95: '#d29922', p99: '#f85149',
+  rate: '#f0883e', bound: '#f85149', depth: '#58a6ff'};
+let downSince = null;
+const $ = id => document.getElementById(id);
+const esc = v => String(v ?? '').replace(/[&<>"']/g,
+  c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+const clock = t => new Date(t * 1000).toLocaleTimeString([], {hour12: false});
+const pct = (v, digits = 2) => (100 * (v || 0)).toFixed(digits) + ' %';
+const num = (v, digits = 1) => Number(v || 0).toFixed(digits);
+const ms = v => (1000 * (v || 0)).toFixed(1) + ' ms';
+const set = (id, html) => { $(id).innerHTML = html; };
+const high = values => values.reduce((a, b) => Math.max(a, b), 0);
+
+// One chart: lines over time in an SVG sized to its box, with three grid lines and their values.
+function chart(id, times, lines, fmt, end) {
+  const svg = $(id), w = svg.clientWidth || 600, h = svg.clientHeight || 150;
+  // The margins hold the axis labels (0.7rem), and the root font grows with the window.
+  const label = 0.7 * parseFloat(getComputedStyle(document.documentElement).fontSize);
+  const left = Math.round(label * 6) + 6, right = 8, top = Math.round(label * 0.7), bottom = Math.round(label * 1.6);
+  const span = Math.min(1800, Math.max(120, times.length ? end - times[0] : 120));
+  const start = end - span;
+  let high = 0;
+  for (const l of lines) for (const v of l.values) high = Math.max(high, v);
+  high = high > 0 ? high * 1.15 : 1;
+  const x = t => left + (w - left - right) * (t - start) / span;
+  const y = v => top + (h - top - bottom) * (1 - v / high);
+  let out = '';
+  for (const f of [0, 0.5, 1]) {
+    const v = high * f, yy = y(v).toFixed(1);
+    out += `<line class="grid" x1="${left}" x2="${w - right}" y1="${yy}" y2="${yy}"/>` +
+      `<text x="${left - 4}" y="${yy}" text-anchor="end" dominant-baseline="middle">${esc(fmt(v))}</text>`;
+  }
+  out += `<text x="${left}" y="${h - 3}">${clock(start)}</text>` +
+    `<text x="${w - right}" y="${h - 3}" text-anchor="end">${clock(end)}</text>`;
+  for (const l of lines) {
+    if (!l.values.length) continue;
+    const d = l.values.map((v, i) => `${i ? 'L' : 'M'}${x(times[i]).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+    out += `<path class="series" data-name="${esc(l.name)}" d="${d}" stroke="${l.color}"` +
+      `${l.dash ? ' stroke-dasharray="5 4"' : ''}/>`;
+  }
+  svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
+  svg.innerHTML = out;
+  const legend = $(id + '-legend');
+  if (legend) legend.innerHTML = lines.map(l => `<span><i style="background:${l.color}"></i>${esc(l.name)}</span>`)
+    .join('') + `<span>last ${Math.round(span / 60)} min</span>`;
+}
+
+function phase(d) {
+  const p = d.phase;
+  $('phase').className = p.name === 'rolled_back' ? 'bad' : p.name === 'cut_over' ? 'ok' : '';
+  set('phase', esc(p.text));
+  set('revision', 'flags ' + esc(d.revision || '(none)') + ' · turnout ' + esc(d.version));
+}
+
+function traffic(d) {
+  set('read-pct', num(d.traffic.read, 0) + '<span class="unit"> %</span>');
+  set('write-pct', num(d.traffic.write, 0) + '<span class="unit"> %</span>');
+  const c = d.canary;
+  set('canary', c.active ? `step ${c.step + 1} of ${c.steps.length} at <b>${num(c.percentage, 0)} %</b> · ` +
+    `<span class="${c.state === 'rolled_back' ? 'bad' : c.state === 'holding' ? 'warn' : 'ok'}">` +
+    `${esc(c.state)}</span>` +
+    (c.reason ? ` <span class="dim">${esc(c.reason)}</span>` : '') : '<span class="dim">no canary</span>');
+  set('modes', `use_new_storage <b>${d.traffic.use_new_storage}</b> · shadow <b>${d.traffic.shadow_mode_enabled}</b>` +
+    (d.override.active ? ` · <span class="bad">override: everything to ${esc(d.override.route)}</span>` : ''));
+}
+
+function figures(d) {
+  const n = d.now, s = d.series;
+  set('calls-now', num(n.calls_per_second) + '<span class="unit"> calls/s</span>');
+  set('calls-routes', Object.entries(n.by_route).map(([r, v]) => `${esc(r)} ${num(v)}/s`).join(' · '));
+  const end = d.time;
+  chart('chart-calls', s.time, ['old', 'new'].map(b => ({name: 'served by ' + b, color: COLORS[b],
+    values: s.calls_per_second[b]})), v => num(v) + '/s', end);
+  chart('chart-errors', s.time, ['old', 'new'].map(b => ({name: b, color: COLORS[b], values: s.error_rate[b]})),
+    v => pct(v, 1), end);
+  for (const b of ['old', 'new']) {
+    chart('chart-latency-' + b, s.time, ['p50', 'p95', 'p99'].map(q => ({name: q, color: COLORS[q],
+      values: s.latency[b][q]})), ms, end);
+    const f = n.backends[b] || {};
+    set('latency-' + b, `p50 ${ms(f.p50)} · p95 ${ms(f.p95)} · p99 <b>${ms(f.p99)}</b> · errors ${pct(f.error_rate)}`);
+  }
+  chart('chart-discrepancies', s.time, [{name: 'rate', color: COLORS.rate, values: s.discrepancy_rate},
+    {name: '95 % upper bound', color: COLORS.bound, values: s.discrepancy_bound, dash: true}], v => pct(v, 2), end);
+  chart('chart-replication', s.time, [{name: 'depth', color: COLORS.depth, values: s.replication_depth}],
+    v => num(v, high(s.replication_depth) < 10 ? 1 : 0), end);
+}
+
+function discrepancies(d) {
+  const x = d.discrepancies, w = x.window || {};
+  set('disc-rate', pct(w.rate, 3) + `<span class="unit"> \u2264 ${pct(w.bound_high, 3)} (95 %)</span>`);
+  set('disc-totals', `${x.total} of ${x.compared} compared since start · in the window ` +
+    `${w.discrepancies || 0} of ${w.compared || 0}` +
+    (Object.keys(x.by_kind).length
+      ? ' · ' + Object.entries(x.by_kind).map(([k, n]) => `${esc(k)} ${n}`).join(', ') : ''));
+  const rows = x.latest.map(s => `<tr><td>${clock(s.time)}</td><td>${esc(s.key)}</td><td>${esc(s.kind)}</td>` +
+    `<td>${esc(s.op)}</td><td>${'primary' in s ? esc(s.primary) + ' / ' + esc(s.shadow)
+      : esc((s.paths || []).join(', ') || s.detail)}</td></tr>`).join('');
+  set('latest', rows || '<tr><td colspan="5" class="dim">none</td></tr>');
+}
+
+function replication(d) {
+  const r = d.replication;
+  set('repl-depth', num(r.depth, 0) + '<span class="unit"> queued</span>');
+  set('repl-age', `oldest ${num(r.oldest_age_seconds)} s · replayed ${r.replayed} · failures ${r.failures}` +
+    (r.last_error ? ` <span class="bad">${esc(r.last_error)}</span>` : ''));
+}
+
+function progress(run, fallback) {
+  if (!run) return fallback;
+  const share = run.total ? Math.min(1, run.done / run.total) : null;
+  const state = run.running ? 'running' : run.error ? `<span class="bad">failed: ${esc(run.error)}</span>` : 'done';
+  return `${state} · ${run.done}${run.total ? ' of ' + run.total : ''} keys` +
+    (share === null ? '' : ` (${(100 * share).toFixed(1)} %)<div class="bar"><div style="width:${100 * share}%">` +
+      '</div></div>') + ` <span class="dim">started ${clock(run.started_unix)}</span>`;
+}
+
+function jobs(d) {
+  const m = d.jobs.migrate, v = d.jobs.verify, c = m.checkpoint;
+  set('migrate', progress(m.run, c ? `${c.complete ? '<span class="ok">complete</span>' : 'interrupted'} · ` +
+    `${c.migrated ?? '?'} migrated, ${c.errors ?? 0} errors` : '<span class="dim">never run</span>'));
+  const last = v.last;
+  set('verify', progress(v.run, last ? `<span class="${last.clean ? 'ok' : 'bad'}">${last.clean ? 'clean' :
+    `${last.missing} missing, ${last.different} different, ${last.extra} extra`}</span> · ` +
+    `${num(last.age_seconds / 60, 0)} min ago` : '<span class="dim">never run</span>'));
+}
+
+function rollbacks(d) {
+  const r = d.rollbacks;
+  set('rollbacks-count', `${r.count}<span class="unit"> (${r.automatic} automatic)</span>`);
+  const t = r.trigger, last = r.last;
+  set('rollbacks-last', (t ? `<div class="bad">tripped: ${esc(t.name)} measured ${Number(t.measured).toPrecision(3)}` +
+    ` vs threshold ${t.threshold} · ${esc(t.detail)}</div>` : '') +
+    (last && last.time_unix ? `<div>last ${clock(last.time_unix)} ${last.automatic ? 'automatic' : 'operator'}: ` +
+      `${esc(last.reason)} <span class="${last.ok ? 'ok' : 'bad'}">${last.ok ? 'ok' : 'incomplete'}</span></div>`
+      : '') +
+    r.by_trigger.map(b => `<div class="dim">${b.automatic ? 'automatic' : 'manual'} ${esc(b.trigger)}: ` +
+      `${b.count}</div>`)
+      .join(''));
+}
+
+function health(d) {
+  const h = d.health;
+  set('serving', h.serving ? '<span class="ok">serving</span>' : '<span class="bad">not serving</span>');
+  set('backends', h.backends.map(b => `<tr><td>${esc(b.name)}</td><td>${esc(b.type)}</td><td class="` +
+    `${b.healthy ? 'ok">healthy' : 'bad">failing ' + esc(b.error)}</td></tr>`).join(''));
+  const workers = h.workers.length;
+  set('workers', workers ? `${h.workers.filter(w => w.reachable).length} of ${workers} workers answering` +
+    h.workers.filter(w => !w.reachable).map(w => ` <span class="bad">worker ${w.index}: ${esc(w.error)}</span>`)
+      .join('') : 'one process');
+  const e = h.evaluation || {};
+  set('verdicts', (e.triggers || []).map(t => `<tr><td>${esc(t.name)}</td><td class="` +
+    `${t.verdict === 'ok' ? 'ok' : t.verdict === 'tripped' ? 'bad' : 'warn'}">${esc(t.verdict)}</td>` +
+    `<td>${t.measured === null ? '\u2013' : Number(t.measured).toPrecision(3)} vs ${t.threshold}</td></tr>`).join('') ||
+    '<tr><td class="dim">no rollback triggers armed</td></tr>');
+}
+
+function confidence(d) {
+  const c = d.confidence;
+  $('score').className = 'big ' + (c.score >= 80 ? 'ok' : c.score >= 50 ? 'warn' : 'bad');
+  set('score', String(c.score));
+  set('formula', esc(c.formula));
+  set('score-terms', c.terms.map(t => `<tr><td>${esc(t.name)}</td><td>\u2212${num(t.penalty)}</td>` +
+    `<td>of ${t.weight}</td>` +
+    `<td>${t.measured === null ? '' : Number(t.measured).toPrecision(3)}${t.threshold === null ? ''
+      : ' / ' + t.threshold}</td><td class="dim">${esc(t.text)}</td></tr>`).join(''));
+}
+
+function draw(d) {
+  phase(d); traffic(d); figures(d); discrepancies(d); replication(d); jobs(d); rollbacks(d); health(d);
+  confidence(d);
+}
+
+function down(why) {
+  if (downSince === null) downSince = Date.now() / 1000;
+  document.body.classList.add('down');
+  set('banner', `proxy not answering since ${clock(downSince)} <span style="font-weight:400">(${esc(why)})</span>`);
+}
+
+async function poll() {
+  const abort = new AbortController(), timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+  try {
+    const reply = await fetch('dashboard.json', {cache: 'no-store', signal: abort.signal});
+    if (!reply.ok) throw new Error(`${reply.status} ${reply.statusText}` +
+      (reply.status === 401 ? ': the page needs the bearer token of admin.token_file' : ''));
+    const doc = await reply.json();
+    draw(doc);
+    downSince = null;
+    document.body.classList.remove('down');
+    set('updated', 'updated ' + clock(doc.time));
+  } catch (error) {
+    down(error.name === 'AbortError' ? `no answer within ${TIMEOUT_MS / 1000} s` : error.message);
+  } finally {
+    clearTimeout(timer);
+    setTimeout(poll, POLL_MS);
+  }
+}
+poll();
+"""
+
+_BODY = """
+<header><h1>turnout</h1><span id="phase">loading&hellip;</span><span id="revision" class="dim"></span>
+<span id="updated"></span></header>
+<div id="banner" role="alert"></div>
+<main>
+<section><h2>Traffic on new</h2><div class="row"><div><div class="dim">reads</div>
+<div id="read-pct" class="big">&ndash;</div>
+</div><div><div class="dim">writes</div><div id="write-pct" class="big">&ndash;</div></div></div>
+<div id="canary"></div><div id="modes" class="dim"></div></section>
+<section><h2>Confidence</h2><div id="score" class="big">&ndash;</div><code id="formula"></code></section>
+<section><h2>Calls</h2><div id="calls-now" class="big">&ndash;</div><div id="calls-routes" class="dim"></div></section>
+<section><h2>Health</h2><div id="serving" class="big">&ndash;</div><div id="workers" class="dim"></div>
+<table id="backends"></table><table id="verdicts"></table></section>
+<section class="wide"><h2>Calls per second by route</h2><svg id="chart-calls" class="chart"></svg>
+<div id="chart-calls-legend" class="legend"></div></section>
+<section class="wide"><h2>Error rate per backend</h2><svg id="chart-errors" class="chart"></svg>
+<div id="chart-errors-legend" class="legend"></div></section>
+<section class="wide"><h2>Latency of old</h2><div id="latency-old"></div>
+<svg id="chart-latency-old" class="chart"></svg>
+<div id="chart-latency-old-legend" class="legend"></div></section>
+<section class="wide"><h2>Latency of new</h2><div id="latency-new"></div>
+<svg id="chart-latency-new" class="chart"></svg>
+<div id="chart-latency-new-legend" class="legend"></div></section>
+<section class="wide"><h2>Discrepancies</h2><div id="disc-rate" class="big">&ndash;</div>
+<div id="disc-totals" class="dim"></div>
+<svg id="chart-discrepancies" class="chart"></svg><div id="chart-discrepancies-legend" class="legend"></div>
+<table><thead><tr><th>time</th><th>key</th><th>kind</th><th>op</th><th>values or paths</th></tr></thead>
+<tbody id="latest"></tbody></table></section>
+<section><h2>Replication to the other store</h2><div id="repl-depth" class="big">&ndash;</div>
+<div id="repl-age" class="dim"></div>
+<svg id="chart-replication" class="chart"></svg><div id="chart-replication-legend" class="legend"></div></section>
+<section><h2>Migrate</h2><div id="migrate"></div>
+<h2 style="margin-top:.8rem">Verify</h2><div id="verify"></div></section>
+<section><h2>Rollbacks</h2><div id="rollbacks-count" class="big">&ndash;</div><div id="rollbacks-last"></div></section>
+<section class="wide"><h2>Confidence terms</h2><table><thead><tr><th>term</th><th>penalty</th><th>weight</th>
+<th>measured / threshold</th><th>what</th></tr></thead><tbody id="score-terms"></tbody></table></section>
+</main>
+"""
+
+DASHBOARD = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+             '<meta name="viewport" content="width=device-width,initial-scale=1"><title>turnout</title>'
+             f"<style>{_STYLE}</style></head><body>{_BODY}<script>{_SCRIPT}</script></body></html>\n")

@@ -1,5 +1,5 @@
 """The HTTP side of the operators' endpoint (`admin.http`), on aiohttp: /metrics for Prometheus, the
-dashboard, /healthz for probes, /status.json and /discrepancies.json.
+dashboard and the /dashboard.json it polls, /healthz for probes, /status.json and /discrepancies.json.
 
 It starts before the backends are opened, so a probe hears "not serving yet" rather than nothing,
 and a scrape during start-up still sees the flag families.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -18,13 +19,15 @@ from prometheus_client.registry import CollectorRegistry
 from proxy.admin.auth import AUTHORIZATION, refusal
 from proxy.admin.connections import ConnectionCap
 from proxy.admin.dashboard import DASHBOARD
+from proxy.admin.dashboardview import dashboard_document
 from proxy.admin.documents import status_document
 from proxy.admin.metrics import metrics_page, proxy_registry
 from proxy.admin.state import AdminState
 from proxy.admin.status import proxy_status
 from proxy.config import Limits
+from proxy.data.discrepancies import records_of
 
-_NOT_FOUND = "not found: try /metrics, /healthz, /status.json, /discrepancies.json or /\n"
+_NOT_FOUND = "not found: try /metrics, /healthz, /status.json, /discrepancies.json, /dashboard.json or /\n"
 _STATE_KEY = web.AppKey("state", AdminState)
 _REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
@@ -38,6 +41,7 @@ def build_http_app(state: AdminState) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/discrepancies.json", discrepancies_json)
+    app.router.add_get("/dashboard.json", dashboard_json)
     app.router.add_get("/", dashboard)
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/{anything:.*}", not_found)  # last: the routes above match first
@@ -80,8 +84,20 @@ async def status_json(request: web.Request) -> web.Response:
 
 
 async def discrepancies_json(request: web.Request) -> web.Response:
+    """This process's report; with `?key=K`, K's triage records from every worker's log (what
+    `turnout discrepancies show K --json` prints)."""
+    key = request.query.get("key")
+    if key is not None:
+        state_dir = request.app[_STATE_KEY].state_dir
+        records = await asyncio.to_thread(records_of, state_dir, key)  # the log is read whole: off the loop
+        return _json({"key": key, "count": len(records), "records": [asdict(d) for d in records]}, 200)
     plane = request.app[_STATE_KEY].plane
     return _json(plane.snapshot().discrepancies.to_document() if plane is not None else {}, 200)
+
+
+async def dashboard_json(request: web.Request) -> web.Response:
+    """What the dashboard polls (proxy.admin.dashboardview)."""
+    return _json(await dashboard_document(request.app[_STATE_KEY]), 200)
 
 
 async def dashboard(request: web.Request) -> web.Response:

@@ -16,7 +16,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxy.admin.state import AdminState
 from proxy.data.plane import Snapshot
+from proxy.data.rules import RuleHits
 from proxy.migration.checksum import Summary, summarize
+from proxy.routing.flags import Flags
 from proxy.routing.watcher import FlagWatcher
 from proxy.safety.window import WindowFigures
 from proxy.telemetry.metrics import Metrics
@@ -40,7 +42,11 @@ class ProxyCollector(Collector):
         yield from flag_families(self._state.watcher)
         plane = self._state.plane
         if plane is not None:
-            yield from plane_families(plane.snapshot())
+            snapshot = plane.snapshot()
+            yield from plane_families(snapshot)
+            flags = self._state.watcher.router.flags
+            if flags.comparison_rules:
+                yield comparison_rule_family(flags, snapshot.shadow.rule_hits)
         yield from safety_families(self._state)
 
 
@@ -95,6 +101,11 @@ def plane_families(snapshot: Snapshot) -> Iterator[Metric]:
     report = snapshot.discrepancies
     yield _counter("turnout_shadow_compared_total", "Operations compared in shadow mode.",
                    [({"op": op}, n) for op, n in sorted(report.compared.items())])
+    yield _counter("turnout_shadow_not_migrated_total",
+                   "Shadow comparisons of keys the backfill had not reached yet (not discrepancies).",
+                   # Each op the rule explains, from 0: a series that exists before the backfill's first key.
+                   [({"op": op}, report.not_migrated.get(op, 0))
+                    for op in sorted({"get", "has", "delete", *report.not_migrated})])
     yield _counter("turnout_discrepancies_total", "Discrepancies by kind.",
                    [({"kind": kind}, n) for kind, n in sorted(report.by_kind.items())])
     yield _counter("turnout_discrepancies_by_op_total", "Discrepancies by operation.",
@@ -116,6 +127,14 @@ def plane_families(snapshot: Snapshot) -> Iterator[Metric]:
                  [({}, stats.oldest_age_s)])
     yield _counter("turnout_replication_replayed_total", "Writes copied by the replayer.", [({}, stats.replayed)])
     yield _counter("turnout_replication_failures_total", "Failed replay attempts.", [({}, stats.failures)])
+
+
+def comparison_rule_family(flags: Flags, hits: RuleHits) -> Metric:
+    """Each comparison rule's hits: differences it turned into agreements. `rule` is its place in the
+    file's list; an expired rule stays at its last count (status says it has expired)."""
+    return _counter("turnout_comparison_rule_hits_total", "Differences each comparison rule excused.",
+                    [({"rule": str(i), "owner": rule.owner}, hits.of(rule))
+                     for i, rule in enumerate(flags.comparison_rules)])
 
 
 def safety_families(state: AdminState) -> Iterator[Metric]:

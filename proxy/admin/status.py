@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from turnout.admin.v1 import admin_pb2
 
-from proxy import __version__
+from proxy import __version__, statedir
 from proxy.admin.documents import canary_state, override_state, pause_state, replication_state
 from proxy.admin.state import AdminState
+from proxy.data.coverage import coverage_document
+from proxy.data.rules import rules_document
 from proxy.migration.checksum import summarize
 from proxy.secrets import mask
 from proxy.workers.relay import RELAY_TIMEOUT_S, merge_status, relay, worker_state
@@ -48,10 +51,14 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
         report, shadow = snapshot.discrepancies, snapshot.shadow
         response.shadow_json = json.dumps({
             "compared": sum(report.compared.values()), "discrepancies": report.total, "rate": report.rate,
+            "not_migrated": sum(report.not_migrated.values()),  # the backfill had not reached the key
             "by_kind": dict(report.by_kind), "by_op": dict(report.by_op),
             "skipped": shadow.skipped, "failures": shadow.failures,
             "pending_not_compared": shadow.pending_not_compared,
             "keys_not_compared": shadow.keys_not_compared,
+            # Numbers only, so that worker 0 adds the workers' up; read together once merged (below).
+            "comparison_rule_hits": shadow.rule_hits.by_index(watcher.router.flags),
+            "coverage": shadow.coverage.document(),
             **snapshot.metrics.to_document(),
             **({"records": {route.value: (await summarize(backend)).to_document()
                             for route, backend in plane.backends().items()}} if records else {}),
@@ -68,4 +75,18 @@ async def proxy_status(state: AdminState, records: bool = False) -> admin_pb2.St
         asked = admin_pb2.StatusRequest()  # records: the backends are shared, worker 0 counted them
         answers = await relay(others, lambda stub: stub.Status(asked, timeout=RELAY_TIMEOUT_S), state.admin_token)
         merge_status(response, answers)
+    if plane is not None and not state.worker:  # worker 0 (or a lone process) speaks for the proxy
+        response.shadow_json = json.dumps(_with_rules_and_coverage(state, json.loads(response.shadow_json)))
     return response
+
+
+def _with_rules_and_coverage(state: AdminState, shadow: dict[str, object]) -> dict[str, object]:
+    """The shadow document of the whole proxy with its comparison rules (hits of every worker) and its
+    key-space coverage (the workers' shadow comparisons beside the last verify's key counts)."""
+    hits = shadow.pop("comparison_rule_hits", None)
+    shadow["comparison_rules"] = rules_document(state.watcher.router.flags, hits if isinstance(hits, dict) else {})
+    record, age = statedir.last_verify(state.state_dir)
+    compared = shadow.pop("coverage", None)
+    shadow["coverage"] = coverage_document(compared if isinstance(compared, dict) else None, record,
+                                           None if age is None else time.time() - age)
+    return shadow

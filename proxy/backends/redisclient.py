@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from proxy.backends.serveroptions import cluster_nodes
 from proxy.errors import BackendUnavailable
 from proxy.secrets import mask
 
@@ -48,10 +49,14 @@ class RedisSettings:
     connect_timeout: float
     call_timeout: float
 
+    #: More cluster nodes to start from ("host:port,..."), beside the url's.
+    nodes: str = ""
+
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> RedisSettings:
         return cls(str(options["url"]), str(options["key_prefix"]), bool(options["cluster"]),
-                   int(options["pool_size"]), float(options["connect_timeout"]), float(options["call_timeout"]))
+                   int(options["pool_size"]), float(options["connect_timeout"]), float(options["call_timeout"]),
+                   str(options.get("nodes") or ""))
 
     @property
     def password(self) -> str:
@@ -77,8 +82,11 @@ def make_client(settings: RedisSettings) -> Client:
     # decode_responses=False: keys and values cross as bytes, so any UTF-8 key (NUL included) and any
     # document comes back exactly as given.
     if settings.cluster:
+        # The cluster client learns the topology from the first node that answers: with the url's
+        # node alone, a proxy could not start (nor learn the cluster again) while that node is down.
+        startup = [ClusterNode(host, port) for host, port in cluster_nodes(settings.nodes)] if settings.nodes else None
         return RedisCluster.from_url(
-            settings.url, decode_responses=False, socket_timeout=settings.call_timeout,
+            settings.url, startup_nodes=startup, decode_responses=False, socket_timeout=settings.call_timeout,
             socket_connect_timeout=settings.connect_timeout,
             # Per node; the backend's semaphore keeps calls within pool_size, the rest is for discovery.
             max_connections=settings.pool_size + 4,

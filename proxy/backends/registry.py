@@ -184,6 +184,8 @@ STORE_TYPES: Mapping[str, StoreType] = MappingProxyType({entry.name: entry for e
               options=(Option("url", OptionKind.TEXT, required=True, secret=True),
                        Option("key_prefix", OptionKind.TEXT, default=""),
                        Option("cluster", OptionKind.FLAG, default=False),
+                       # More cluster nodes to start from, so a proxy starts while the url's node is down.
+                       Option("nodes", OptionKind.TEXT, default=""),
                        Option("pool_size", OptionKind.COUNT, default=16), *_SERVER_TIMEOUTS)),
     StoreType("grpc", _open_upstream, shared_by_processes=True, server=True, check_options=_check_upstream,
               options=(Option("target", OptionKind.TEXT, required=True),

@@ -44,6 +44,22 @@ def check_redis(options: Mapping[str, object]) -> None:
     if options["cluster"] and scheme != "unix" and parts.path.strip("/") not in ("", "0"):
         # The URL is not quoted back: it may hold a password.
         raise ValueError(f"url: a Redis Cluster has database 0 only, the URL names /{parts.path.strip('/')}")
+    nodes = str(options.get("nodes") or "")
+    if nodes:
+        if not options["cluster"]:
+            raise ValueError("nodes: more nodes to start from are for a Redis Cluster (cluster: true)")
+        cluster_nodes(nodes)
+
+
+def cluster_nodes(nodes: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a `nodes` option ("host:port,host:port"); ValueError naming a bad one."""
+    found: list[tuple[str, int]] = []
+    for item in (part.strip() for part in nodes.split(",")):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"nodes: each must be host:port, got {item!r}")
+        found.append((host.strip("[]"), int(port)))
+    return found
 
 
 #: gRPC makes at most 5 attempts of a call, whatever its retry policy asks.

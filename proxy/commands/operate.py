@@ -60,6 +60,8 @@ def _age(unix: float) -> str:
 def show_status(args: argparse.Namespace) -> int:
     reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest(records=args.records))
     doc = status_document(reply)
+    # Coverage is a section of its own in the document (the proxy sends it inside the shadow one).
+    doc["coverage"] = doc["shadow"].pop("coverage", None)
     lines = [
         f"turnout {reply.version}, up {time.time() - reply.started_unix:.0f}s",
         f"flags: revision {reply.reload.revision!r} from {reply.reload.path}",
@@ -91,6 +93,7 @@ def show_status(args: argparse.Namespace) -> int:
         for op, q in ops.items():
             lines.append(f"latency {backend_name} {op}: p50 {q['p50'] * 1000:.2f} ms, p95 {q['p95'] * 1000:.2f} ms, "
                          f"p99 {q['p99'] * 1000:.2f} ms over {q['count']} calls, {q['errors']} errors")
+    lines += _rule_lines(shadow.get("comparison_rules", [])) + _coverage_lines(doc["coverage"])
     for backend_name, summary in shadow.get("records", {}).items():
         lines.append(f"records {backend_name}: {summary['records']}, checksum {summary['checksum']}")
     if reply.writes.paused:
@@ -144,6 +147,42 @@ def _safety_lines(reply: admin_pb2.StatusResponse, doc: dict[str, Any]) -> list[
             measured = "-" if trigger["measured"] is None else f"{trigger['measured']:.4g}"
             lines.append(f"  trigger {trigger['name']}: {trigger['verdict']} ({measured} vs threshold "
                          f"{trigger['threshold']:g}; {trigger['detail']})")
+    return lines
+
+
+def _rule_lines(rules: list[dict[str, Any]]) -> list[str]:
+    """Each comparison rule with its hits; an expired one loudly, with its owner, so someone removes it."""
+    lines = []
+    for rule in rules:
+        what = ", ".join(filter(None, (
+            f"ignores {', '.join(rule['ignore_fields'])}" if rule.get("ignore_fields") else "",
+            f"tolerance {rule['numeric_tolerance']:g}" if rule.get("numeric_tolerance") else "")))
+        state = (f"EXPIRED on {rule['expires']}: no longer applied, owner {rule['owner']} should remove it"
+                 if rule["expired"] else f"owner {rule['owner']}, expires {rule['expires']}")
+        lines.append(f"comparison rule {rule['rule']} ({rule['keys']!r}: {what}): {rule['hits']} hits; {state}")
+    return lines
+
+
+def _coverage_lines(coverage: dict[str, Any] | None) -> list[str]:
+    """Key-space coverage by prefix: the last verify's keys, and the share compared in shadow mode."""
+    if not coverage or not coverage.get("prefixes"):
+        return []
+    verified = coverage.get("verify_unix")
+    source = (f"keys as counted by the verify {_age(verified)}" if verified and coverage.get("verify_has_prefixes")
+              else "no verify recorded with key counts: run `turnout verify` for the shares")
+    lines = [f"coverage by prefix ({source}):"]
+    for row in coverage["prefixes"]:
+        parts = [f"{row['keys']} keys" if row["keys"] is not None else "keys unknown"]
+        if row["verified"] is not None:
+            parts.append(f"verified {_age(row['verified']['at_unix'] or 0)} ({row['verified']['agree']} agree, "
+                         f"{row['verified']['differ']} differ)")
+        shadow = row["shadow"]
+        if shadow is not None:
+            share = "" if shadow["share"] is None else f" ({shadow['share']:.1%})"
+            bound = "at least " if shadow["at_least"] else ""
+            parts.append(f"{bound}{shadow['compared']} compared in shadow{share}, "
+                         f"last {_age(shadow['last_unix'] or 0)}")
+        lines.append(f"  {row['prefix'] or '(no prefix)'}: " + ", ".join(parts))
     return lines
 
 

@@ -16,6 +16,14 @@ true}` (contract §5); otherwise, for each side, its size and digest, and the JS
 differ (proxy.data.valuediff). Keys stay in this local log (operators triage by key); answers that are
 no stored document (a Has's presence, a Keys listing's counts) are shown as before. The log's files
 are the proxy's alone (0600, in a 0700 state_dir).
+
+A record is also a triage record (proxy.data.triage): the routing decision (primary `route`,
+`secondary`, `reason`, `bucket`, flags `revision`), the trace id of the call, and the key's recent
+writes as the replication queue saw them; `turnout discrepancies show KEY` prints a key's records.
+
+A shadow that lacks a key only because the backfill has not reached it (proxy.data.backfill) is no
+discrepancy: it is counted as `not_migrated`, by operation, and the compared-counts line carries
+those counts too (`"not_migrated": {...}`), so a report from the log shows them.
 """
 
 from __future__ import annotations
@@ -78,6 +86,12 @@ class Discrepancy:
     paths: tuple[str, ...] = ()  # where the two documents differ (value_mismatch), bounded
     paths_truncated: bool = False
     values: bool = True  # False: a document's text was not recorded (record_values off)
+    # Triage (proxy.data.triage): the rest of the routing decision, the caller's trace, the key's writes.
+    secondary: str = ""  # the other backend: the shadow
+    reason: str = ""  # the route's reason (contract §4: turnout.route.reason)
+    bucket: int | None = None
+    trace_id: str | None = None  # 32 hex digits; None when the call had no trace
+    writes: tuple[dict[str, Any], ...] = ()  # oldest first: time, op, source, target, state (pending/settled)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -110,6 +124,7 @@ class Report:
 
     def __init__(self) -> None:
         self.compared: Counter[str] = Counter()
+        self.not_migrated: Counter[str] = Counter()  # by op: the backfill had not reached the key (no discrepancy)
         self.by_op: Counter[str] = Counter()
         self.by_kind: Counter[str] = Counter()
         self.first: list[Discrepancy] = []
@@ -139,6 +154,8 @@ class Report:
             # Unknown, not zero, when discrepancies were logged without their compared counts.
             "rate": self.rate if compared or not self.total else None,
             "compared_by_op": dict(self.compared),
+            "not_migrated": sum(self.not_migrated.values()),
+            "not_migrated_by_op": dict(self.not_migrated),
             "by_op": dict(self.by_op),
             "by_kind": dict(self.by_kind),
             "first": [asdict(d) for d in self.first],
@@ -160,12 +177,25 @@ class DiscrepancyLog:
         self.dropped = 0  # lines that could not be written (counted, never silent)
         self._buffer: list[Discrepancy] = []
         self._compared: Counter[str] = Counter()  # compared since the last compared line
+        self._not_migrated: Counter[str] = Counter()  # not migrated yet, since the last compared line
         self._compared_written = 0.0  # monotonic time of the last compared line
         self._flusher = BackgroundTask(self._flush_forever, "discrepancy-log")
 
     def compared(self, op: str) -> None:
         self.report.compared[op] += 1
         self._compared[op] += 1
+
+    def not_migrated(self, op: str) -> None:
+        """A comparison just counted (compared) was the backfill not done yet: count it apart, and take
+        its compared count back, so that it is in neither side of the rate. Called in the same turn of
+        the loop as compared(), so no flush falls between the two."""
+        for counts in (self.report.compared, self._compared):
+            if counts[op] > 1:
+                counts[op] -= 1
+            else:
+                counts.pop(op, None)
+        self.report.not_migrated[op] += 1
+        self._not_migrated[op] += 1
 
     def record(self, discrepancy: Discrepancy) -> None:
         self.report.add(discrepancy)
@@ -189,15 +219,18 @@ class DiscrepancyLog:
     async def flush(self, final: bool = True) -> None:
         """Append what is buffered; compared counts alone wait COMPARED_INTERVAL_S unless `final`."""
         now = time.monotonic()
-        counts_due = bool(self._compared) and (final or self._buffer or now - self._compared_written
-                                               >= COMPARED_INTERVAL_S)
+        counts_due = bool(self._compared or self._not_migrated) and (
+            final or self._buffer or now - self._compared_written >= COMPARED_INTERVAL_S)
         if not self._buffer and not counts_due:
             return
         batch, self._buffer = self._buffer, []
         lines = [d.to_json() for d in batch]
         if counts_due:
-            lines.append(json.dumps({"time": time.time(), "compared": dict(self._compared)}))
-            self._compared = Counter()
+            counts: dict[str, Any] = {"time": time.time(), "compared": dict(self._compared)}
+            if self._not_migrated:
+                counts["not_migrated"] = dict(self._not_migrated)
+            lines.append(json.dumps(counts))
+            self._compared, self._not_migrated = Counter(), Counter()
             self._compared_written = now
         try:
             await asyncio.to_thread(self._append, lines)
@@ -256,6 +289,8 @@ def _discrepancy(doc: dict[str, Any]) -> Discrepancy | None:
         return None
     if isinstance(doc.get("paths"), list):
         doc = {**doc, "paths": tuple(str(path) for path in doc["paths"])}
+    if isinstance(doc.get("writes"), list):
+        doc = {**doc, "writes": tuple(write for write in doc["writes"] if isinstance(write, dict))}
     try:
         return Discrepancy(**doc)
     except TypeError:
@@ -276,7 +311,18 @@ def report_from_log(folder: Path, since: float = 0.0) -> Report:
         compared = doc.get("compared")
         if isinstance(compared, dict):
             report.compared.update({str(op): int(n) for op, n in compared.items() if isinstance(n, int)})
+            not_migrated = doc.get("not_migrated")
+            if isinstance(not_migrated, dict):
+                report.not_migrated.update({str(op): n for op, n in not_migrated.items() if isinstance(n, int)})
         elif (discrepancy := _discrepancy(doc)) is not None:
             report.add(discrepancy)
     return report
 
+
+
+def records_of(folder: Path, key: str, since: float = 0.0) -> list[Discrepancy]:
+    """Every logged discrepancy of key from `since` on, oldest first, from every worker's log: what
+    `turnout discrepancies show KEY` and the page's triage show."""
+    # The key is looked at before a record is made of a line: most lines are of other keys.
+    return [d for doc in _log_lines(folder, since)
+            if doc.get("key") == key and (d := _discrepancy(doc)) is not None]

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from proxy.backends.base import Backend, Key, Value
 from proxy.data.backendcall import BackendCalls, Call
+from proxy.data.backfill import BackfillRule
 from proxy.data.compare import compare_presence, compare_values
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.eager import Finished
@@ -27,6 +28,7 @@ from proxy.data.keylocks import KeyLocks
 from proxy.data.listing import KeyListing
 from proxy.data.pending import ASK_STORE, follow, follows_pending, pending_copies
 from proxy.data.shadow import Judge, ShadowCall, ShadowLane, Show, no_difference, show_presence, show_value
+from proxy.data.triage import Triage
 from proxy.data.writegate import WriteGate
 from proxy.errors import ReadOnly
 from proxy.replication.queue import IntentQueue
@@ -60,6 +62,7 @@ class Dispatcher:
         metrics: Metrics | None = None,
         telemetry: Telemetry | None = None,
         gate: WriteGate | None = None,
+        backfill: BackfillRule | None = None,
     ) -> None:
         self.backends = backends
         self.routes = routes
@@ -71,7 +74,12 @@ class Dispatcher:
         calls = BackendCalls(backends, self.metrics, self.telemetry)
         self.health = calls.health
         self._call = calls.call
-        self._shadows = ShadowLane(calls, discrepancies)
+        #: Which missing keys are the backfill not done yet. The flag watcher knows state_dir (the
+        #: checkpoint, the touched table the workers share); a bare router source (a bench) has none,
+        #: and then nothing is explained, though writes are still marked (their cost is measured).
+        self.backfill = backfill or BackfillRule(getattr(routes, "state_dir", None), backends)
+        self.triage = Triage(queue)
+        self._shadows = ShadowLane(calls, discrepancies, self.backfill, self.triage)
         self.shadow = self._shadows.counters
         #: Chosen once, with the queue's form: no test of the form on the path of a call.
         self._pending = pending_copies(queue)
@@ -170,6 +178,8 @@ class Dispatcher:
                 # The replayer is woken below only if the shadow write does not settle the intent.
                 if not queue.record_at_once(key, source, target, wake=False):
                     await queue.record(key, source, target, wake=False)
+                self.backfill.touch(key)  # before the primary write: a read from now on sees it touched
+                self.triage.note(key, op, source, target)
             shadow: ShadowCall[T] | None = None
             if decision.compare:
                 shadow = self._shadows.start(op, key, decision, router, call, apply(self.backends[decision.secondary]))
@@ -232,6 +242,7 @@ class Dispatcher:
         """Let shadow work still running finish; the replication queue keeps whatever it misses."""
         self.gate.close()
         await self._shadows.drain()
+        self.backfill.close()
 
 
 # Module-level, so a read allocates no closure: the one operation a Get or Has runs on each store.

@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from proxy.data.backendcall import BackendCalls, Call
+from proxy.data.backfill import BackfillRule
 from proxy.data.compare import Kind, compare_key_sets
+from proxy.data.coverage import ShadowCoverage
 from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, document_fields, trim
 from proxy.data.eager import Finished, start_eagerly
+from proxy.data.rules import RuleHits
+from proxy.data.triage import Triage, decision_fields, trace_id
 from proxy.routing.router import Decision, Op, Router
 from proxy.telemetry import tracing as attr
 
@@ -48,17 +52,26 @@ class ShadowCounters:
     in_flight: int = 0
     keys_not_compared: int = 0
     pending_not_compared: int = 0  # key reads not compared: the key's copy to the shadow was pending
+    # Live objects, shared by a snapshot's shallow copy (read, never written, by the admin side).
+    rule_hits: RuleHits = field(default_factory=RuleHits)  # differences each comparison rule excused
+    coverage: ShadowCoverage = field(default_factory=ShadowCoverage)  # distinct keys compared, by prefix
 
 
 class ShadowLane:
     """Where a dispatcher's shadow calls run: the bound on those in flight, their counters, the
     discrepancy log, and the background work (late comparisons, shadow writes) still running."""
 
-    def __init__(self, calls: BackendCalls, discrepancies: DiscrepancyLog) -> None:
+    def __init__(self, calls: BackendCalls, discrepancies: DiscrepancyLog, backfill: BackfillRule | None = None,
+                 triage: Triage | None = None) -> None:
         self.calls = calls
         self.discrepancies = discrepancies
+        #: Which missing keys are the backfill not done yet (None: every difference is a discrepancy).
+        self.backfill = backfill
+        #: What a record adds for triage (None: the decision and trace alone).
+        self.triage = triage
         self.telemetry = calls.telemetry
         self.counters = ShadowCounters()
+        self.covered = self.counters.coverage.compared  # bound once: it runs on every shadow read
         self._call = calls.call
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -149,6 +162,8 @@ class ShadowCall(Generic[T]):
     def judge(self, primary: Any, judge: Judge, show: Show) -> None:
         """Count the comparison, and record a discrepancy if the finished shadow differs or failed."""
         self.lane.discrepancies.compared(self.op)
+        if self.op is Op.GET or self.op is Op.HAS:  # reads compare what is stored; a Set's shadow only writes
+            self.lane.covered(self.key)
         outcome = self.outcome
         detail = ""
         answer: Any = None
@@ -160,7 +175,19 @@ class ShadowCall(Generic[T]):
             judged = judge(primary, answer)
             if judged is None:
                 return  # the usual outcome: nothing to show, so nothing is rendered
+            if judged is Kind.VALUE_MISMATCH and self.router.flags.comparison_rules:
+                # Only once the documents differ: an agreeing comparison never looks at a rule.
+                applied = self.lane.counters.rule_hits.apply(self.router.flags, self.key, primary, answer)
+                if applied is not None:
+                    if applied.excused:
+                        return
+                    detail = applied.note()
             kind = judged
+            backfill = self.lane.backfill
+            if kind is Kind.MISSING_IN_SHADOW and backfill is not None and backfill.not_migrated(
+                    self.op, self.key, self.decision, primary, answer):
+                self.lane.discrepancies.not_migrated(self.op)  # counted apart, not compared, not logged
+                return
             if self.op is Op.KEYS:
                 diff = compare_key_sets(primary, answer)
                 detail = (f"missing in shadow: {diff.missing} {list(diff.missing_sample)}; "
@@ -179,7 +206,7 @@ class ShadowCall(Generic[T]):
         revision = self.router.flags.revision
         lane.discrepancies.record(Discrepancy(time=time.time(), op=op.value, key=key, kind=kind.value,
                                               route=decision.primary.value, revision=revision, detail=detail,
-                                              **fields))
+                                              **fields, **self.triage_fields()))
         attributes: dict[str, Any] = {
             attr.DISCREPANCY: True, attr.DISCREPANCY_KIND: kind.value, attr.ROUTE: decision.primary.value,
             attr.ROUTE_REASON: decision.reason.value, attr.SHADOW: True, attr.FLAGS_REVISION: revision,
@@ -192,6 +219,13 @@ class ShadowCall(Generic[T]):
             span.set_attribute(attr.DISCREPANCY, True)
             span.set_attribute(attr.DISCREPANCY_KIND, kind.value)
         lane.telemetry.discrepancy(span, attributes)
+
+    def triage_fields(self) -> dict[str, Any]:
+        """The record's triage fields: the rest of the decision, the trace id, the key's recent writes."""
+        triage = self.lane.triage
+        if triage is not None:
+            return triage.fields(self.key, self.decision, self.router, self.call.span)
+        return {**decision_fields(self.key, self.decision, self.router), "trace_id": trace_id(self.call.span)}
 
 
 def show_value(value: bytes | None) -> str | None:

@@ -136,6 +136,11 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
     window = max(1, concurrency) if stores.live is None else 1
     in_flight: list[tuple[asyncio.Task[None], Sequence[Item]]] = []
     unwritten: dict[str, Any] | None = None  # the checkpoint due, not yet written (CHECKPOINT_EVERY_S)
+    # Written as the run starts, not after its first timed write: shadow mode reads the cursor to tell
+    # a key this run has not reached yet from one it copied (proxy.data.backfill), and until then a
+    # checkpoint left by a finished run would say every key is reached.
+    statedir.write_json(checkpoint_path, {"source": source.value, "last_key": resume_after, "complete": False,
+                                           "migrated": 0, "errors": 0})
     written_at = time.monotonic()
 
     def write_checkpoint() -> None:

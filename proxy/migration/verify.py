@@ -23,6 +23,7 @@ from typing import Any
 from proxy import statedir
 from proxy.backends.base import Backend, Item
 from proxy.data.compare import documents_equal
+from proxy.data.coverage import VerifyTally
 from proxy.migration.checksum import canonical, canonical_hash, item_hash
 from proxy.migration.stores import Stores
 from proxy.progress import Progress
@@ -65,6 +66,8 @@ class VerifyResult:
     repaired: int = 0
     duration_s: float = 0.0
     tracked: list[tuple[str, str]] = field(default_factory=list)  # (kind, key), for re-check and repair
+    #: Keys by prefix (agreeing, differing), kept in the record for status's key-space coverage.
+    prefixes: VerifyTally = field(default_factory=VerifyTally)
 
     @property
     def clean(self) -> bool:
@@ -72,6 +75,7 @@ class VerifyResult:
 
     def note(self, kind: str, key: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
+        self.prefixes.differ(key)
         if len(self.samples[kind]) < SAMPLES:
             self.samples[kind].append(key)
         if len(self.tracked) < MAX_TRACKED:
@@ -80,6 +84,7 @@ class VerifyResult:
     def to_document(self) -> dict[str, Any]:
         doc = asdict(self)
         del doc["tracked"]
+        doc["prefixes"] = self.prefixes.to_document()
         doc["clean"] = self.clean
         return doc
 
@@ -173,6 +178,7 @@ def _both(key: str, old_value: bytes, new_value: bytes, old_side: Side, new_side
         hashed = item_hash(key, old_value)
         old_side.add_hash(hashed)
         new_side.add_hash(hashed)
+        result.prefixes.agree(key)
         return
     # A store that writes documents its own way (jsonb): the canonical forms the checksums need are
     # also the comparison, equal for equal documents but for spellings of a number (1 and 1.0),
@@ -182,6 +188,8 @@ def _both(key: str, old_value: bytes, new_value: bytes, old_side: Side, new_side
     new_side.add_hash(canonical_hash(key, new_canonical))
     if old_canonical != new_canonical and not documents_equal(old_value, new_value):
         result.note("different", key)
+    else:
+        result.prefixes.agree(key)
 
 
 async def _recheck(stores: Stores, result: VerifyResult) -> VerifyResult:
@@ -196,6 +204,7 @@ async def _recheck(stores: Stores, result: VerifyResult) -> VerifyResult:
             old_value, new_value = await stores.old.get(key), await stores.new.get(key)
         if old_value is None and new_value is None:
             confirmed.rechecked_clean += 1
+            result.prefixes.cleared(key, gone=True)
         elif old_value is None:
             confirmed.note("extra", key)
         elif new_value is None:
@@ -204,6 +213,9 @@ async def _recheck(stores: Stores, result: VerifyResult) -> VerifyResult:
             confirmed.note("different", key)
         else:
             confirmed.rechecked_clean += 1
+            result.prefixes.cleared(key)
+    # The first pass counted every key by prefix; the re-check only moved some from differing to agreeing.
+    confirmed.prefixes = result.prefixes
     # Counts beyond what was tracked cannot be re-checked: keep them as they were found.
     for kind in ("missing", "different", "extra"):
         untracked = getattr(result, kind) - sum(1 for k, _ in result.tracked if k == kind)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.routing.comparisonrules import RULE_FIELDS, ComparisonRule, parse_expiry
 from proxy.routing.flags import Flags, LoadedFlags, check_key_pattern, is_percentage
 from proxy.routing.safetyflags import CanaryPlan, Triggers, parse_duration
 from proxy.routing.yaml12 import NULL_TAG, FlagsLoader
@@ -117,6 +118,7 @@ def read_document(text: str) -> Any:
 _FIELDS = {
     "revision", "use_new_storage", "shadow_mode_enabled", "traffic_percentage", "enabled_for_keys",
     "disabled_for_keys", "enabled_for_users", "read_only", "bucket_salt", "rollback_triggers", "canary",
+    "comparison_rules",
 }
 _TRIGGER_SHARES = ("error_rate", "latency_increase", "discrepancy_rate")
 _TRIGGER_FIELDS = {*_TRIGGER_SHARES, "window", "min_calls"}
@@ -166,7 +168,62 @@ def _parse(node: yaml.Node | None) -> Flags:
         values["rollback_triggers"] = _triggers(fields["rollback_triggers"][1])
     if "canary" in fields:
         values["canary"] = _canary(fields["canary"][1])
+    if "comparison_rules" in fields:
+        items = _sequence(fields["comparison_rules"][1], "comparison_rules")
+        values["comparison_rules"] = tuple(_comparison_rule(item, f"comparison_rules[{i}]")
+                                           for i, item in enumerate(items))
     return Flags(**values)
+
+
+def _comparison_rule(node: yaml.Node, name: str) -> ComparisonRule:
+    fields = _mapping(node, name)
+    for key, (key_node, _) in fields.items():
+        if key not in RULE_FIELDS:
+            raise _Invalid(key_node, f"{name}.{key}", f"unknown field (one of {', '.join(sorted(RULE_FIELDS))})")
+    for required in ("keys", "owner", "expires"):
+        if required not in fields:
+            raise _Invalid(node, f"{name}.{required}", _REQUIRED[required])
+    values: dict[str, Any] = {
+        "keys": _regex(fields["keys"][1], f"{name}.keys"),
+        "owner": _scalar(fields["owner"][1], f"{name}.owner", str, "a string naming a team or a person"),
+    }
+    expires_node = fields["expires"][1]
+    if not isinstance(expires_node, yaml.ScalarNode):
+        raise _Invalid(expires_node, f"{name}.expires",
+                       f"must be a date such as 2026-12-31, got {_shown(expires_node)}")
+    try:
+        values["expires"] = parse_expiry(_construct(expires_node), f"{name}.expires")
+    except ConfigError as exc:
+        raise _Invalid(expires_node, *_split(exc)) from None
+    if "reason" in fields:
+        values["reason"] = _scalar(fields["reason"][1], f"{name}.reason", str, "a string")
+    paths: list[yaml.Node] = []
+    if "ignore_fields" in fields:
+        paths = _sequence(fields["ignore_fields"][1], f"{name}.ignore_fields")
+        values["ignore_fields"] = tuple(_scalar(item, f"{name}.ignore_fields[{i}]", str, "a path such as $.updated_at")
+                                        for i, item in enumerate(paths))
+    if "numeric_tolerance" in fields:
+        tolerance_node = fields["numeric_tolerance"][1]
+        value = _construct(tolerance_node) if isinstance(tolerance_node, yaml.ScalarNode) else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(tolerance_node, f"{name}.numeric_tolerance",
+                           f"must be a number, got {_shown(tolerance_node)}")
+        values["numeric_tolerance"] = value  # ComparisonRule checks the range
+    try:
+        return ComparisonRule(**values)
+    except ConfigError as exc:
+        field, message = _split(exc)
+        # The line of the value at fault: `ignore_fields[1]` -> that item, `numeric_tolerance` -> its value.
+        at = next((item for i, item in enumerate(paths) if field == f"ignore_fields[{i}]"), None)
+        named = fields.get(field.partition("[")[0])
+        raise _Invalid(at or (node if named is None else named[1]), f"{name}.{field}", message) from None
+
+
+_REQUIRED = {
+    "keys": "is required: a regular expression (RE2) of the keys the rule is for, such as '^session:'",
+    "owner": "is required: who answers for the rule (a team or a person), so that someone reviews it",
+    "expires": "is required: the last day the rule applies, such as 2026-12-31; after it the rule stops applying",
+}
 
 
 def _triggers(node: yaml.Node) -> Triggers:

@@ -3,7 +3,9 @@
 Every field is optional and the defaults send everything to `old` with nothing compared. The key
 regexes are RE2 (linear time: no pattern can make a match take longer than a scan of the key) and
 are compiled once per file, into one matcher per list; the router only calls it. Reading and
-validating the file is proxy.routing.flagfile.
+validating the file is proxy.routing.flagfile. `comparison_rules` (what shadow mode's comparison
+lets pass, each rule owned and dated) is proxy.routing.comparisonrules; its key patterns are
+compiled here with the others, one search per rule.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, TypeGuard
 from re2 import _re2
 
 from proxy.errors import ConfigError
+from proxy.routing.comparisonrules import ComparisonRule
 from proxy.routing.safetyflags import CanaryPlan, Triggers
 
 #: Says whether a key matches any regex of one list (a match anywhere, as re.search); truthy when it does.
@@ -36,9 +39,12 @@ class Flags:
     bucket_salt: str = ""
     rollback_triggers: Triggers | None = None  # None: no automatic rollback
     canary: CanaryPlan | None = None  # None: the percentages are traffic_percentage's
+    comparison_rules: tuple[ComparisonRule, ...] = ()  # what shadow mode's comparison lets pass, per key
     # Compiled from the pattern strings above when the value is made; None for an empty list.
     enabled_keys_search: KeySearch | None = field(init=False, repr=False, compare=False)
     disabled_keys_search: KeySearch | None = field(init=False, repr=False, compare=False)
+    #: One search per comparison rule, in the rules' order.
+    comparison_searches: tuple[KeySearch, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Flags built in code (tests, tools) get the same range checks as a parsed file.
@@ -50,6 +56,9 @@ class Flags:
         object.__setattr__(
             self, "disabled_keys_search", compile_key_patterns(self.disabled_for_keys, "disabled_for_keys")
         )
+        searches = (compile_key_patterns((rule.keys,), f"comparison_rules[{i}].keys")
+                    for i, rule in enumerate(self.comparison_rules))
+        object.__setattr__(self, "comparison_searches", tuple(s for s in searches if s is not None))
 
     def to_document(self) -> dict[str, Any]:
         """The flags in the file's own shape, as `turnout status` and `check-flags --json` show them."""
@@ -65,6 +74,8 @@ class Flags:
             "bucket_salt": self.bucket_salt,
             **({} if self.rollback_triggers is None else {"rollback_triggers": self.rollback_triggers.to_document()}),
             **({} if self.canary is None else {"canary": self.canary.to_document()}),
+            **({"comparison_rules": [rule.to_document() for rule in self.comparison_rules]}
+               if self.comparison_rules else {}),
         }
 
 

@@ -281,7 +281,16 @@ def build_server(
     server = grpc.aio.server(
         # Refused requests are freed when their call ends, and requests held in flight stay in a budget.
         interceptors=[ReleaseRefusedRequests(in_flight_budget(receive_limit(max_value_bytes)))],
+        # Past it a call is refused (RESOURCE_EXHAUSTED) as soon as its headers arrive, before its
+        # request is read: the requests being received are at most this many receive limits, over
+        # every connection (issue 16, item 2). Health and reflection calls count too.
+        maximum_concurrent_rpcs=limits.max_concurrent_calls,
         options=[
+            # Without BDP probing a stream's window stays at HTTP/2's 64 KiB until its call reads it
+            # (gRPC then opens it to the message's length): with probing it grows to megabytes, and
+            # every call not yet read (or refused at the limit above) kept that much buffered, so
+            # 64 connections of large Sets reached +600 MiB with only one call let in.
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.max_receive_message_length", receive_limit(max_value_bytes)),
             # Past max_connections a new connection is closed as soon as it is accepted, so a flood
             # cannot take the descriptors the stores, health and admin need (see app.fit_descriptors).

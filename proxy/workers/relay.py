@@ -40,6 +40,9 @@ RELAY_TIMEOUT_S = 3.0
 #: Latency quantiles cannot be added up: the merged one is the highest of the workers', which bounds
 #: the quantile over all their calls from above.
 _QUANTILES = frozenset({"p50", "p95", "p99"})
+#: Figures that are the highest of the workers' too: moments (the latest wins), and coverage's
+#: distinct keys of one worker, a lower bound of all workers' (proxy.data.coverage).
+_HIGHEST = _QUANTILES | {"last_compared_unix", "since_unix", "compared_at_least"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,7 @@ def merge_counts(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]
         elif isinstance(value, dict) and isinstance(merged[key], dict):
             merged[key] = merge_counts(merged[key], value)
         elif _number(value) and _number(merged[key]):
-            merged[key] = max(merged[key], value) if key in _QUANTILES else merged[key] + value
+            merged[key] = max(merged[key], value) if key in _HIGHEST else merged[key] + value
     return merged
 
 

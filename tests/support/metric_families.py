@@ -14,6 +14,7 @@ OPEN: Shape = {
     "turnout_override_active": ("gauge", frozenset({"route"})),
     "turnout_operations_total": ("counter", frozenset({"op", "route"})),
     "turnout_shadow_compared_total": ("counter", frozenset({"op"})),
+    "turnout_shadow_not_migrated_total": ("counter", frozenset({"op"})),
     "turnout_discrepancies_total": ("counter", frozenset({"kind"})),
     "turnout_discrepancies_by_op_total": ("counter", frozenset({"op"})),
     "turnout_discrepancy_rate": ("gauge", frozenset()),
@@ -42,6 +43,8 @@ CANARY: Shape = {
     "turnout_canary_step": ("gauge", frozenset({"state"})),
     "turnout_canary_percentage": ("gauge", frozenset()),
 }
+#: What a flag file with comparison_rules adds.
+RULES: Shape = {"turnout_comparison_rule_hits_total": ("counter", frozenset({"rule", "owner"}))}
 #: What `?records=1` adds.
 RECORDS: Shape = {
     "turnout_backend_records": ("gauge", frozenset({"backend"})),

@@ -212,7 +212,9 @@ class RedisClusterServers:
         return [node.pid for node in self.nodes]
 
     def spec(self, **options: Any) -> BackendSpec:
-        return spec_of(self.url, True, **options)
+        """A cluster spec that starts from any of the six nodes, so a store opens whichever is down."""
+        nodes = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return spec_of(self.url, True, **{"nodes": nodes, **options})
 
     def node_at(self, port: int) -> RedisNode:
         return next(node for node in self.nodes if node.port == port)

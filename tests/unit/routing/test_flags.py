@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from proxy.cli import main
 from proxy.errors import ConfigError
+from proxy.routing.comparisonrules import RULE_FIELDS, ComparisonRule
 from proxy.routing.flagfile import load_flags, parse_flags, read_document
 from proxy.routing.flags import Flags, check_key_pattern, compile_key_patterns
 from proxy.routing.safetyflags import CanaryPlan, Triggers
@@ -50,6 +52,10 @@ VALID = [
     "rollback_triggers: {error_rate: 0, latency_increase: 1000, discrepancy_rate: 1, window: 90, min_calls: 1}\n",
     "rollback_triggers: {window: ' 1.5 s '}\ncanary: {steps: [0.5, 99.5], interval: 24h}\n",
     "canary: {steps: [1], interval: 86400}\nrollback_triggers: {window: 1}\n",
+    "comparison_rules:\n  - keys: '^session:'\n    ignore_fields: [$.updated_at, '$.meta[\"e tag\"]', '$.items[*].seen']\n"
+    "    numeric_tolerance: 0.001\n    owner: payments-team\n    expires: 2026-12-31\n    reason: clock skew\n",
+    "comparison_rules:\n  - {keys: '', owner: me, expires: 2000-01-01, numeric_tolerance: 1}\n",  # expired: still valid
+    "comparison_rules: []\n",
 ]
 
 # Patterns that only a backtracking engine runs: RE2 refuses them, so no pattern can take longer than
@@ -116,6 +122,31 @@ INVALID = [
     ("canary: {steps: [1], interval: -5}\n", 1, "canary.interval: must be from 1s to 24h"),
     ("canary: {steps: [1], interval: 10 minutes}\n", 1, "canary.interval: must be a duration"),
     ("canary: {steps: [1], pause: 1}\n", 1, "canary.pause: unknown field"),
+    ("comparison_rules:\n  - keys: a\n    ignore_fields: [$.a]\n    expires: 2026-12-31\n", 2,
+     "comparison_rules[0].owner: is required"),
+    ("comparison_rules:\n  - keys: a\n    ignore_fields: [$.a]\n    owner: me\n", 2,
+     "comparison_rules[0].expires: is required"),
+    ("comparison_rules:\n  - {ignore_fields: [$.a], owner: me, expires: 2026-12-31}\n", 2,
+     "comparison_rules[0].keys: is required"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31}\n", 2,
+     "comparison_rules[0].ignore_fields: a rule needs ignore_fields or a numeric_tolerance"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 31.12.2026, numeric_tolerance: 1}\n", 2,
+     "comparison_rules[0].expires: must be a date such as 2026-12-31, got '31.12.2026'"),
+    ("comparison_rules:\n  - keys: a\n    owner: me\n    expires: 2026-12-31\n    ignore_fields:\n      - $.a\n"
+     "      - $\n", 7, "comparison_rules[0].ignore_fields[1]: '$' is the whole document"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31, ignore_fields: [updated_at]}\n", 2,
+     "comparison_rules[0].ignore_fields[0]: must be a path from the document's root"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31, numeric_tolerance: -1}\n", 2,
+     "comparison_rules[0].numeric_tolerance: must be a number from 0"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31, numeric_tolerance: '1'}\n", 2,
+     "comparison_rules[0].numeric_tolerance: must be a number, got '1'"),
+    ("comparison_rules:\n  - {keys: '(a', owner: me, expires: 2026-12-31, numeric_tolerance: 1}\n", 2,
+     "comparison_rules[0].keys: regular expression does not compile"),
+    ("comparison_rules:\n  - {keys: a, owner: '  ', expires: 2026-12-31, numeric_tolerance: 1}\n", 2,
+     "comparison_rules[0].owner: is required"),
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31, numeric_tolerance: 1, until: x}\n", 2,
+     "comparison_rules[0].until: unknown field"),
+    ("comparison_rules: {keys: a}\n", 1, "comparison_rules: must be a list"),
 ]
 
 # Cases that the JSON Schema cannot express, so it accepts them: its `type: integer` takes 100.0 (JSON
@@ -128,6 +159,10 @@ SCHEMA_CANNOT_SAY = [
     ("rollback_triggers: {window: 500ms}\n", 1, "rollback_triggers.window: must be from 1s to 24h, got 0.5s"),
     ("canary: {steps: [1], interval: 25h}\n", 1, "canary.interval: must be from 1s to 24h, got 90000.0s"),
     ("rollback_triggers: {error_rate: .nan}\n", 1, "rollback_triggers.error_rate: must be a share from 0 to 1, got nan"),
+    # The schema's `format: date` is checked (2026-02-30 is refused by both); a path's `[*]` after a
+    # member is no list there, which only the documents can tell, so both accept it.
+    ("comparison_rules:\n  - {keys: a, owner: me, expires: 2026-12-31, numeric_tolerance: .nan}\n", 2,
+     "comparison_rules[0].numeric_tolerance: must be a number from 0"),
 ]
 INVALID += SCHEMA_CANNOT_SAY
 
@@ -213,9 +248,15 @@ def test_schema_and_code_agree(text: str) -> None:
 def test_schema_and_code_know_the_same_fields() -> None:
     """Every field the code reads is in the schema and no other, down to traffic_percentage's two."""
     # The optional sections appear in the document only when set, so the value shown sets them.
+    rule = ComparisonRule(keys="^session:", owner="me", expires=dt.date(2026, 12, 31), ignore_fields=("$.a",),
+                          numeric_tolerance=0.5, reason="why")
     document = Flags(rollback_triggers=Triggers(error_rate=0.01, latency_increase=0.2, discrepancy_rate=0.0001),
-                     canary=CanaryPlan(steps=(1, 100))).to_document()
+                     canary=CanaryPlan(steps=(1, 100)), comparison_rules=(rule,)).to_document()
     assert set(SCHEMA["properties"]) == set(document)
+    rule_schema = SCHEMA["properties"]["comparison_rules"]["items"]
+    assert set(rule_schema["properties"]) == set(document["comparison_rules"][0]) == RULE_FIELDS
+    assert rule_schema["additionalProperties"] is False
+    assert rule_schema["required"] == ["keys", "owner", "expires"]
     for section in ("traffic_percentage", "rollback_triggers", "canary"):
         assert set(SCHEMA["properties"][section]["properties"]) == set(document[section]), section
         assert SCHEMA["properties"][section]["additionalProperties"] is False, section

@@ -1,0 +1,322 @@
+"""The document the dashboard polls (/dashboard.json): the migration's phase, traffic, the canary, the
+figures over time, the latest discrepancies, replication, the jobs, rollbacks, health and a confidence
+score with its terms. Built from what status already says (worker 0's status sums every worker) and
+the guard's history, so it holds nothing /status.json and /discrepancies.json do not already show.
+
+The phase, from the flags in force (a canary's step included), the operator override and the canary:
+
+- override to old: **rolled back** (automatic, with the trigger that tripped, or by an operator);
+- override to new: **4 cut over**;
+- use_new_storage off: **0 old only**;
+- a canary in the flag file: rolled_back is **rolled back**, done at 100 % is **4 cut over**, any other
+  state is **canary step k of n at X %** (phase 2 up to 50 %, 3 above);
+- read and write both at 100 %: **4 cut over**;
+- some share above 0 (or keys or users sent to new): **2 gradual switchover** while the larger share
+  is at most 50 %, **3** above 50 %;
+- no share on new, shadow mode on: **1 shadow**; off: **0 old only** (new is wired but unused).
+
+The confidence score, 0 to 100, is 100 minus the sum of penalties, never below 0. Each penalty is
+`weight * min(1, measured / threshold)`, so it grows with its figure and stops at its weight (the
+score is monotone in every term); thresholds are the flag file's rollback_triggers where armed, else
+the defaults below. The terms, measured over the guard's health window:
+
+- discrepancies: the 95 % Wilson upper bound of the discrepancy rate vs its threshold (weight 40);
+  nothing compared at all costs 10 instead (no evidence either way);
+- errors: new's error rate vs its threshold (25);
+- latency: new's p99 above old's, as a share of old's, vs latency_increase (15), when both served;
+- inconclusive: the window had fewer than min_calls calls of new (10);
+- unhealthy backends: 15 for each backend whose last call failed (30 at most);
+- replication lag: the oldest queued copy's age vs 60 s (10);
+- verify: none recorded, or the last found differences (10).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from proxy import statedir
+from proxy.admin.documents import status_document
+from proxy.admin.jobs import job_board
+from proxy.admin.state import AdminState
+from proxy.admin.status import proxy_status
+from proxy.statedir import CHECKPOINT_FILE
+
+#: How far back the charts go (the guard's history keeps 30 minutes).
+SERIES_S = 1800.0
+#: Thresholds the score uses for a trigger the flag file does not arm.
+DEFAULT_DISCREPANCY_RATE = 0.001
+DEFAULT_ERROR_RATE = 0.01
+DEFAULT_LATENCY_INCREASE = 0.20
+REPLICATION_AGE_S = 60.0
+FORMULA = "score = max(0, 100 - sum of penalties); each penalty = weight * min(1, measured / threshold)"
+BACKENDS = ("old", "new")
+QUANTILES = ("p50", "p95", "p99")
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    number: int | None  # 0..4 as the plan counts them; None when rolled back
+    name: str  # old_only, shadow, gradual, canary, cut_over, rolled_back
+    text: str
+
+    def to_document(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def migration_phase(flags: dict[str, Any], override: dict[str, Any], canary: dict[str, Any]) -> Phase:
+    """The phase the flags in force, the override and the canary say the migration is in (the module's rule)."""
+    if override.get("active"):
+        if override.get("route") == "new":
+            return Phase(4, "cut_over", "4 cut over (override: everything on new)")
+        trigger = override.get("trigger") or {}
+        if override.get("automatic") and trigger.get("name"):
+            return Phase(None, "rolled_back", f"rolled back automatically: {trigger['name']} "
+                                              f"{trigger.get('measured', 0):.4g} > {trigger.get('threshold', 0):g}")
+        return Phase(None, "rolled_back", f"rolled back by an operator: {override.get('reason') or 'no reason'}")
+    if not flags.get("use_new_storage"):
+        return Phase(0, "old_only", "0 old only")
+    shares = flags.get("traffic_percentage") or {}
+    read, write = float(shares.get("read", 0.0)), float(shares.get("write", 0.0))
+    if canary.get("active"):
+        state, percentage = canary.get("state", ""), float(canary.get("percentage", 0.0))
+        steps = canary.get("steps") or []
+        if state == "rolled_back":
+            return Phase(None, "rolled_back", f"rolled back: {canary.get('reason') or 'canary rolled back'}")
+        if state == "done" and percentage >= 100:
+            return Phase(4, "cut_over", "4 cut over (canary done at 100 %)")
+        return Phase(2 if percentage <= 50 else 3, "canary",
+                     f"canary step {int(canary.get('step', 0)) + 1} of {len(steps)} at {percentage:g} % ({state})")
+    if read >= 100 and write >= 100:
+        return Phase(4, "cut_over", "4 cut over (100 % on new)")
+    top = max(read, write)
+    if top > 0 or flags.get("enabled_for_keys") or flags.get("enabled_for_users"):
+        return Phase(2 if top <= 50 else 3, "gradual",
+                     f"{2 if top <= 50 else 3} gradual switchover at {read:g} % reads, {write:g} % writes")
+    if flags.get("shadow_mode_enabled"):
+        return Phase(1, "shadow", "1 shadow (old serves, new compared)")
+    return Phase(0, "old_only", "0 old only (new wired, no traffic)")
+
+
+# --- the confidence score ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    name: str
+    weight: float
+    measured: float | None  # None: not measured (no penalty, or a fixed one: see `text`)
+    threshold: float | None
+    penalty: float
+    text: str
+
+    def to_document(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _scaled(name: str, weight: float, measured: float, threshold: float, text: str) -> Term:
+    share = min(1.0, max(0.0, measured) / threshold) if threshold > 0 else (1.0 if measured > 0 else 0.0)
+    return Term(name, weight, measured, threshold, weight * share, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The measured figures the score is made of."""
+
+    compared: int = 0
+    discrepancy_bound: float = 0.0  # 95 % Wilson upper bound of the discrepancy rate
+    new_error_rate: float = 0.0
+    latency_increase: float | None = None  # new's p99 over old's, minus 1; None: not both served
+    conclusive: bool = False
+    unhealthy_backends: int = 0
+    replication_age_s: float = 0.0
+    verify_clean: bool | None = None  # None: no verify recorded
+    discrepancy_threshold: float = DEFAULT_DISCREPANCY_RATE
+    error_threshold: float = DEFAULT_ERROR_RATE
+    latency_threshold: float = DEFAULT_LATENCY_INCREASE
+
+
+def score_terms(e: Evidence) -> list[Term]:
+    terms = []
+    if e.compared:
+        terms.append(_scaled("discrepancies", 40, e.discrepancy_bound, e.discrepancy_threshold,
+                             "95 % upper bound of the discrepancy rate vs its threshold"))
+    else:
+        terms.append(Term("discrepancies", 10, None, None, 10, "nothing compared in the window: no evidence"))
+    terms.append(_scaled("errors", 25, e.new_error_rate, e.error_threshold, "new's error rate vs its threshold"))
+    if e.latency_increase is None:
+        terms.append(Term("latency", 15, None, e.latency_threshold, 0, "old and new did not both serve: not compared"))
+    else:
+        terms.append(_scaled("latency", 15, e.latency_increase, e.latency_threshold,
+                             "new's p99 above old's (share of old's) vs latency_increase"))
+    terms.append(Term("inconclusive", 10, None, None, 0 if e.conclusive else 10,
+                      "the window had enough calls of new" if e.conclusive
+                      else "fewer calls of new in the window than min_calls"))
+    terms.append(Term("unhealthy_backends", 30, float(e.unhealthy_backends), None,
+                      min(30.0, 15.0 * e.unhealthy_backends), "15 for each backend whose last call failed"))
+    terms.append(_scaled("replication_lag", 10, e.replication_age_s, REPLICATION_AGE_S,
+                         "age of the oldest queued copy vs 60 s"))
+    terms.append(Term("verify", 10, None, None, 0 if e.verify_clean else 10,
+                      {True: "the last verify found the stores equal", False: "the last verify found differences",
+                       None: "no verify recorded"}[e.verify_clean]))
+    return terms
+
+
+def confidence(e: Evidence) -> dict[str, Any]:
+    terms = score_terms(e)
+    score = max(0.0, 100.0 - sum(t.penalty for t in terms))
+    return {"score": round(score), "exact": score, "formula": FORMULA, "terms": [t.to_document() for t in terms]}
+
+
+def evidence(status: dict[str, Any], verify_clean: bool | None) -> Evidence:
+    """The score's figures from the status document: its health window, backends and replication."""
+    health = status.get("health") or {}
+    window = health.get("window") or {}
+    evaluation = health.get("evaluation") or {}
+    backends = window.get("backends") or {}
+    new = (backends.get("new") or {}).get("all") or {}
+    old = (backends.get("old") or {}).get("all") or {}
+    latency = None
+    if new.get("calls") and old.get("calls") and old.get("p99"):
+        latency = float(new.get("p99", 0.0)) / float(old["p99"]) - 1.0
+    shares = window.get("discrepancies") or {}
+    triggers = (status.get("flags") or {}).get("rollback_triggers") or {}
+    return Evidence(
+        compared=int(shares.get("compared", 0)), discrepancy_bound=float(shares.get("bound_high", 0.0)),
+        new_error_rate=float(new.get("error_rate", 0.0)), latency_increase=latency,
+        conclusive=bool(evaluation.get("conclusive", False)),
+        unhealthy_backends=sum(1 for b in status.get("backends", []) if not b.get("healthy")),
+        replication_age_s=float((status.get("replication") or {}).get("oldest_age_seconds", 0.0)),
+        verify_clean=verify_clean,
+        discrepancy_threshold=float(triggers.get("discrepancy_rate", DEFAULT_DISCREPANCY_RATE)),
+        error_threshold=float(triggers.get("error_rate", DEFAULT_ERROR_RATE)),
+        latency_threshold=float(triggers.get("latency_increase", DEFAULT_LATENCY_INCREASE)),
+    )
+
+
+# --- the series -------------------------------------------------------------------------------
+
+
+def series(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The history's points as one list per line of a chart, oldest first."""
+    def backend(name: str, figure: str) -> list[float]:
+        return [float(p.get("backends", {}).get(name, {}).get(figure, 0.0)) for p in points]
+
+    return {
+        "time": [float(p["time"]) for p in points],
+        "calls_per_second": {route: [float(p.get("served_per_second", {}).get(route, 0.0)) for p in points]
+                             for route in BACKENDS},
+        "error_rate": {name: backend(name, "error_rate") for name in BACKENDS},
+        "latency": {name: {q: backend(name, q) for q in QUANTILES} for name in BACKENDS},
+        "discrepancy_rate": [float(p.get("discrepancy_rate", 0.0)) for p in points],
+        "discrepancy_bound": [float(p.get("discrepancy_bound_high", 0.0)) for p in points],
+        "replication_depth": [int((p.get("replication") or {}).get("depth", 0)) for p in points],
+        "replication_age": [float((p.get("replication") or {}).get("oldest_age_seconds", 0.0)) for p in points],
+    }
+
+
+def _now_figures(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest point's figures (the last few seconds), for the big numbers."""
+    if not points:
+        return {"time": None, "calls_per_second": 0.0, "by_route": {}, "backends": {}}
+    last = points[-1]
+    by_route = {route: float(n) for route, n in last.get("served_per_second", {}).items()}
+    return {"time": last["time"], "calls_per_second": sum(by_route.values()), "by_route": by_route,
+            "backends": last.get("backends", {})}
+
+
+# --- the whole document -----------------------------------------------------------------------
+
+
+def _sample(doc: dict[str, Any]) -> dict[str, Any]:
+    """A discrepancy as the page lists it: values only when they were recorded (as in /discrepancies.json)."""
+    keep = {name: doc.get(name) for name in ("time", "key", "kind", "op", "route", "detail", "paths")}
+    if doc.get("values"):
+        keep.update(primary=doc.get("primary"), shadow=doc.get("shadow"))
+    return keep
+
+
+def rollbacks_document(counts: Counter[tuple[bool, str]], status: dict[str, Any]) -> dict[str, Any]:
+    override = status.get("override") or {}
+    return {
+        "count": sum(counts.values()),
+        "automatic": sum(n for (automatic, _), n in counts.items() if automatic),
+        "by_trigger": [{"automatic": automatic, "trigger": trigger, "count": n}
+                       for (automatic, trigger), n in sorted(counts.items())],
+        "last": status.get("last_rollback"),
+        # The trigger of the override in force: what was measured against what threshold.
+        "trigger": override.get("trigger") if override.get("active") and override.get("automatic") else None,
+    }
+
+
+def build_document(status: dict[str, Any], points: list[dict[str, Any]], latest: list[dict[str, Any]],
+                   jobs: dict[str, Any], rollbacks: dict[str, Any], serving: bool, now: float) -> dict[str, Any]:
+    flags = status.get("flags") or {}
+    override = status.get("override") or {}
+    canary = status.get("canary") or {}
+    health = status.get("health") or {}
+    shadow = status.get("shadow") or {}
+    window = health.get("window") or {}
+    verify = jobs.get("verify") or {}
+    last_verify = verify.get("last") or {}
+    return {
+        "time": now,
+        "version": status.get("version", ""),
+        "revision": (status.get("reload") or {}).get("revision", ""),
+        "phase": migration_phase(flags, override, canary).to_document(),
+        "traffic": {**(flags.get("traffic_percentage") or {"read": 0.0, "write": 0.0}),
+                    "use_new_storage": bool(flags.get("use_new_storage")),
+                    "shadow_mode_enabled": bool(flags.get("shadow_mode_enabled"))},
+        "override": override,
+        "canary": canary,
+        "now": _now_figures(points),
+        "series": series(points),
+        "discrepancies": {
+            "compared": shadow.get("compared", 0), "total": shadow.get("discrepancies", 0),
+            "rate": shadow.get("rate", 0.0), "by_kind": shadow.get("by_kind", {}),
+            "window": window.get("discrepancies", {}),
+            "latest": [_sample(d) for d in reversed(latest)],
+        },
+        "replication": status.get("replication", {}),
+        "jobs": jobs,
+        "rollbacks": rollbacks,
+        "health": {
+            "serving": serving,
+            "backends": status.get("backends", []),
+            "workers": status.get("workers", []),
+            "writes": status.get("writes", {}),
+            "evaluation": health.get("evaluation", {}),
+            "guard_failures": health.get("failures", 0),
+        },
+        "confidence": confidence(evidence(status, last_verify.get("clean") if last_verify else None)),
+    }
+
+
+def jobs_document(state: AdminState) -> dict[str, Any]:
+    """Migrate and verify: the run in this proxy (running or last), the migrate checkpoint and the last
+    verify's outcome in state_dir (which offline runs leave too)."""
+    board = job_board(state.state_dir).latest
+    verify, age = statedir.last_verify(state.state_dir)
+    return {
+        "migrate": {"run": board["migrate"].to_document() if "migrate" in board else None,
+                    "checkpoint": statedir.read_json(state.state_dir / CHECKPOINT_FILE)},
+        "verify": {"run": board["verify"].to_document() if "verify" in board else None,
+                   "last": None if verify is None else {"clean": verify.get("clean"), "age_seconds": age,
+                                                        **{n: verify.get(n) for n in ("old_records", "new_records",
+                                                                                      "missing", "different",
+                                                                                      "extra", "repaired")}}},
+    }
+
+
+async def dashboard_document(state: AdminState) -> dict[str, Any]:
+    """What /dashboard.json answers."""
+    now = time.time()
+    status = status_document(await proxy_status(state))
+    guard = state.guard
+    points = guard.history.points(now - SERIES_S) if guard is not None else []
+    plane = state.plane
+    latest = plane.snapshot().discrepancies.to_document()["latest"] if plane is not None else []
+    return build_document(status, points, latest, jobs_document(state), rollbacks_document(state.rollbacks, status),
+                          state.healthy(), now)
