@@ -20,6 +20,7 @@ from proxy.data.rules import RuleHits
 from proxy.migration.checksum import Summary, summarize
 from proxy.routing.flags import Flags
 from proxy.routing.watcher import FlagWatcher
+from proxy.safety.wilson import wilson
 from proxy.safety.window import WindowFigures
 from proxy.telemetry.metrics import Metrics
 from proxy.workers.relay import merged_metrics
@@ -111,6 +112,9 @@ def plane_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield _counter("turnout_discrepancies_by_op_total", "Discrepancies by operation.",
                    [({"op": op}, n) for op, n in sorted(report.by_op.items())])
     yield _gauge("turnout_discrepancy_rate", "Discrepancies over compared operations.", [({}, report.rate)])
+    interval = wilson(report.total, sum(report.compared.values()))
+    yield _gauge("turnout_discrepancy_rate_bound", "The 95 % Wilson interval of turnout_discrepancy_rate.",
+                 [({"bound": "low"}, interval.low), ({"bound": "high"}, interval.high)])
     yield _counter("turnout_shadow_skipped_total", "Shadow calls skipped over the in-flight bound.",
                    [({}, snapshot.shadow.skipped)])
     yield _counter("turnout_discrepancy_log_dropped_total", "Discrepancies the log could not write.",

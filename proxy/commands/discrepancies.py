@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"{report.total} discrepancies" + (f" since {datetime.fromtimestamp(args.since).isoformat()}"
                                                 if args.since else "")]
     if doc["compared"]:
-        lines[0] += f" in {doc['compared']} compared operations (rate {report.rate:.4%})"
+        lines[0] += (f" in {doc['compared']} compared operations (rate {report.rate:.4%}, 95 % interval "
+                     f"{doc['rate_bound_low']:.4%} to {doc['rate_bound_high']:.4%})")
     if report.not_migrated:
         lines.append(f"  not migrated yet (the backfill had not reached the key; no discrepancy): "
                      f"{doc['not_migrated']}")

@@ -42,6 +42,7 @@ from typing import Any
 
 from proxy.background import BackgroundTask
 from proxy.data.valuediff import differing_paths, digest
+from proxy.safety.wilson import wilson
 from proxy.statedir import DISCREPANCY_LOG_FILE, WORKERS_DIR, make_private_dir
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,15 @@ class Report:
 
     def to_document(self) -> dict[str, Any]:
         compared = sum(self.compared.values())
+        interval = wilson(self.total, compared)
         return {
             "total": self.total,
             "compared": compared,
             # Unknown, not zero, when discrepancies were logged without their compared counts.
             "rate": self.rate if compared or not self.total else None,
+            # The rate's 95 % Wilson interval: "0 of 40 compared" is not 0 % (proxy.safety.wilson).
+            **({"rate_bound_low": interval.low, "rate_bound_high": interval.high} if compared else
+               {"rate_bound_low": None, "rate_bound_high": None}),
             "compared_by_op": dict(self.compared),
             "not_migrated": sum(self.not_migrated.values()),
             "not_migrated_by_op": dict(self.not_migrated),

@@ -18,6 +18,7 @@ OPEN: Shape = {
     "turnout_discrepancies_total": ("counter", frozenset({"kind"})),
     "turnout_discrepancies_by_op_total": ("counter", frozenset({"op"})),
     "turnout_discrepancy_rate": ("gauge", frozenset()),
+    "turnout_discrepancy_rate_bound": ("gauge", frozenset({"bound"})),
     "turnout_shadow_skipped_total": ("counter", frozenset()),
     "turnout_discrepancy_log_dropped_total": ("counter", frozenset()),
     "turnout_backend_latency_seconds": ("summary", frozenset({"backend", "op"})),
