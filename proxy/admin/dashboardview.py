@@ -28,6 +28,12 @@ the defaults below. The terms, measured over the guard's health window:
 - unhealthy backends: 15 for each backend whose last call failed (30 at most);
 - replication lag: the oldest queued copy's age vs 60 s (10);
 - verify: none recorded, or the last found differences (10).
+
+Beside them (issue 15): the key-space coverage by prefix (coverage_view, from status's
+shadow.coverage) and the comparison rules with their hits, an expired one flagged with its owner
+(rules_view, from status's shadow.comparison_rules). A discrepancy's triage record is not in this
+document: the page asks /discrepancies.json?key=K for it when a row is clicked, since the records
+are read from every worker's log and most polls need none.
 """
 
 from __future__ import annotations
@@ -227,6 +233,63 @@ def _now_figures(points: list[dict[str, Any]]) -> dict[str, Any]:
             "backends": last.get("backends", {})}
 
 
+# --- coverage and comparison rules -------------------------------------------------------------
+
+
+def _share(part: float | None, whole: float | None) -> float | None:
+    return None if part is None or not whole else min(1.0, part / whole)
+
+
+def coverage_view(coverage: dict[str, Any] | None) -> dict[str, Any]:
+    """Status's coverage as the page draws it: one row per prefix with the keys the last verify counted,
+    the share of them shadow mode compared (a lower bound when `at_least`) and the share the verify
+    found equal, with when each was last; `note` says why shares are unknown when no verify counted keys."""
+    doc = coverage or {}
+    rows = []
+    for row in doc.get("prefixes") or []:
+        shadow, verified = row.get("shadow") or {}, row.get("verified") or {}
+        keys = row.get("keys")
+        rows.append({
+            "prefix": row.get("prefix", ""), "keys": keys,
+            "compared": shadow.get("compared", 0) if shadow else 0,
+            "compared_at_most": shadow.get("compared_at_most", 0) if shadow else 0,
+            # The figure is a lower bound: past the tracked-keys bound some comparisons were not told apart.
+            "at_least": bool(shadow.get("at_least")) if shadow else False,
+            "shadow_share": shadow.get("share") if shadow else None,
+            "last_compared_unix": shadow.get("last_unix") if shadow else None,
+            "verified": bool(verified),
+            "agree": verified.get("agree") if verified else None,
+            "differ": verified.get("differ") if verified else None,
+            "verified_share": _share(verified.get("agree"), keys) if verified else None,
+            "verified_unix": verified.get("at_unix") if verified else None,
+        })
+    if doc.get("verify_unix") is None:
+        note = "no verify recorded: key counts, and so shares, are unknown (run `turnout verify`)"
+    elif not doc.get("verify_has_prefixes"):
+        note = "the last verify recorded no key counts by prefix: shares are unknown (run `turnout verify` again)"
+    else:
+        note = ""
+    return {"prefixes": rows, "verify_unix": doc.get("verify_unix"),
+            "shadow_since_unix": doc.get("shadow_since_unix"), "note": note}
+
+
+def rules_view(rules: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Status's comparison rules as the page lists them; an expired one says whose it is to remove,
+    since a rule nobody removes is how an ignore hides real differences for ever."""
+    shown = []
+    for rule in rules or []:
+        expired = bool(rule.get("expired"))
+        shown.append({
+            "rule": rule.get("rule"), "keys": rule.get("keys", ""), "owner": rule.get("owner", ""),
+            "expires": rule.get("expires", ""), "hits": int(rule.get("hits", 0)), "expired": expired,
+            "ignore_fields": list(rule.get("ignore_fields") or []),
+            "numeric_tolerance": rule.get("numeric_tolerance", 0.0), "reason": rule.get("reason", ""),
+            "warning": (f"EXPIRED {rule.get('expires', '')}: no longer applies; owner {rule.get('owner', '')} "
+                        f"should remove it") if expired else "",
+        })
+    return shown
+
+
 # --- the whole document -----------------------------------------------------------------------
 
 
@@ -291,6 +354,8 @@ def build_document(status: dict[str, Any], points: list[dict[str, Any]], latest:
             "guard_failures": health.get("failures", 0),
         },
         "confidence": confidence(evidence(status, last_verify.get("clean") if last_verify else None)),
+        "coverage": coverage_view(shadow.get("coverage")),
+        "comparison_rules": rules_view(shadow.get("comparison_rules")),
     }
 
 

@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ from bench.request_memory import (
     stored_keys,
 )
 from proxy.serving.kvservice import receive_limit
+from tests.live.test_hardening_limits import wait_for
 from tests.support.proxy_process import ProxyProcess, write_config
 
 MIB = 1024 * 1024
@@ -64,15 +64,6 @@ def kv_channel(target: str) -> Iterator[grpc.Channel]:
         yield channel
     finally:
         channel.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll condition until it holds, failing with what after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
