@@ -1,7 +1,9 @@
 """Make docs/dashboard.png: a real `turnout serve` on two SQLite stores (a gradual switchover at 25 %
-with shadow mode and rollback triggers), traffic from the real client that rises halfway, a live
-migrate running, a few discrepancies planted in new behind the proxy's back, and the page as
-headless Chromium draws it at laptop size (1366 wide).
+with shadow mode, rollback triggers and two comparison rules, one expired yesterday), traffic from
+the real client that rises halfway, a live migrate, documents differing only where a rule lets pass,
+a few discrepancies planted in new behind the proxy's back, a live verify (so the coverage panel has
+key counts), one discrepancy clicked open for its triage record, and the page as headless Chromium
+draws it at laptop size (1366 wide).
 
     .venv/bin/python scripts/dashboard_screenshot.py [--seconds 90] [--out docs/dashboard.png] [--json]
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import sqlite3
 import sys
@@ -39,8 +42,13 @@ use_new_storage: true
 shadow_mode_enabled: true
 traffic_percentage: {read: 25, write: 25}
 rollback_triggers: {error_rate: 0.05, discrepancy_rate: 0.05, window: 60s, min_calls: 50}
+comparison_rules:
+  - {keys: '^profile:', ignore_fields: [$.updated_at], owner: accounts-team, expires: 2999-12-31,
+     reason: the new store stamps its own write time}
+  - {keys: '^cart:', ignore_fields: [$.seen], owner: carts-team, expires: {yesterday}}
 """
 SEEDED = 20_000
+PROFILES = 40
 
 
 def seed(folder: Path) -> Path:
@@ -50,7 +58,11 @@ def seed(folder: Path) -> Path:
     with sqlite3.connect(folder / "old.sqlite") as db:
         db.executemany("INSERT INTO kv (key, value) VALUES (?, ?)",
                        ((f"item:{n:05}", json.dumps({"n": n}).encode()) for n in range(SEEDED)))
-    (folder / "flags.yaml").write_text(FLAGS, encoding="utf-8")
+        db.executemany("INSERT INTO kv (key, value) VALUES (?, ?)",
+                       ((f"profile:{n:03}", json.dumps({"n": n, "updated_at": "2026-01-01"}).encode())
+                        for n in range(PROFILES)))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    (folder / "flags.yaml").write_text(FLAGS.replace("{yesterday}", yesterday.isoformat()), encoding="utf-8")
     return write_config(folder, old={"type": "sqlite", "path": "old.sqlite"},
                         new={"type": "sqlite", "path": "new.sqlite"})
 
@@ -78,10 +90,23 @@ async def plant(folder: Path, client: AsyncClient, count: int) -> None:
             await client.get(f"order:{n:04}")
 
 
+async def stamp_profiles(folder: Path, client: AsyncClient) -> None:
+    """Profiles that new holds with its own write time, read through the proxy: the live rule lets
+    those differences pass (its hits)."""
+    with sqlite3.connect(folder / "new.sqlite") as db:
+        db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                       ((f"profile:{n:03}", json.dumps({"n": n, "updated_at": "2026-06-01"}).encode())
+                        for n in range(PROFILES)))
+    for n in range(PROFILES):
+        with contextlib.suppress(KeyNotFound):
+            await client.get(f"profile:{n:03}")
+
+
 async def scene(folder: Path, seconds: float, out: Path, size: tuple[int, int]) -> dict[str, Any]:
     config = seed(folder)
     proxy = ProxyProcess(config).start()
     migrate: asyncio.subprocess.Process | None = None
+    verify: asyncio.subprocess.Process | None = None
     try:
         http = http_address(folder / "state")
         async with async_playwright() as p, \
@@ -95,12 +120,20 @@ async def scene(folder: Path, seconds: float, out: Path, size: tuple[int, int]) 
             load = asyncio.create_task(traffic(client, stop, pause))
             progress = Progress("dashboard scene", int(seconds))
             started = time.monotonic()
-            planted = False
+            planted = stamped = False
             while (elapsed := time.monotonic() - started) < seconds:
-                if migrate is None and elapsed > seconds * 0.2:
-                    # Slow on purpose, so the picture shows it running.
+                if migrate is None and elapsed > seconds * 0.1:
+                    # Slow on purpose, so the charts show it running; done before the verify.
                     migrate = await asyncio.create_subprocess_exec(
-                        *cli_command(config, "migrate", "--live", "--rate", "150"), "--json", cwd=ROOT,
+                        *cli_command(config, "migrate", "--live", "--rate", "500"), "--json", cwd=ROOT,
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                if not stamped and migrate is not None and migrate.returncode is not None:
+                    await stamp_profiles(folder, client)
+                    stamped = True
+                if verify is None and stamped and planted and elapsed > seconds * 0.8:
+                    # Its key counts by prefix are what the coverage panel's shares are of.
+                    verify = await asyncio.create_subprocess_exec(
+                        *cli_command(config, "verify", "--live"), "--json", cwd=ROOT,
                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
                 if pause[0] > 0.004 and elapsed > seconds * 0.5:
                     pause[0] = 0.002  # traffic rises halfway
@@ -110,7 +143,12 @@ async def scene(folder: Path, seconds: float, out: Path, size: tuple[int, int]) 
                 await asyncio.sleep(1)
                 progress.advance(1)
             progress.close()
+            if verify is not None:
+                await verify.wait()
             await asyncio.sleep(2.5)  # one more poll of the page
+            # One planted discrepancy opened for its triage record, as an operator would.
+            await page.click("#latest tr[data-key]")
+            await page.wait_for_selector("#triage .record", timeout=10_000)
             shot = await page.screenshot(path=out, full_page=True)
             score = await page.inner_text("#score")
             phase = await page.inner_text("#phase")
@@ -119,8 +157,12 @@ async def scene(folder: Path, seconds: float, out: Path, size: tuple[int, int]) 
             await browser.close()
         outside = [url for url in requested if not url.startswith(f"http://{http}/")]
         return {"screenshot": str(out), "bytes": len(shot), "calls": calls, "phase": phase,
-                "score": int(score), "requests": len(requested), "requests_elsewhere": outside}
+                "score": int(score), "requests": len(requested), "requests_elsewhere": outside,
+                "migrated": migrate is not None and migrate.returncode is not None, "verified": verify is not None}
     finally:
+        if verify is not None and verify.returncode is None:
+            verify.terminate()
+            await verify.wait()
         if migrate is not None and migrate.returncode is None:
             migrate.terminate()
             await migrate.wait()

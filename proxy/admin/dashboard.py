@@ -6,6 +6,11 @@ answering, a banner says since when and every figure is greyed, rather than the 
 
 Sizes are in rem and the root font grows with the window, so the same grid reads on a laptop
 (1366x768) and on a wall screen (2560x1440).
+
+Clicking a row of the latest discrepancies (or its key) asks /discrepancies.json?key=K for that key's
+triage records and shows them under the table until closed: they are read from every worker's log,
+so only on demand, not on every poll. The comparison-rules panel appears only when the flag file has
+rules, and an expired one is shown in red with its owner, who should remove it.
 """
 
 _STYLE = """
@@ -43,6 +48,18 @@ th{color:var(--dim);font-weight:500}
 .bar{height:.6rem;background:var(--line);border-radius:.3rem;overflow:hidden;margin:.3rem 0}
 .bar div{height:100%;background:var(--ok)}
 code{font-size:.8rem;color:var(--dim)}
+#latest tr{cursor:pointer}#latest tr:hover,#latest tr.picked{background:var(--line)}
+a.key{color:var(--old);text-decoration:none}a.key:hover{text-decoration:underline}
+#triage{margin-top:.6rem}#triage:empty{display:none}
+.record{border-left:.25rem solid var(--new);padding:.3rem .6rem;margin:.4rem 0;background:var(--bg)}
+.record th{width:9rem;vertical-align:top}
+pre{margin:0;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.8rem}
+.pending{color:var(--warn)}.settled{color:var(--ok)}
+button{background:var(--line);color:var(--ink);border:0;border-radius:.3rem;padding:.15rem .6rem;cursor:pointer;
+font:inherit;font-size:.8rem}
+tr.expired td{color:var(--bad)}
+#rules-section th:nth-child(-n+4),#rules-rows td:nth-child(-n+4){white-space:nowrap;overflow-wrap:normal}
+.note{color:var(--warn);font-size:.85rem;margin-top:.3rem}
 """
 
 _SCRIPT = r"""
@@ -50,7 +67,7 @@ _SCRIPT = r"""
 const POLL_MS = 2000, TIMEOUT_MS = 3000;
 const COLORS = {old: '#58a6ff', new: '#f0883e', p50: '#3fb950', p95: '#d29922', p99: '#f85149',
   rate: '#f0883e', bound: '#f85149', depth: '#58a6ff'};
-let downSince = null;
+let downSince = null, picked = null;
 const $ = id => document.getElementById(id);
 const esc = v => String(v ?? '').replace(/[&<>"']/g,
   c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
@@ -142,7 +159,9 @@ function discrepancies(d) {
     `${w.discrepancies || 0} of ${w.compared || 0}` +
     (Object.keys(x.by_kind).length
       ? ' · ' + Object.entries(x.by_kind).map(([k, n]) => `${esc(k)} ${n}`).join(', ') : ''));
-  const rows = x.latest.map(s => `<tr><td>${clock(s.time)}</td><td>${esc(s.key)}</td><td>${esc(s.kind)}</td>` +
+  const rows = x.latest.map(s => `<tr data-key="${esc(s.key)}"${s.key === picked ? ' class="picked"' : ''}>` +
+    `<td>${clock(s.time)}</td><td><a class="key" href="#" data-key="${esc(s.key)}">${esc(s.key)}</a></td>` +
+    `<td>${esc(s.kind)}</td>` +
     `<td>${esc(s.op)}</td><td>${'primary' in s ? esc(s.primary) + ' / ' + esc(s.shadow)
       : esc((s.paths || []).join(', ') || s.detail)}</td></tr>`).join('');
   set('latest', rows || '<tr><td colspan="5" class="dim">none</td></tr>');
@@ -215,9 +234,105 @@ function confidence(d) {
       : ' / ' + t.threshold}</td><td class="dim">${esc(t.text)}</td></tr>`).join(''));
 }
 
+// When: the clock time today, the date too before today, and how long ago.
+function when(t, now) {
+  if (!t) return '<span class="dim">never</span>';
+  const d = new Date(t * 1000), age = Math.max(0, now - t);
+  const text = d.toDateString() === new Date(now * 1000).toDateString() ? clock(t)
+    : d.toISOString().slice(0, 16).replace('T', ' ') + ' UTC';
+  const ago = age < 90 ? `${Math.round(age)} s` : age < 5400 ? `${Math.round(age / 60)} min`
+    : age < 172800 ? `${Math.round(age / 3600)} h` : `${Math.round(age / 86400)} d`;
+  return `${text} <span class="dim">(${ago} ago)</span>`;
+}
+
+function shareBar(share) {
+  return share === null || share === undefined ? '' :
+    `<div class="bar"><div style="width:${(100 * share).toFixed(1)}%"></div></div>`;
+}
+
+function coverage(d) {
+  const c = d.coverage;
+  set('coverage-rows', c.prefixes.map(r => {
+    const compared = (r.at_least ? '\u2265 ' : '') + r.compared +
+      (r.compared_at_most > r.compared ? ` <span class="dim">(\u2264 ${r.compared_at_most})</span>` : '') +
+      (r.shadow_share === null ? '' : ` \u00b7 <b>${r.at_least ? '\u2265 ' : ''}${pct(r.shadow_share, 1)}</b>`);
+    const verified = r.verified ? `${r.agree} equal, <span class="${r.differ ? 'bad' : 'dim'}">${r.differ} differ` +
+      `</span> \u00b7 <b>${pct(r.verified_share, 1)}</b>` : '<span class="dim">not in the last verify</span>';
+    return `<tr data-prefix="${esc(r.prefix)}"><td>${r.prefix === '' ? '<span class="dim">(no prefix)</span>'
+      : esc(r.prefix)}</td><td>${r.keys ?? '<span class="dim">?</span>'}</td>` +
+      `<td>${compared}${shareBar(r.shadow_share)}</td><td>${when(r.last_compared_unix, d.time)}</td>` +
+      `<td>${verified}${shareBar(r.verified_share)}</td><td>${r.verified ? when(r.verified_unix, d.time) : ''}</td>` +
+      '</tr>';
+  }).join('') || '<tr><td colspan="6" class="dim">no key compared or verified yet</td></tr>');
+  set('coverage-note', c.note ? esc(c.note) : '');
+  set('coverage-since', c.shadow_since_unix ? 'shadow comparisons counted since ' + when(c.shadow_since_unix, d.time)
+    : '');
+}
+
+function rules(d) {
+  const r = d.comparison_rules;
+  $('rules-section').style.display = r.length ? '' : 'none';
+  set('rules-rows', r.map(x => `<tr${x.expired ? ' class="expired"' : ''}><td><code>${esc(x.keys)}</code></td>` +
+    `<td>${esc(x.owner)}</td><td>${esc(x.expires)}</td><td>${x.hits}</td><td>` +
+    (x.expired ? `<b>${esc(x.warning)}</b>` : '<span class="ok">applies</span>') +
+    `</td><td class="dim">${esc([...x.ignore_fields, ...(x.numeric_tolerance ? ['\u00b1' + x.numeric_tolerance] : [])]
+      .join(', '))}${x.reason ? ' \u00b7 ' + esc(x.reason) : ''}</td></tr>`).join(''));
+}
+
+function side(name, size, digest) {
+  return size === null || size === undefined ? `${name}: <span class="dim">absent</span>`
+    : `${name}: ${size} bytes <code>${esc(digest)}</code>`;
+}
+
+// One triage record: the routing decision, the trace, the documents, and the key's recent writes.
+function record(r) {
+  const writes = (r.writes || []).map(w => `<tr><td>${clock(w.time)}</td><td>${esc(w.op)}</td>` +
+    `<td>${esc(w.source)} \u2192 ${esc(w.target)}</td><td class="${w.state === 'pending' ? 'pending' : 'settled'}">` +
+    `${esc(w.state)}</td></tr>`).join('');
+  const values = r.values ? `<tr><th>values</th><td><div class="dim">primary (${esc(r.route)})</div>` +
+    `<pre>${esc(r.primary ?? '(absent)')}</pre><div class="dim">shadow (${esc(r.secondary)})</div>` +
+    `<pre>${esc(r.shadow ?? '(absent)')}</pre></td></tr>`
+    : '<tr><th>values</th><td class="dim">not recorded (discrepancies.record_values is off)</td></tr>';
+  return `<div class="record"><div><b>${clock(r.time)}</b> ${esc(r.kind)} on ${esc(r.op)}` +
+    (r.detail ? ` <span class="dim">${esc(r.detail)}</span>` : '') + '</div><table>' +
+    `<tr><th>routing</th><td class="route">primary <b>${esc(r.route)}</b> \u00b7 secondary ` +
+    `<b>${esc(r.secondary || '?')}</b> \u00b7 reason <b>${esc(r.reason || '?')}</b> \u00b7 bucket ` +
+    `${r.bucket ?? '\u2013'} \u00b7 flags ${esc(r.revision || '(none)')}</td></tr>` +
+    `<tr><th>trace id</th><td>${r.trace_id ? `<code>${esc(r.trace_id)}</code>` : '<span class="dim">none</span>'}` +
+    '</td></tr>' +
+    `<tr><th>documents</th><td>${side('primary', r.primary_size, r.primary_digest)} \u00b7 ` +
+    `${side('shadow', r.shadow_size, r.shadow_digest)}</td></tr>` +
+    ((r.paths || []).length ? `<tr><th>differing paths</th><td><code>${esc(r.paths.join(', '))}</code>` +
+      `${r.paths_truncated ? ' <span class="dim">(more not listed)</span>' : ''}</td></tr>` : '') + values +
+    `<tr><th>recent writes</th><td>${writes ? `<table>${writes}</table>`
+      : '<span class="dim">none seen by this proxy\'s queue</span>'}</td></tr></table></div>`;
+}
+
+const SHOWN_RECORDS = 5;
+
+async function triage(key) {
+  picked = key;
+  for (const tr of document.querySelectorAll('#latest tr')) tr.classList.toggle('picked', tr.dataset.key === key);
+  set('triage', `<div class="dim">triage of ${esc(key)}&hellip;</div>`);
+  try {
+    const reply = await fetch('discrepancies.json?key=' + encodeURIComponent(key), {cache: 'no-store'});
+    if (!reply.ok) throw new Error(`${reply.status} ${reply.statusText}`);
+    const doc = await reply.json();
+    if (picked !== key) return;  // another row was clicked meanwhile
+    const newest = doc.records.slice().reverse();
+    set('triage', `<div class="row"><h2 style="margin:0">Triage of</h2><b id="triage-key">${esc(key)}</b>` +
+      `<span class="dim">${doc.count} record${doc.count === 1 ? '' : 's'} in the log` +
+      (doc.count > SHOWN_RECORDS ? `, newest ${SHOWN_RECORDS} shown` : '') +
+      '</span><button id="triage-close">close</button></div>' +
+      (newest.slice(0, SHOWN_RECORDS).map(record).join('') || '<div class="dim">no record in the log</div>'));
+  } catch (error) {
+    if (picked === key) set('triage', `<div class="bad">triage of ${esc(key)} failed: ${esc(error.message)}</div>`);
+  }
+}
+
 function draw(d) {
   phase(d); traffic(d); figures(d); discrepancies(d); replication(d); jobs(d); rollbacks(d); health(d);
-  confidence(d);
+  confidence(d); coverage(d); rules(d);
 }
 
 function down(why) {
@@ -244,6 +359,13 @@ async function poll() {
     setTimeout(poll, POLL_MS);
   }
 }
+document.addEventListener('click', event => {
+  if (event.target.closest('#triage-close')) { picked = null; set('triage', ''); return; }
+  const row = event.target.closest('#latest tr[data-key]');
+  if (!row) return;
+  event.preventDefault();
+  triage(row.dataset.key);
+});
 poll();
 """
 
@@ -274,7 +396,15 @@ _BODY = """
 <div id="disc-totals" class="dim"></div>
 <svg id="chart-discrepancies" class="chart"></svg><div id="chart-discrepancies-legend" class="legend"></div>
 <table><thead><tr><th>time</th><th>key</th><th>kind</th><th>op</th><th>values or paths</th></tr></thead>
-<tbody id="latest"></tbody></table></section>
+<tbody id="latest"></tbody></table>
+<div class="dim" style="font-size:.8rem">click a row for its triage record</div><div id="triage"></div></section>
+<section class="wide"><h2>Key-space coverage</h2><div id="coverage-since" class="dim"></div>
+<table><thead><tr><th>prefix</th><th>keys</th><th>compared in shadow</th><th>last compared</th>
+<th>verified equal</th><th>verified</th></tr></thead><tbody id="coverage-rows"></tbody></table>
+<div id="coverage-note" class="note"></div></section>
+<section class="wide" id="rules-section" style="display:none"><h2>Comparison rules</h2>
+<table><thead><tr><th>pattern</th><th>owner</th><th>expires</th><th>hits</th><th>state</th><th>lets pass</th></tr>
+</thead><tbody id="rules-rows"></tbody></table></section>
 <section><h2>Replication to the other store</h2><div id="repl-depth" class="big">&ndash;</div>
 <div id="repl-age" class="dim"></div>
 <svg id="chart-replication" class="chart"></svg><div id="chart-replication-legend" class="legend"></div></section>

@@ -18,17 +18,22 @@ from proxy.admin.dashboardview import (
     Evidence,
     build_document,
     confidence,
+    coverage_view,
     jobs_document,
     migration_phase,
     rollbacks_document,
+    rules_view,
     score_terms,
     series,
 )
 from proxy.admin.http import HttpSide
 from proxy.admin.jobs import job_board
+from proxy.data.coverage import ShadowCoverage, VerifyTally, coverage_document
 from proxy.data.dispatcher import Call
+from proxy.data.rules import rules_document
 from proxy.migration.verify import VerifyResult
 from proxy.progress import Progress
+from proxy.routing.flagfile import parse_flags
 from proxy.safety.history import History
 from proxy.safety.window import HealthWindow
 from tests.unit.admin.conftest import Side
@@ -197,7 +202,8 @@ async def test_dashboard_json_is_served_with_every_part_and_latest_discrepancies
     assert (reply.status, reply.content_type.split(";")[0]) == (200, "application/json")
     doc = json.loads(reply.body)
     assert set(doc) == {"time", "version", "revision", "phase", "traffic", "override", "canary", "now", "series",
-                        "discrepancies", "replication", "jobs", "rollbacks", "health", "confidence"}
+                        "discrepancies", "replication", "jobs", "rollbacks", "health", "confidence",
+                        "coverage", "comparison_rules"}
     assert doc["phase"]["name"] == "shadow"
     assert doc["traffic"] == {"read": 0, "write": 0, "use_new_storage": True, "shadow_mode_enabled": True}
     assert doc["series"]["time"] == []  # no guard in this process: no history
@@ -209,6 +215,12 @@ async def test_dashboard_json_is_served_with_every_part_and_latest_discrepancies
     assert doc["health"]["serving"] is True
     assert 0 <= doc["confidence"]["score"] <= 100
     assert len(doc["confidence"]["terms"]) == 7
+    # The compared key is covered (no prefix); with no verify, its share is unknown and the page says why.
+    (row,) = doc["coverage"]["prefixes"]
+    assert (row["prefix"], row["compared"], row["keys"], row["shadow_share"]) == ("", 1, None, None)
+    assert row["last_compared_unix"] is not None
+    assert doc["coverage"]["note"].startswith("no verify recorded")
+    assert doc["comparison_rules"] == []  # the flag file has none: the page hides the panel
 
 
 def test_recorded_values_are_shown_and_unrecorded_ones_are_not() -> None:
@@ -259,3 +271,77 @@ async def test_with_a_token_the_page_and_its_document_ask_for_it(side: Side) -> 
                     assert allowed.status == 200
     finally:
         await http.stop()
+
+
+def _clock(times: list[float]) -> Any:
+    return lambda: times[0]
+
+
+def test_coverage_rows_hold_the_verifys_keys_the_shadow_share_and_when() -> None:
+    """Two prefixes verified (4 and 2 keys), one compared in shadow: shares of the verify's keys, the
+    verify's equal share and time, and a prefix only shadow saw shows no share."""
+    now = [100.0]
+    shadow = ShadowCoverage(clock=_clock(now))
+    for key in ("user:1", "user:2", "user:1", "item:9"):
+        now[0] += 1
+        shadow.compared(key)
+    tally = VerifyTally()
+    for key in ("user:1", "user:2", "user:3"):
+        tally.agree(key)
+    tally.differ("user:4")
+    tally.agree("order:1")
+    tally.agree("order:2")
+    view = coverage_view(coverage_document(shadow.document(), {"prefixes": tally.to_document()}, 90.0))
+    rows = {r["prefix"]: r for r in view["prefixes"]}
+    assert list(rows) == ["item:", "order:", "user:"]
+    user = rows["user:"]
+    assert (user["keys"], user["compared"], user["shadow_share"], user["at_least"]) == (4, 2, 0.5, False)
+    assert (user["agree"], user["differ"], user["verified_share"], user["verified_unix"]) == (3, 1, 0.75, 90.0)
+    assert user["last_compared_unix"] == 103.0  # user:1 again, the third comparison
+    order = rows["order:"]
+    assert (order["compared"], order["shadow_share"], order["last_compared_unix"]) == (0, None, None)
+    assert (order["verified"], order["verified_share"]) == (True, 1.0)
+    item = rows["item:"]
+    assert (item["keys"], item["compared"], item["shadow_share"], item["verified"]) == (None, 1, None, False)
+    assert view["note"] == ""
+    assert view["shadow_since_unix"] == 100.0
+
+
+def test_coverage_past_the_tracked_keys_is_at_least_and_a_verify_without_counts_is_noted() -> None:
+    """Past the tracked-keys bound a prefix's figure is a lower bound; a verify without key counts by
+    prefix (an older record) leaves shares unknown, and the note says so; no verify says that instead."""
+    shadow = ShadowCoverage(max_keys=2)
+    for key in ("a:1", "a:2", "a:3"):
+        shadow.compared(key)
+    tally = VerifyTally()
+    for key in ("a:1", "a:2", "a:3", "a:4"):
+        tally.agree(key)
+    (row,) = coverage_view(coverage_document(shadow.document(), {"prefixes": tally.to_document()}, 5.0))["prefixes"]
+    assert (row["compared"], row["at_least"], row["shadow_share"]) == (2, True, 0.5)
+    old_record = coverage_view(coverage_document(shadow.document(), {"clean": True}, 5.0))
+    assert old_record["note"].startswith("the last verify recorded no key counts")
+    assert old_record["prefixes"][0]["shadow_share"] is None
+    assert coverage_view(coverage_document(shadow.document(), None, None))["note"].startswith("no verify recorded")
+    empty = coverage_view(None)
+    assert (empty["prefixes"], empty["verify_unix"], empty["note"][:18]) == ([], None, "no verify recorded")
+
+
+def test_rules_show_hits_and_an_expired_rule_names_its_owner() -> None:
+    """From status's comparison_rules: a live rule with its hits, an expired one flagged EXPIRED with
+    its owner, who should remove it."""
+    flags = parse_flags("""use_new_storage: true
+shadow_mode_enabled: true
+comparison_rules:
+  - {keys: '^session:', ignore_fields: [$.updated_at], owner: payments-team, expires: 2999-12-31, reason: skew}
+  - {keys: '^cart:', numeric_tolerance: 0.5, owner: carts-team, expires: 2020-01-01}
+""")
+    live, old = rules_view(rules_document(flags, {"0": 7, "1": 2}))
+    assert (live["keys"], live["owner"], live["hits"], live["expired"], live["warning"]) == \
+        ("^session:", "payments-team", 7, False, "")
+    assert (live["ignore_fields"], live["reason"]) == (["$.updated_at"], "skew")
+    assert (old["expires"], old["hits"], old["expired"], old["numeric_tolerance"]) == ("2020-01-01", 2, True, 0.5)
+    assert old["warning"] == "EXPIRED 2020-01-01: no longer applies; owner carts-team should remove it"
+    assert rules_view(None) == []
+    status = {"shadow": {"comparison_rules": rules_document(flags, {})}}
+    doc = build_document(status, [], [], {}, rollbacks_document(Counter(), status), True, 1.0)
+    assert [r["expired"] for r in doc["comparison_rules"]] == [False, True]
