@@ -30,7 +30,7 @@ the defaults below. The terms, measured over the guard's health window:
 - verify: none recorded, or the last found differences (10).
 
 Beside them (issue 15): the key-space coverage by prefix (coverage_view, from status's
-shadow.coverage) and the comparison rules with their hits, an expired one flagged with its owner
+top-level coverage) and the comparison rules with their hits, an expired one flagged with its owner
 (rules_view, from status's shadow.comparison_rules). A discrepancy's triage record is not in this
 document: the page asks /discrepancies.json?key=K for it when a row is clicked, since the records
 are read from every worker's log and most polls need none.
@@ -354,7 +354,7 @@ def build_document(status: dict[str, Any], points: list[dict[str, Any]], latest:
             "guard_failures": health.get("failures", 0),
         },
         "confidence": confidence(evidence(status, last_verify.get("clean") if last_verify else None)),
-        "coverage": coverage_view(shadow.get("coverage")),
+        "coverage": coverage_view(status.get("coverage")),
         "comparison_rules": rules_view(shadow.get("comparison_rules")),
     }
 

@@ -55,6 +55,8 @@ def status_document(status: admin_pb2.StatusResponse) -> dict[str, Any]:
     doc["flags"] = json.loads(doc.pop("flags_json"))
     doc["shadow"] = json.loads(doc.pop("shadow_json") or "{}")
     doc["health"] = json.loads(doc.pop("health_json") or "{}")
+    # Key-space coverage is the proxy's, not only shadow mode's: beside the shadow figures, not in them.
+    doc["coverage"] = doc["shadow"].pop("coverage", None)
     return doc
 
 

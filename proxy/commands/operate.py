@@ -60,8 +60,6 @@ def _age(unix: float) -> str:
 def show_status(args: argparse.Namespace) -> int:
     reply: admin_pb2.StatusResponse = _call(args, "Status", admin_pb2.StatusRequest(records=args.records))
     doc = status_document(reply)
-    # Coverage is a section of its own in the document (the proxy sends it inside the shadow one).
-    doc["coverage"] = doc["shadow"].pop("coverage", None)
     lines = [
         f"turnout {reply.version}, up {time.time() - reply.started_unix:.0f}s",
         f"flags: revision {reply.reload.revision!r} from {reply.reload.path}",
