@@ -7,7 +7,6 @@ shadow's, and the presence checks of a Keys listing alike, so each is measured t
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -74,10 +73,11 @@ class BackendCalls:
         except StopAsyncIteration:
             raise  # the end of a Keys listing: a call that succeeded with nothing more to give
         except BaseException as exc:
-            # A document the store refuses (InvalidArgument) is the caller's error, and a call the
-            # caller gave up on (cancelled) says nothing of the store: neither counts against its
-            # error rate, which trips the rollback trigger.
-            failed = not isinstance(exc, InvalidArgument | asyncio.CancelledError)
+            # A document the store refuses (InvalidArgument) is the caller's error, not the store's:
+            # it does not count against the store's error rate, which trips the rollback trigger. A
+            # call the caller gave up on (cancelled at its deadline) does: a store that hangs fails
+            # its callers that way, and would otherwise look healthy.
+            failed = not isinstance(exc, InvalidArgument)
             if isinstance(exc, BackendUnavailable):
                 health.errors += 1
                 health.consecutive_errors += 1

@@ -119,21 +119,24 @@ async def test_a_failing_new_store_trips_error_rate_and_everything_goes_to_old(
     Writes succeed again on old; no read ever misses an acknowledged write; once Redis is back every
     acknowledged write is on old. `turnout resume` then holds: the figures that tripped it are gone."""
     config = write_config(tmp_path, old=SQLITE_PAIR[0], new=spec_document(redis_spec))
-    window_s = 4
+    window_s = 6
     flags_file(tmp_path, "use_new_storage: true\ntraffic_percentage: {read: 100, write: 100}\n"
-                         f"rollback_triggers: {{error_rate: 0.01, window: {window_s}s, min_calls: 20}}\n")
+                         f"rollback_triggers: {{error_rate: 0.01, window: {window_s}s, min_calls: 10}}\n")
     try:
         with ProxyProcess(config) as proxy:
             async with AsyncClient(proxy.target, timeout=3, retry=RetryPolicy(attempts=1)) as client:
-                traffic = Traffic(client, [f"order:{n:03}" for n in range(50)])
-                task = asyncio.create_task(traffic.run())
+                # Four callers, so that failing calls (each waits out the store's retries) still fill
+                # the window with enough calls of new.
+                callers = [Traffic(client, [f"order:{c}:{n:03}" for n in range(20)]) for c in range(4)]
+                traffic = callers[0]
+                tasks = [asyncio.create_task(caller.run()) for caller in callers]
                 await asyncio.sleep(2.0)
                 healthy = await status(config)
                 assert not healthy["override"]["active"]
                 evaluation = healthy["health"]["evaluation"]
                 assert evaluation["conclusive"], evaluation
                 assert evaluation["healthy"], evaluation
-                assert traffic.failures == []
+                assert all(caller.failures == [] for caller in callers)
                 outage = time.time()
                 redis_server.stop()
 
@@ -141,7 +144,12 @@ async def test_a_failing_new_store_trips_error_rate_and_everything_goes_to_old(
                     doc = await status(config)
                     return doc if doc["override"]["active"] else None
 
-                tripped = await wait_for(rolled_back, 30, "the automatic rollback")
+                try:
+                    tripped = await wait_for(rolled_back, 30, "the automatic rollback")
+                except AssertionError:
+                    last = await status(config)
+                    raise AssertionError(f"no automatic rollback; health {last['health']}, backends "
+                                         f"{last['backends']}, traffic failures {traffic.failures[-5:]}") from None
                 override = tripped["override"]
                 assert override["route"] == "old"
                 assert override["automatic"] is True
@@ -156,7 +164,7 @@ async def test_a_failing_new_store_trips_error_rate_and_everything_goes_to_old(
                 # replayer's first tries to copy the failed writes' keys from the stopped Redis hold it,
                 # until its backoff spaces them out.
                 await asyncio.sleep(4.0)
-                after = [t for t in traffic.successes if t > override["since_unix"] + 0.5]
+                after = [t for caller in callers for t in caller.successes if t > override["since_unix"] + 0.5]
                 assert len(after) > 10, f"writes did not succeed again on old: {traffic.failures[-10:]}"
                 # The trip's figures in status, and an incident document holding the window's.
                 await wait_for(lambda: _last_rollback(config), 40, "the rollback's record")
@@ -171,19 +179,35 @@ async def test_a_failing_new_store_trips_error_rate_and_everything_goes_to_old(
                 assert metric(page, 'turnout_override_automatic{trigger="error_rate"}') == 1
                 redis_server.start()
 
-                async def drained() -> bool:
-                    return bool((await status(config))["replication"]["depth"] == 0)
+                async def caught_up() -> bool:
+                    # The callers keep writing, so a copy or two is always on its way: caught up is the
+                    # oldest of them young, not an empty queue.
+                    replication = (await status(config))["replication"]
+                    return bool(replication["oldest_age_seconds"] < 1.0)
 
-                await wait_for(drained, 60, "the queue to drain to Redis")
+                try:
+                    await wait_for(caught_up, 60, "the queue to catch up with Redis")
+                except AssertionError:
+                    last = await status(config)
+                    raise AssertionError(f"the queue did not catch up: {last['replication']}, backends "
+                                         f"{last['backends']}") from None
                 # Resumed with Redis healthy again: it holds, never re-tripped by what tripped it.
                 await turnout(config, "resume")
                 await asyncio.sleep(window_s + 2)
                 resumed = await status(config)
                 assert not resumed["override"]["active"], resumed["override"]
-                traffic.stop.set()
-                await task
-        assert traffic.stale == []
-        traffic.held(sqlite_contents(tmp_path / "old.sqlite"))
+                for caller in callers:
+                    caller.stop.set()
+                await asyncio.gather(*tasks)
+
+                async def drained() -> bool:
+                    return bool((await status(config))["replication"]["depth"] == 0)
+
+                await wait_for(drained, 60, "the queue to drain once the callers stopped")
+        contents = sqlite_contents(tmp_path / "old.sqlite")
+        for caller in callers:
+            assert caller.stale == []
+            caller.held(contents)
     finally:
         if not redis_server.node.running:
             redis_server.start()
