@@ -231,8 +231,12 @@ def _mset(batch: list[tuple[bytes, bytes]]) -> Command:
 
 def _batches(latest: dict[bytes, bytes], client: Client) -> list[list[tuple[bytes, bytes]]]:
     """The items in MSETs of at most BATCH items, each within one slot on a cluster."""
+    items = list(latest.items())
+    # isinstance against the cluster client walks its Protocol bases (microseconds): once, not per key.
+    if not isinstance(client, RedisCluster):
+        return [items[start : start + BATCH] for start in range(0, len(items), BATCH)]
     groups: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in latest.items():
-        slot = client.keyslot(key) if isinstance(client, RedisCluster) else 0
-        groups.setdefault(slot, []).append((key, value))
+    keyslot = client.keyslot
+    for key, value in items:
+        groups.setdefault(keyslot(key), []).append((key, value))
     return [group[start : start + BATCH] for group in groups.values() for start in range(0, len(group), BATCH)]

@@ -111,6 +111,21 @@ async def count_keys(backend: Backend) -> int:
     return sum([len(page) async for page in backend.keys()])
 
 
+async def is_empty(backend: Backend) -> bool:
+    """Whether backend holds no key at all (one page of one key asked for)."""
+    pages = backend.keys("", 1)
+    try:
+        async for page in pages:
+            if page:
+                return False
+        return True
+    finally:
+        # Closed at once, not left to the collector: a server store's listing may hold a connection.
+        close = getattr(pages, "aclose", None)
+        if close is not None:
+            await close()
+
+
 async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, batch_size: int = 500,
                   concurrency: int = 16, rate: float | None = None, transform: Transform | None = None,
                   restart: bool = False, progress: Progress | None = None) -> MigrateResult:
@@ -134,6 +149,10 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
     # proxy one batch at a time: one holds its keys' locks only for its own copy, where overlapping
     # ones would each also wait for the others' writes to the target while holding theirs.
     window = max(1, concurrency) if stores.live is None else 1
+    # Offline into a target that holds nothing yet, there is nothing a batch could skip as equal: its
+    # read of the target before writing would only ever answer "absent", so it is left out. (Live,
+    # writers may fill the target meanwhile, and a live batch reads it under the locks anyway.)
+    pre_read = stores.live is not None or not await is_empty(dst)
     in_flight: list[tuple[asyncio.Task[None], Sequence[Item]]] = []
     unwritten: dict[str, Any] | None = None  # the checkpoint due, not yet written (CHECKPOINT_EVERY_S)
     # Written as the run starts, not after its first timed write: shadow mode reads the cursor to tell
@@ -172,7 +191,8 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
                 if not page:
                     continue
             await throttle.take(len(page))
-            task = asyncio.create_task(_copy_batch(stores, source, src, dst, page, transform, slots, result))
+            task = asyncio.create_task(_copy_batch(stores, source, src, dst, page, transform, slots, result,
+                                                   pre_read))
             in_flight.append((task, page))
             if len(in_flight) >= window:
                 await finish_oldest()
@@ -210,13 +230,14 @@ def _transformed(transform: Transform | None, key: str, value: bytes) -> bytes:
 
 
 async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend, page: Sequence[Item],
-                      transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult) -> None:
+                      transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult,
+                      pre_read: bool = True) -> None:
     if stores.live is not None:
         async with slots:
             for start in range(0, len(page), MAX_LIVE_PAGE):
                 await _copy_live_page(stores, source, src, dst, page[start:start + MAX_LIVE_PAGE], transform, result)
         return
-    existing = await get_many(dst, [key for key, _ in page])
+    existing = await get_many(dst, [key for key, _ in page]) if pre_read else [None] * len(page)
     writes: list[Item] = []
     for (key, value), current in zip(page, existing, strict=True):
         try:
