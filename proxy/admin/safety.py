@@ -15,11 +15,9 @@ from turnout.admin.v1 import admin_pb2
 from proxy import statedir
 from proxy.admin.state import AdminState
 from proxy.data.discrepancies import report_from_log
-from proxy.routing.safetyflags import Triggers
 from proxy.safety import records
 from proxy.safety.checkpoints import CheckpointInputs, evaluate_checkpoints
 from proxy.safety.counters import Counters
-from proxy.safety.triggers import evaluate
 from proxy.safety.window import Readings
 from proxy.workers.relay import RELAY_TIMEOUT_S, relay
 
@@ -57,7 +55,6 @@ async def checkpoint_report(state: AdminState) -> dict[str, Any] | None:
     if guard is None or plane is None:
         return None
     flags = state.watcher.router.flags
-    triggers = flags.rollback_triggers or Triggers()
     judgement = guard.last if guard.last is not None else await guard.evaluate_once()
     safety = await asyncio.to_thread(records.read, state.state_dir)
     since = safety.shadow_since
@@ -66,7 +63,7 @@ async def checkpoint_report(state: AdminState) -> dict[str, Any] | None:
     snapshot = plane.snapshot()
     inputs = CheckpointInputs(
         now=time.time(), flags=flags, overridden=state.watcher.override is not None, window=judgement.figures,
-        evaluation=evaluate(judgement.figures, triggers), since_shadow=since_shadow, records=safety,
+        evaluation=judgement.evaluation, since_shadow=since_shadow, records=safety,
         last_verify=last_verify, last_verify_age_s=age, replication=snapshot.replication,
         backends_healthy={backend.name: backend.healthy for backend in snapshot.backends},
     )

@@ -1,9 +1,8 @@
-"""Reading the flag file: its bytes, the YAML and the validation, into a Flags value.
+"""Reading the flag file: its bytes (proxy.routing.flagbytes: a regular file of bounded size, nothing
+else), the YAML and the validation, into a Flags value.
 
-A flag file is a regular file (a link to one is followed) of at most MAX_FLAG_FILE_BYTES; a FIFO, a
-device or anything bigger is refused before it is read. Unknown fields, wrong types, out-of-range
-numbers, duplicate fields and regexes that RE2 does not compile make the whole file invalid, with a
-message naming the file, the line and the field
+Unknown fields, wrong types, out-of-range numbers, duplicate fields and regexes that RE2 does not
+compile make the whole file invalid, with a message naming the file, the line and the field
 (`flags.yaml:7: traffic_percentage.read: must be a number from 0 to 100, got 150`). Validation goes
 node by node over the composed YAML, so that every error has a line.
 """
@@ -11,8 +10,6 @@ node by node over the composed YAML, so that every error has a line.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import yaml
 
 from proxy.errors import ConfigError
 from proxy.routing.comparisonrules import RULE_FIELDS, ComparisonRule, parse_expiry
+from proxy.routing.flagbytes import read_flag_file
 from proxy.routing.flags import Flags, LoadedFlags, check_key_pattern, is_percentage
 from proxy.routing.safetyflags import CanaryPlan, Triggers, parse_duration
 from proxy.routing.yaml12 import NULL_TAG, FlagsLoader
@@ -28,57 +26,6 @@ from proxy.routing.yaml12 import NULL_TAG, FlagsLoader
 def load_flags(path: Path) -> LoadedFlags:
     """Read and validate the flag file at path; ConfigError names the file, line and field."""
     return parse_loaded(read_flag_file(path), str(path))
-
-
-#: The largest flag file read. Kubernetes caps a whole ConfigMap at 1 MiB, so a flag file mounted
-#: from one is never bigger, and a real one (a few dozen lines, a few hundred patterns at most) is
-#: far smaller; past it, reading and parsing would only cost memory and time, and a link to
-#: /dev/zero would never end.
-MAX_FLAG_FILE_BYTES = 1 << 20
-
-
-def read_flag_file(path: Path) -> bytes:
-    """The flag file's bytes; ConfigError when it cannot be read, is not a regular file (following
-    links, as the ConfigMap layout needs) or is larger than MAX_FLAG_FILE_BYTES."""
-    try:
-        _refuse_special(path, os.stat(path))  # before opening: opening a device may itself do something
-        # O_NONBLOCK: should a FIFO take the file's place in between, opening it cannot wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read flag file: {exc.strerror or exc}") from exc
-    try:
-        # What counts is the file actually opened, whatever the path points at by now.
-        _refuse_special(path, os.fstat(fd))
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, MAX_FLAG_FILE_BYTES + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FLAG_FILE_BYTES:
-                raise ConfigError(_too_large(path))  # grew while being read
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read flag file: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _refuse_special(path: Path, status: os.stat_result) -> None:
-    if not stat.S_ISREG(status.st_mode):
-        raise ConfigError(f"{path}: not a regular file ({_kind(status.st_mode)}); a flag file must be one")
-    if status.st_size > MAX_FLAG_FILE_BYTES:
-        raise ConfigError(_too_large(path, status.st_size))
-
-
-def _too_large(path: Path, size: int | None = None) -> str:
-    shown = "" if size is None else f" ({size} bytes)"
-    return f"{path}: larger than {MAX_FLAG_FILE_BYTES} bytes{shown}, the most a flag file may be"
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def parse_loaded(raw: bytes, source: str) -> LoadedFlags:

@@ -42,7 +42,8 @@ from proxy import statedir
 from proxy.background import BackgroundTask
 from proxy.durable import replace_file
 from proxy.errors import ConfigError
-from proxy.routing.flagfile import digest, load_flags, parse_loaded, read_flag_file
+from proxy.routing.flagbytes import read_flag_file
+from proxy.routing.flagfile import digest, load_flags, parse_loaded
 from proxy.routing.flags import Flags, LoadedFlags
 from proxy.routing.router import Override, Route, Router, Trip
 from proxy.statedir import LAST_GOOD_FILE, OVERRIDE_FILE

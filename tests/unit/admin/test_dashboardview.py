@@ -13,17 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.admin.confidence import FORMULA, Evidence, confidence, score_terms
 from proxy.admin.dashboardview import (
-    FORMULA,
-    Evidence,
     build_document,
-    confidence,
     coverage_view,
     jobs_document,
     migration_phase,
     rollbacks_document,
     rules_view,
-    score_terms,
     series,
 )
 from proxy.admin.http import HttpSide

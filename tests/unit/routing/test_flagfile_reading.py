@@ -15,7 +15,7 @@ import pytest
 from proxy.cli import main
 from proxy.errors import ConfigError
 from proxy.routing import watcher as watcher_module
-from proxy.routing.flagfile import MAX_FLAG_FILE_BYTES, read_flag_file
+from proxy.routing.flagbytes import MAX_FLAG_FILE_BYTES, read_flag_file
 from proxy.routing.watcher import FlagWatcher
 
 INTERVAL = 0.05
