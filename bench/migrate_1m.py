@@ -27,6 +27,7 @@ from proxy.backends.base import Backend
 from proxy.backends.jsonfile import JsonFileBackend
 from proxy.backends.sqlite import SqliteBackend
 from proxy.backends.sqlitefile import SCHEMA
+from proxy.collector import settle_garbage_collector
 from proxy.migration.migrate import migrate
 from proxy.migration.stores import Stores
 from proxy.migration.verify import verify
@@ -62,10 +63,12 @@ async def timed_phase(phase: str, old: Backend, new: Backend, state: Path, batch
     takes, the code path of `turnout migrate` / `turnout verify`; it must end clean. Closes both stores.
     The stores are opened (and the legacy file parsed) by the caller, before the clock starts."""
     stores = Stores(old, new, Router(Flags()))
+    settle_garbage_collector()  # as `turnout migrate` and `turnout verify` do once their stores are open
     try:
         started = time.perf_counter()
-        if phase == "migrate":
-            result = await migrate(stores, state, batch_size=batch_size, restart=True)
+        if phase in ("migrate", "migrate-read-back"):
+            result = await migrate(stores, state, batch_size=batch_size, restart=True,
+                                   read_back=phase == "migrate-read-back")
             assert result.error_count == 0, result.errors[:3]
         else:
             checked = await verify(stores)

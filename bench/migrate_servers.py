@@ -13,7 +13,8 @@ always, as the tests run it) serve the whole run and are stopped by pid at the e
   then one upsert from it (what an upsert-safe bulk load costs). redis-py: MSETs of --batch-size
   keys, pipelined ten to a round trip.
 - migrate: `proxy.migration.migrate.migrate` over Stores(old=JsonFileBackend, new=<store>), the
-  code path of `turnout migrate` (pre-read, set_many, read-back of every batch).
+  code path of `turnout migrate` (set_many of every batch into the empty target), and again with
+  `--read-back` (each batch read back and compared).
 - verify: `proxy.migration.verify.verify` between the legacy file and the store just migrated.
 
 Each phase runs in a child process of its own, so its peak resident memory is its own; opening
@@ -157,7 +158,7 @@ async def empty_target(store: str, address: str) -> None:
 
 
 async def run_phase(phase: str, store: str, address: str, folder: Path, batch: int) -> float:
-    if phase == "migrate":
+    if phase.startswith("migrate"):
         await empty_target(store, address)
     old = await JsonFileBackend.open(folder / "legacy.json")
     new = await open_store(store, address)
@@ -208,7 +209,8 @@ def figure(case: str, keys: int, measured: dict[str, float]) -> Figure:
 
 def store_figures(store: str, address: str, folder: Path, args: argparse.Namespace) -> list[Figure]:
     n = args.keys
-    phases = ["raw", "raw-upsert", "migrate", "verify"] if store == "postgres" else ["raw", "migrate", "verify"]
+    phases = ["raw", "raw-upsert"] if store == "postgres" else ["raw"]
+    phases += ["migrate-read-back", "migrate", "verify"]
     # Rounds interleave the phases and each keeps its fastest: other work on a shared machine only
     # ever takes from a phase. Verify reads what the same round's migrate wrote.
     best: dict[str, dict[str, float]] = {}
@@ -223,10 +225,12 @@ def store_figures(store: str, address: str, folder: Path, args: argparse.Namespa
     else:
         baselines = [figure(f"raw redis-py pipelined MSET x{args.batch_size}", n, best["raw"])]
     migrated = figure(f"turnout migrate jsonfile -> {store}", n, best["migrate"])
+    read_back = figure(f"turnout migrate --read-back jsonfile -> {store}", n, best["migrate-read-back"])
     verified = figure(f"turnout verify jsonfile vs {store}", n, best["verify"])
     # Verify's target is absolute (issue 13): read against it as a ratio, so the table says met or not.
     verify_target = Figure(VERIFY_TARGET, VERIFY_TARGET_KEYS_S, "keys/s")
     return [*baselines, *(with_ratio(migrated, b, args.target_ratio) for b in baselines),
+            *(with_ratio(read_back, b) for b in baselines),
             with_ratio(verified, verify_target, 1.0)]
 
 

@@ -81,7 +81,7 @@ async def migrate_updates(stores: Stores, state_dir: Path, request: admin_pb2.Mi
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     job = asyncio.create_task(migrate(
         stores, state_dir, Route(request.source or "old"), request.batch_size or 500,
-        request.concurrency or 16, request.rate or None, transform, request.restart, progress,
+        request.concurrency or 16, request.rate or None, transform, request.restart, progress, request.read_back,
     ))
     job_board(state_dir).track("migrate", progress, job)
     async for update in follow(job, progress):

@@ -137,9 +137,10 @@ class JsonFileBackend:
         # Without a journal a flush swaps in a new dict whole, so holding it is a snapshot; with one,
         # writes change the dict in place (a copy per write would cost milliseconds), so copy it.
         data = self._index.data if self._flusher is None else dict(self._index.data)
-        matching = sorted(key for key in data if key.startswith(prefix))
+        matching = sorted(key for key in data if key.startswith(prefix)) if prefix else sorted(data)
         for start in range(0, len(matching), page_size):
-            yield [(key, data[key]) for key in matching[start : start + page_size]]
+            page = matching[start : start + page_size]
+            yield list(zip(page, map(data.__getitem__, page), strict=True))
 
     # -- writes: batched, one rewrite (or one journal append) per batch ---------------------------
 

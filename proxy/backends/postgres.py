@@ -20,11 +20,11 @@ from psycopg.rows import TupleRow
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.postgresbatch import Batches, QueuedRead, QueuedWrite
-from proxy.backends.postgresdocs import key_refusal, value_refusal
+from proxy.backends.postgresdocs import batch_refusal, key_refusal, value_refusal
 from proxy.backends.postgresorder import WriteOrder
 from proxy.backends.postgrespool import REFUSED_INPUT, Connection, Server, own_copy
 from proxy.backends.postgresschema import Statements, ensure_table
-from proxy.backends.postgreswrites import BULK_PAGE, apply_batch, load_rows
+from proxy.backends.postgreswrites import BULK_PAGE, apply_batch, insert_rows, load_rows
 from proxy.backends.sqlitefile import prefix_upper_bound
 from proxy.errors import BackendUnavailable, InvalidArgument
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from proxy.config import BackendSpec
 
 T = TypeVar("T")
+#: A bulk write of (key, document text) rows on one connection within a limit: load_rows or insert_rows.
+BulkWrite = Callable[[Connection, Statements, list[tuple[str, str]], float], Awaitable[None]]
 
 
 class PostgresBackend:
@@ -264,14 +266,32 @@ class PostgresBackend:
         another; every item is checked before anything is written; the upsert takes its rows in key
         order, so two bulk writes sharing keys (two processes) lock them in one order, never deadlocking.
         """
+        await self._bulk(items, load_rows)
+
+    async def load_many(self, items: Sequence[Item]) -> None:
+        """set_many of keys the table is believed to lack (a migrate into an empty table): one COPY into
+        the table itself, or set_many's upsert when one of the keys is there after all."""
+
+        async def insert_else_upsert(connection: Connection, sql: Statements, rows: list[tuple[str, str]],
+                                     limit: float) -> None:
+            if not await insert_rows(connection, sql, rows, limit):
+                await load_rows(connection, sql, rows, limit)
+
+        await self._bulk(items, insert_else_upsert)
+
+    async def _bulk(self, items: Sequence[Item], write: BulkWrite) -> None:
         latest = {key: value for key, value in items}
         if not latest:
             return
-        rows = [(key, _storable(key, value)) for key, value in latest.items()]
+        keys, values = list(latest), list(latest.values())
+        refused = batch_refusal(keys, values)
+        if refused is not None:
+            raise InvalidArgument(f"postgres store: {refused[1]}")  # no key: messages may reach logs
+        rows = list(zip(keys, [value.decode("utf-8") for value in values], strict=True))
         limit = self._call_timeout * -(-len(rows) // BULK_PAGE)  # a call_timeout per thousand rows
 
         async def work(connection: Connection) -> None:
-            await load_rows(connection, self._sql, rows, limit)
+            await write(connection, self._sql, rows, limit)
 
         await self._call(work, timeout=limit, turn_keys=list(latest))
 

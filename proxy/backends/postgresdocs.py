@@ -67,6 +67,25 @@ def _may_hold_a_long_number(value: bytes) -> bool:
                for start in range(0, len(value) - _DIGIT_BLOCK + 1, _DIGIT_BLOCK))
 
 
+def batch_refusal(keys: list[str], values: list[bytes]) -> tuple[str, str] | None:
+    """(key, why) of the first item of a bulk write a postgres store cannot hold, or None for none.
+
+    The same rules as key_refusal and value_refusal, asked of the whole batch joined first: at C speed
+    most batches hold no NUL, no non-ASCII key, no small exponent and no long document, and only a
+    batch that does is checked item by item (per item they cost ~30 % of a bulk load's CPU)."""
+    joined_keys, joined_values = "".join(keys), b"".join(values)
+    suspect = ("\x00" in joined_keys or not joined_keys.isascii() or b"u0000" in joined_values
+               or b"e-" in joined_values or b"E-" in joined_values
+               or max(map(len, values), default=0) >= 2 * _DIGIT_BLOCK)
+    if not suspect:
+        return None
+    for key, value in zip(keys, values, strict=True):
+        why = key_refusal(key) or value_refusal(value)
+        if why is not None:
+            return key, why
+    return None
+
+
 def refusal(key: str, value: bytes | None = None) -> str | None:
     """Why a postgres store cannot hold this key (and document, when given), or None when it can."""
     return key_refusal(key) or (value_refusal(value) if value is not None else None)

@@ -30,6 +30,8 @@ class Statements:
         self.upsert_many = self._render(
             "INSERT INTO {t} (key, value) SELECT k, v::jsonb FROM unnest(%s::text[], %s::text[]) AS u(k, v) "
             'ORDER BY k COLLATE "C" ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value')
+        #: A bulk load of keys the table lacks, straight into it (a duplicate key fails it whole).
+        self.copy_table = self._render("COPY {t} (key, value) FROM STDIN")
         #: The temporary table a bulk write is copied into first, dropped when its transaction ends.
         self.create_load = b"CREATE TEMP TABLE turnout_load (key text, value text) ON COMMIT DROP"
         self.copy_load = b"COPY turnout_load (key, value) FROM STDIN"

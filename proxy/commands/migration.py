@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rate", type=float, help="at most this many keys a second")
     parser.add_argument("--transform", help="module:function(key, document) -> document")
     parser.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
+    parser.add_argument("--read-back", action="store_true",
+                        help="also read every written batch back and compare it (verify checks both stores anyway)")
     _mode_arguments(parser)
     parser.set_defaults(func=run_migrate)
 
@@ -95,7 +97,8 @@ def run_migrate(args: argparse.Namespace) -> int:
         with channel:
             request = admin_pb2.MigrateRequest(source=args.source, batch_size=args.batch_size,
                                                concurrency=args.concurrency, rate=args.rate or 0,
-                                               transform=args.transform or "", restart=args.restart)
+                                               transform=args.transform or "", restart=args.restart,
+                                               read_back=args.read_back)
             doc = follow(stub.Migrate(request), "migrate")
         doc["mode"] = "live"
     else:
@@ -111,7 +114,7 @@ async def _migrate_offline(args: argparse.Namespace, config: Config) -> MigrateR
     try:
         async with open_offline(config) as stores:
             return await migrate(stores, config.state_dir, Route(args.source), args.batch_size, args.concurrency,
-                                 args.rate, transform, args.restart, progress)
+                                 args.rate, transform, args.restart, progress, args.read_back)
     finally:
         progress.close()
 

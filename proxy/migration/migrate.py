@@ -5,11 +5,17 @@ under its keys' locks (taken in one order, so no writer of one key and no other 
 circle with it), each key from its current state read under them, and only when no write of it is
 still being replicated: a backfill then never overwrites a newer live write and never brings back a
 deleted key. A live batch costs one pending check, one read of each store, one write and one
-read-back, and a write of one of its keys waits at most that long (the batch size bounds it).
+(with read_back) read-back, and a write of one of its keys waits at most that long (the batch size bounds it).
 
 Up to `concurrency` batches are in flight at once offline, one live (its locks held as briefly as
 the batch allows); the checkpoint only ever names the last key of a run of batches that have all
 finished.
+
+A batch counts as migrated once the target acknowledged its write (a committed transaction, an
+MSET's OK, a journal fsync): that is each store's promise that it holds the documents. `read_back`
+also reads every written batch back and compares it, which costs about as much as the write again
+(bench/migrate_servers.py measures both); `turnout verify`, which the cutover requires clean, reads
+both stores back anyway, and it is the check that also sees what changed after the copy.
 
 Re-running is safe: a key whose target already holds an equal document is skipped, and a
 checkpoint in state_dir lets an interrupted run resume after the last key it finished (for stores
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import statedir
-from proxy.backends.base import Backend, Item, get_many
+from proxy.backends.base import Backend, Item, get_many, load_many
 from proxy.data.compare import documents_equal
 from proxy.errors import InvalidArgument
 from proxy.migration.stores import Stores
@@ -128,7 +134,7 @@ async def is_empty(backend: Backend) -> bool:
 
 async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, batch_size: int = 500,
                   concurrency: int = 16, rate: float | None = None, transform: Transform | None = None,
-                  restart: bool = False, progress: Progress | None = None) -> MigrateResult:
+                  restart: bool = False, progress: Progress | None = None, read_back: bool = False) -> MigrateResult:
     started = time.monotonic()
     src, dst = stores.backend(source), stores.backend(source.other)
     checkpoint_path = state_dir / CHECKPOINT_FILE
@@ -192,7 +198,7 @@ async def migrate(stores: Stores, state_dir: Path, source: Route = Route.OLD, ba
                     continue
             await throttle.take(len(page))
             task = asyncio.create_task(_copy_batch(stores, source, src, dst, page, transform, slots, result,
-                                                   pre_read))
+                                                   pre_read, read_back))
             in_flight.append((task, page))
             if len(in_flight) >= window:
                 await finish_oldest()
@@ -231,11 +237,16 @@ def _transformed(transform: Transform | None, key: str, value: bytes) -> bytes:
 
 async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend, page: Sequence[Item],
                       transform: Transform | None, slots: asyncio.Semaphore, result: MigrateResult,
-                      pre_read: bool = True) -> None:
+                      pre_read: bool = True, read_back: bool = False) -> None:
     if stores.live is not None:
         async with slots:
             for start in range(0, len(page), MAX_LIVE_PAGE):
-                await _copy_live_page(stores, source, src, dst, page[start:start + MAX_LIVE_PAGE], transform, result)
+                await _copy_live_page(stores, source, src, dst, page[start:start + MAX_LIVE_PAGE], transform, result,
+                                      read_back)
+        return
+    if not pre_read and transform is None:
+        # Into a target that held nothing: every item as read, loaded as keys the target lacks.
+        await _write_batch(dst, list(page), result, read_back, fresh=True)
         return
     existing = await get_many(dst, [key for key, _ in page]) if pre_read else [None] * len(page)
     writes: list[Item] = []
@@ -249,26 +260,28 @@ async def _copy_batch(stores: Stores, source: Route, src: Backend, dst: Backend,
             result.skipped += 1
         else:
             writes.append((key, wanted))
-    if not writes:
-        return
+    if writes:
+        await _write_batch(dst, writes, result, read_back)
+
+
+async def _write_batch(dst: Backend, writes: list[Item], result: MigrateResult, read_back: bool,
+                       fresh: bool = False) -> None:
     try:
-        await dst.set_many(writes)
+        await (load_many(dst, writes) if fresh else dst.set_many(writes))
     except Exception as exc:
         for key, _ in writes:
             _error(result, key, f"write failed: {exc}")
         return
-    read_back = await get_many(dst, [key for key, _ in writes])
-    for (key, wanted), stored in zip(writes, read_back, strict=True):
-        if stored is None or not documents_equal(stored, wanted):
-            _error(result, key, "read-back differs from what was written")
-        else:
-            result.migrated += 1
+    if read_back:
+        _count_read_back(result, writes, await get_many(dst, [key for key, _ in writes]))
+    else:
+        result.migrated += len(writes)
 
 
 async def _copy_live_page(stores: Stores, source: Route, src: Backend, dst: Backend, page: Sequence[Item],
-                          transform: Transform | None, result: MigrateResult) -> None:
+                          transform: Transform | None, result: MigrateResult, read_back: bool) -> None:
     """Copy a page under its keys' locks, each key decided by the live rule from its current state:
-    one read of each store, one write and one read-back for the page."""
+    one read of each store and one write for the page (and one read-back, if asked)."""
     live = stores.live
     assert live is not None
     keys = [key for key, _ in page]
@@ -308,13 +321,21 @@ async def _copy_live_page(stores: Stores, source: Route, src: Backend, dst: Back
             return
         try:
             await dst.set_many(writes)
-            read_back = await get_many(dst, [key for key, _ in writes])
+            stored = await get_many(dst, [key for key, _ in writes]) if read_back else None
         except Exception as exc:
             for key, _ in writes:
                 _error(result, key, f"write failed: {exc}")
             return
-    for (key, wanted), stored in zip(writes, read_back, strict=True):
-        if stored is None or not documents_equal(stored, wanted):
+    if stored is None:
+        result.migrated += len(writes)
+    else:
+        _count_read_back(result, writes, stored)
+
+
+def _count_read_back(result: MigrateResult, writes: Sequence[Item], stored: Sequence[bytes | None]) -> None:
+    """Count each written key as migrated if the target gave back an equal document, else as an error."""
+    for (key, wanted), value in zip(writes, stored, strict=True):
+        if value is None or not documents_equal(value, wanted):
             _error(result, key, "read-back differs from what was written")
         else:
             result.migrated += 1

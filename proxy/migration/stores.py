@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
+from proxy.collector import settle_garbage_collector
 from proxy.config import Config
 from proxy.data.keylocks import KeyLocks
 from proxy.data.live import Live
@@ -45,6 +46,7 @@ async def open_offline(config: Config) -> AsyncIterator[Stores]:
             watcher = FlagWatcher(config.flags, config.state_dir)
             watcher.load_initial()
             await drain_leftovers(config.state_dir, old, new)
+            settle_garbage_collector()  # a bulk copy allocates per key; what is open now stays
             yield Stores(old, new, watcher.router)
         finally:
             await new.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import resource
@@ -30,6 +29,7 @@ from proxy.admin.state import AdminState
 from proxy.admin.steering import ProxySteering
 from proxy.backends import open_backend
 from proxy.backends.base import Backend
+from proxy.collector import settle_garbage_collector
 from proxy.config import BackendSpec, Config, Limits
 from proxy.data.discrepancies import DiscrepancyLog
 from proxy.data.dispatcher import Dispatcher
@@ -260,27 +260,6 @@ def restore_canary_step(watcher: FlagWatcher, state_dir: Path) -> None:
     plan = watcher.file_flags.canary
     if plan is not None:
         watcher.set_canary_step(canary.load(state_dir, plan, time.time()).step)
-
-
-#: Allocations between two young-generation collections (Python's default is 700).
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_garbage_collector() -> None:
-    """Keep the collector off the hot path once start-up is done.
-
-    Every gRPC call allocates a few dozen short-lived objects, so at the default threshold a young
-    collection ran every few dozen calls, and each one also walked what start-up left alive. Frozen,
-    start-up's objects are never walked again; the higher threshold makes young collections rarer
-    at a cost of a little memory (the KeyValue benchmark's server CPU per call shows the difference).
-
-    Nothing large may wait for the collector: a refused request used to sit in a reference cycle
-    (grpc's abort keeps its traceback, which holds the handler's frame and the request) until a
-    collection came, thousands of calls later; serving/refusals.py breaks that cycle instead.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 #: Descriptors kept out of every connection limit: the stores and their journals, state_dir's files,

@@ -3,7 +3,7 @@
 A refusal is `context.abort()`, which raises grpc's AbortError and keeps it on the call's own state.
 Its traceback holds the handler's frame, that frame holds the request and the context, and the
 context holds the call's state: a reference cycle around the whole request. Only the cyclic collector
-frees it, and with its threshold raised and start-up frozen (`settle_garbage_collector`) that came
+frees it, and with its threshold raised and start-up frozen (`proxy.collector`) that came
 after thousands of calls, so refused 10 MB requests piled up by the gigabyte (issue 16, item 2).
 
 `ReleaseRefusedRequests` wraps each handler once: when the call was aborted, it drops the tracebacks

@@ -95,10 +95,11 @@ def test_the_server_migration_benchmark_migrates_and_verifies_into_postgres_and_
     )
     assert finished.returncode == 0, finished.stderr
     figures = {(f["case"], f["baseline"]): f for f in json.loads(out.read_text())["figures"]}
-    assert len(figures) == 8
+    assert len(figures) == 11  # 3 raw loads, migrate and migrate --read-back against each, 2 verifies
     for figure in figures.values():
         assert figure["value"] > 0
     assert figures[("turnout migrate jsonfile -> postgres", "raw psycopg COPY into the table")]["ratio"] > 0
+    assert figures[("turnout migrate --read-back jsonfile -> redis", "raw redis-py pipelined MSET x500")]["ratio"] > 0
     assert figures[("turnout migrate jsonfile -> redis", "raw redis-py pipelined MSET x500")]["ratio"] > 0
     assert figures[("turnout verify jsonfile vs redis", "target 100k keys/s")]["target"] == 1.0
 

@@ -12,7 +12,15 @@ import pytest
 
 from proxy.backends import open_backend
 from proxy.backends.postgres import PostgresBackend
-from proxy.backends.postgresdocs import NUL_KEY, NUL_STRING, NUMBER_RANGE, number_fits, refusal
+from proxy.backends.postgresdocs import (
+    NUL_KEY,
+    NUL_STRING,
+    NUMBER_RANGE,
+    SURROGATE_KEY,
+    batch_refusal,
+    number_fits,
+    refusal,
+)
 from proxy.backends.registry import STORE_TYPES
 from proxy.config import BackendSpec
 from proxy.errors import BackendUnavailable, InvalidArgument
@@ -67,7 +75,7 @@ async def all_keys(backend: PostgresBackend, prefix: str = "", page_size: int = 
 # -- what PostgreSQL cannot hold ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "value", "why"), [
+REFUSAL_CASES = [
     ("k", b'{"a": "x\\u0000y"}', NUL_STRING),
     ("k", b'["\\\\\\u0000"]', NUL_STRING),
     ("k", b"1e-16384", NUMBER_RANGE),
@@ -76,10 +84,26 @@ async def all_keys(backend: PostgresBackend, prefix: str = "", page_size: int = 
     ("nul\x00key", b"1", NUL_KEY),
     ("k", b'{"a": "x\\\\u0000y", "n": 1e-16383, "big": 1.5e300}', None),
     ("k", b'"\\u0001 and \\\\\\\\u0000"', None),
-])
+    ("k\udc80", b"1", SURROGATE_KEY),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "why"), REFUSAL_CASES)
 def test_refusal_names_what_postgres_cannot_hold(key: str, value: bytes, why: str | None) -> None:
     """A \\u0000 escape (not an escaped backslash before u0000), a NUL key and a number beyond numeric are refused; the rest is not."""
     assert refusal(key, value) == why
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+@pytest.mark.parametrize(("key", "value", "why"), REFUSAL_CASES)
+def test_a_bulk_write_is_refused_as_its_items_would_be(key: str, value: bytes, why: str | None, position: int) -> None:
+    """batch_refusal (the whole batch checked at once) names the first item refusal() refuses, wherever it
+    stands among clean ones, and nothing for a batch refusal() refuses nothing of."""
+    clean = [("a", b'{"e": "x-y", "n": 1.5}'), ("b", b"[1, 2]")]
+    items = [*clean[:position], (key, value), *clean[position:]]
+    keys, values = [k for k, _ in items], [v for _, v in items]
+    assert batch_refusal(keys, values) == (None if why is None else (key, why))
+    assert batch_refusal([k for k, _ in clean], [v for _, v in clean]) is None
 
 
 def test_number_fits_numeric_limits() -> None:
@@ -222,6 +246,32 @@ async def test_concurrent_bulk_and_single_writes_leave_one_consistent_value(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_bulk_load_into_an_empty_table_writes_every_row(store: PostgresBackend) -> None:
+    """load_many (a migrate into an empty table: one COPY into the table) leaves what set_many would:
+    every key, the last of a key given twice, equal as JSON to what was given."""
+    items = [(f"k{i:04}", json.dumps({"i": i, "s": "é"}).encode()) for i in range(2500)]
+    await store.load_many([*items, ("k0001", b'"last"')])
+    assert await all_keys(store) == [key for key, _ in items]
+    assert json.loads(await store.get("k0001") or b"") == "last"
+    assert json.loads(await store.get("k2499") or b"") == {"i": 2499, "s": "é"}
+
+
+async def test_a_bulk_load_meeting_a_present_key_upserts_instead(store: PostgresBackend) -> None:
+    """A key already in the table fails the COPY whole; the load is then an upsert: nothing is lost
+    or doubled, and the present key takes the loaded value, as set_many would give it."""
+    await store.set("k2", b'"before"')
+    await store.load_many([("k1", b"1"), ("k2", b"2"), ("k3", b"3")])
+    assert [await store.get(key) for key in ("k1", "k2", "k3")] == [b"1", b"2", b"3"]
+    assert await all_keys(store) == ["k1", "k2", "k3"]
+
+
+async def test_a_bulk_load_refuses_what_jsonb_cannot_hold_before_writing(store: PostgresBackend) -> None:
+    """As set_many: one document jsonb cannot hold refuses the whole load with InvalidArgument, and no row is written."""
+    with pytest.raises(InvalidArgument, match="jsonb"):
+        await store.load_many([("good", b"1"), ("k", b'"a\\u0000b"'), ("also", b"2")])
+    assert await all_keys(store) == []
 
 
 # -- a server that is down, slow or refuses us ----------------------------------------------------

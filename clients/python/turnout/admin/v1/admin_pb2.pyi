@@ -272,6 +272,7 @@ class MigrateRequest(_message.Message):
     RATE_FIELD_NUMBER: _builtins.int
     TRANSFORM_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
+    READ_BACK_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """"old" (default) or "new" """
     batch_size: _builtins.int
@@ -282,6 +283,8 @@ class MigrateRequest(_message.Message):
     """module:function, imported by the proxy"""
     restart: _builtins.bool
     """ignore the checkpoint"""
+    read_back: _builtins.bool
+    """also read every written batch back and compare it"""
     def __init__(
         self,
         *,
@@ -291,10 +294,11 @@ class MigrateRequest(_message.Message):
         rate: _builtins.float = ...,
         transform: _builtins.str = ...,
         restart: _builtins.bool = ...,
+        read_back: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "concurrency", b"concurrency", "rate", b"rate", "restart", b"restart", "source", b"source", "transform", b"transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "concurrency", b"concurrency", "rate", b"rate", "read_back", b"read_back", "restart", b"restart", "source", b"source", "transform", b"transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
