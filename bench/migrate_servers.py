@@ -9,8 +9,10 @@ temporary folder, as the tests start it) and one standalone redis-server (append
 always, as the tests run it) serve the whole run and are stopped by pid at the end. Per store:
 
 - raw: the same rows loaded by the store's own driver, the fastest honest way it has. psycopg:
-  COPY straight into the store's table (no upsert: the floor), and COPY into a temporary table
-  then one upsert from it (what an upsert-safe bulk load costs). redis-py: MSETs of --batch-size
+  COPY straight into the store's table (no upsert: the floor); COPYs of --batch-size rows over as
+  many connections at once as the store's pool holds, as the migration's copy runs (the server then
+  parses rows on several backends); and COPY into a temporary table then one upsert from it (what
+  an upsert-safe bulk load costs). redis-py: MSETs of --batch-size
   keys, pipelined ten to a round trip.
 - migrate: `proxy.migration.migrate.migrate` over Stores(old=JsonFileBackend, new=<store>), the
   code path of `turnout migrate` (set_many of every batch into the empty target), and again with
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,6 +60,8 @@ STORES = ("postgres", "redis")
 #: under the store's prefix (the same keys, byte for byte) and empties the server after itself.
 TABLE, RAW_TABLE = "kv_migrated", "kv_raw"
 PREFIX = "kv:"
+#: The postgres store's default pool size: the parallel raw load uses as many connections.
+POOL_SIZE = 8
 #: MSETs per pipeline round trip of the raw Redis load.
 PIPELINED_MSETS = 10
 CHILD_TIMEOUT_S = 1800
@@ -101,6 +106,35 @@ async def raw_postgres(dsn: str, keys: int, upsert: bool) -> float:
                 await connection.execute(statements.upsert_loaded)
         elapsed = time.perf_counter() - started
         await connection.execute(sql.SQL("DROP TABLE {t}").format(t=statements.name))
+    return elapsed
+
+
+async def raw_postgres_parallel(dsn: str, keys: int, connections: int, batch: int) -> float:
+    """COPYs of --batch-size rows straight into the table, over `connections` connections at once (the
+    store's pool size): the server then parses rows on as many backends as the migration's copy does."""
+    statements = Statements(RAW_TABLE)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as setup:
+        await setup.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=statements.name))
+        await setup.execute(statements.create)
+    target = sql.SQL("COPY {t} (key, value) FROM STDIN").format(t=statements.name)
+    opened = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(connections)]
+    try:
+        loaded = rows(keys)
+        batches = [loaded[start : start + batch] for start in range(0, len(loaded), batch)]
+
+        async def load(connection: psycopg.AsyncConnection[Any], mine: list[list[tuple[str, str]]]) -> None:
+            for rows_of_batch in mine:
+                async with connection.transaction(), connection.cursor().copy(target) as copy:
+                    for row in rows_of_batch:
+                        await copy.write_row(row)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(load(connection, batches[n::connections]) for n, connection in enumerate(opened)))
+        elapsed = time.perf_counter() - started
+        await opened[0].execute(sql.SQL("DROP TABLE {t}").format(t=statements.name))
+    finally:
+        for connection in opened:
+            await connection.close()
     return elapsed
 
 
@@ -170,6 +204,8 @@ def child(phase: str, store: str, address: str, folder: Path, keys: int, batch: 
         coro = raw_postgres(address, keys, False) if store == "postgres" else raw_redis(address, keys, batch)
     elif phase == "raw-upsert":
         coro = raw_postgres(address, keys, True)
+    elif phase == "raw-parallel":
+        coro = raw_postgres_parallel(address, keys, POOL_SIZE, batch)
     else:
         coro = run_phase(phase, store, address, folder, batch)
     elapsed = asyncio.run(coro)
@@ -209,7 +245,7 @@ def figure(case: str, keys: int, measured: dict[str, float]) -> Figure:
 
 def store_figures(store: str, address: str, folder: Path, args: argparse.Namespace) -> list[Figure]:
     n = args.keys
-    phases = ["raw", "raw-upsert"] if store == "postgres" else ["raw"]
+    phases = ["raw", "raw-parallel", "raw-upsert"] if store == "postgres" else ["raw"]
     phases += ["migrate-read-back", "migrate", "verify"]
     # Rounds interleave the phases and each keeps its fastest: other work on a shared machine only
     # ever takes from a phase. Verify reads what the same round's migrate wrote.
@@ -221,6 +257,8 @@ def store_figures(store: str, address: str, folder: Path, args: argparse.Namespa
                 best[phase] = measured
     if store == "postgres":
         baselines = [figure("raw psycopg COPY into the table", n, best["raw"]),
+                     figure(f"raw psycopg COPYs x{args.batch_size} into the table, {POOL_SIZE} connections", n,
+                            best["raw-parallel"]),
                      figure("raw psycopg COPY to temp + one upsert", n, best["raw-upsert"])]
     else:
         baselines = [figure(f"raw redis-py pipelined MSET x{args.batch_size}", n, best["raw"])]

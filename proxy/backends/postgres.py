@@ -20,6 +20,7 @@ from psycopg.rows import TupleRow
 
 from proxy.backends.base import DEFAULT_PAGE_SIZE, Item, Key, Value
 from proxy.backends.postgresbatch import Batches, QueuedRead, QueuedWrite
+from proxy.backends.postgrescopy import Rows
 from proxy.backends.postgresdocs import batch_refusal, key_refusal, value_refusal
 from proxy.backends.postgresorder import WriteOrder
 from proxy.backends.postgrespool import REFUSED_INPUT, Connection, Server, own_copy
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from proxy.config import BackendSpec
 
 T = TypeVar("T")
-#: A bulk write of (key, document text) rows on one connection within a limit: load_rows or insert_rows.
-BulkWrite = Callable[[Connection, Statements, list[tuple[str, str]], float], Awaitable[None]]
+#: A bulk write of rows on one connection within a limit: load_rows or insert_rows.
+BulkWrite = Callable[[Connection, Statements, Rows, float], Awaitable[None]]
 
 
 class PostgresBackend:
@@ -272,8 +273,7 @@ class PostgresBackend:
         """set_many of keys the table is believed to lack (a migrate into an empty table): one COPY into
         the table itself, or set_many's upsert when one of the keys is there after all."""
 
-        async def insert_else_upsert(connection: Connection, sql: Statements, rows: list[tuple[str, str]],
-                                     limit: float) -> None:
+        async def insert_else_upsert(connection: Connection, sql: Statements, rows: Rows, limit: float) -> None:
             if not await insert_rows(connection, sql, rows, limit):
                 await load_rows(connection, sql, rows, limit)
 
@@ -283,12 +283,11 @@ class PostgresBackend:
         latest = {key: value for key, value in items}
         if not latest:
             return
-        keys, values = list(latest), list(latest.values())
-        refused = batch_refusal(keys, values)
+        rows = Rows(list(latest), list(latest.values()))
+        refused = batch_refusal(rows.keys, rows.values)
         if refused is not None:
             raise InvalidArgument(f"postgres store: {refused[1]}")  # no key: messages may reach logs
-        rows = list(zip(keys, [value.decode("utf-8") for value in values], strict=True))
-        limit = self._call_timeout * -(-len(rows) // BULK_PAGE)  # a call_timeout per thousand rows
+        limit = self._call_timeout * -(-len(rows.keys) // BULK_PAGE)  # a call_timeout per thousand rows
 
         async def work(connection: Connection) -> None:
             await write(connection, self._sql, rows, limit)

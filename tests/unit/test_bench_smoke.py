@@ -95,7 +95,7 @@ def test_the_server_migration_benchmark_migrates_and_verifies_into_postgres_and_
     )
     assert finished.returncode == 0, finished.stderr
     figures = {(f["case"], f["baseline"]): f for f in json.loads(out.read_text())["figures"]}
-    assert len(figures) == 11  # 3 raw loads, migrate and migrate --read-back against each, 2 verifies
+    assert len(figures) == 14  # 4 raw loads, migrate and migrate --read-back against each, 2 verifies
     for figure in figures.values():
         assert figure["value"] > 0
     assert figures[("turnout migrate jsonfile -> postgres", "raw psycopg COPY into the table")]["ratio"] > 0

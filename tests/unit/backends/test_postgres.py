@@ -258,6 +258,23 @@ async def test_a_bulk_load_into_an_empty_table_writes_every_row(store: PostgresB
     assert json.loads(await store.get("k2499") or b"") == {"i": 2499, "s": "é"}
 
 
+#: Keys and documents that COPY's text format must escape (tab, newline, CR, backslash) or that look
+#: like its markers (\\N for NULL, \\. for the end), beside plain ones.
+AWKWARD_ITEMS: list[tuple[str, bytes]] = [
+    ("tab\tkey", b'"a\\tb"'), ("new\nline", b'{"s": "x\\ny", "t": "\\\\"}'), ("cr\rkey", b'"\\r"'),
+    ("back\\slash", b'["\\\\N", "\\\\."]'), ("\\N", b"null"), ("\\.", '"\\u00e9 é"'.encode()), ("plain", b"[1, 2.5]"),
+]
+
+
+@pytest.mark.parametrize("write", ["set_many", "load_many"])
+async def test_bulk_writes_keep_keys_and_documents_copy_would_escape(store: PostgresBackend, write: str) -> None:
+    """Both bulk writes (COPY text made for the whole batch) store each awkward key and document as given."""
+    await getattr(store, write)(AWKWARD_ITEMS)
+    assert sorted(await all_keys(store)) == sorted(key for key, _ in AWKWARD_ITEMS)
+    for key, value in AWKWARD_ITEMS:
+        assert json.loads(await store.get(key) or b"") == json.loads(value), key
+
+
 async def test_a_bulk_load_meeting_a_present_key_upserts_instead(store: PostgresBackend) -> None:
     """A key already in the table fails the COPY whole; the load is then an upsert: nothing is lost
     or doubled, and the present key takes the loaded value, as set_many would give it."""
