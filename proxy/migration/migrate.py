@@ -4,8 +4,10 @@ Offline (no proxy) a batch is copied as it was read. Live (inside the proxy) a b
 under its keys' locks (taken in one order, so no writer of one key and no other batch can wait in a
 circle with it), each key from its current state read under them, and only when no write of it is
 still being replicated: a backfill then never overwrites a newer live write and never brings back a
-deleted key. A live batch costs one pending check, one read of each store, one write and one
-(with read_back) read-back, and a write of one of its keys waits at most that long (the batch size bounds it).
+deleted key. A live batch costs one pending check, one read of each store and one write (and a
+read-back, with read_back), and a write of one of its keys waits at most that long (the batch size
+bounds it). Offline into a target that held nothing, a batch is loaded as keys the target lacks
+(`load_many`: one COPY into a PostgreSQL table), with no read of the target first.
 
 Up to `concurrency` batches are in flight at once offline, one live (its locks held as briefly as
 the batch allows); the checkpoint only ever names the last key of a run of batches that have all
