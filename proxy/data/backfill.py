@@ -49,8 +49,12 @@ and again reads its slots and writes nothing. A process crash loses no mark (the
 it); a machine crash may lose the marks made since the kernel last wrote the pages back. The table is
 never cleared by the proxy: remove the file while it is stopped to start afresh.
 
-An agreeing comparison pays nothing for the rule: it runs only once a comparison found the shadow
-missing a key. A write that reaches both stores pays one CRC-32 and at most two byte updates.
+The cursor a comparison is judged against is the one of when its shadow call was issued: a shadow
+read slower than the cursor's lag (a loaded machine) would otherwise find a key absent before the
+copy and be judged after the cursor moved past it, a discrepancy that was only lag. Taking it costs a
+shadow call one clock read (the cursor is cached for CURSOR_TTL_S); the rule itself runs only once a
+comparison found the shadow missing a key. A write that reaches both stores pays one CRC-32 and at
+most two byte updates.
 """
 
 from __future__ import annotations
@@ -201,15 +205,18 @@ class BackfillRule:
             self._read_at = now
         return self._cursor
 
-    def not_migrated(self, op: Op, key: str, decision: Decision, primary: Any = None, shadow: Any = None) -> bool:
+    def not_migrated(self, op: Op, key: str, decision: Decision, primary: Any = None, shadow: Any = None,
+                     cursor: Cursor | None = None) -> bool:
         """Whether a shadow that lacks key, which the primary holds, is the backfill not done yet. For a
         Keys listing (key: its prefix), `primary` and `shadow` are the two listings: it is when the
-        shadow's holds no key the primary's lacks, and each key it lacks is one the rule explains."""
+        shadow's holds no key the primary's lacks, and each key it lacks is one the rule explains.
+        `cursor` is the backfill's as the shadow call was issued (None: as it is now)."""
+        if cursor is None:
+            cursor = self.cursor()
         if op is Op.KEYS:
-            return self._listing_not_migrated(decision, primary, shadow)
+            return self._listing_not_migrated(cursor, decision, primary, shadow)
         if op not in _KEY_OPS:
             return False
-        cursor = self.cursor()
         if decision.primary is not cursor.source or decision.secondary is not cursor.source.other:
             return False  # the shadow is not the store being filled
         if cursor.reached(key, self._ordered.get(cursor.source, False)):
@@ -217,8 +224,7 @@ class BackfillRule:
         # A Delete has marked its own write already; a read marks nothing.
         return self.touched.writes(key) <= (1 if op is Op.DELETE else 0)
 
-    def _listing_not_migrated(self, decision: Decision, primary: Any, shadow: Any) -> bool:
-        cursor = self.cursor()
+    def _listing_not_migrated(self, cursor: Cursor, decision: Decision, primary: Any, shadow: Any) -> bool:
         if primary is None or shadow is None or decision.primary is not cursor.source or (
                 decision.secondary is not cursor.source.other):
             return False

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from proxy.data.backendcall import BackendCalls, Call
-from proxy.data.backfill import BackfillRule
+from proxy.data.backfill import BackfillRule, Cursor
 from proxy.data.compare import Kind, compare_key_sets
 from proxy.data.coverage import ShadowCoverage
 from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, document_fields, trim
@@ -88,6 +88,11 @@ class ShadowLane:
         secondary = decision.secondary
         # The span starts now: the task may first run after the caller's span has ended.
         span = None if call.span is None else self.calls.span(secondary, op, call)
+        # How far the backfill was before the shadow call is issued: an absence it then finds is lag
+        # only for a key not reached yet. Asked later, when the comparison is judged, a cursor that
+        # moved past the key meanwhile (a slow shadow read) would call that lag a discrepancy.
+        backfill = self.backfill
+        cursor = None if backfill is None else backfill.cursor()
         # Eagerly: a store that answers without waiting is done before the primary starts, so the
         # comparison and a write's settling happen in line, with no Task and no held key lock.
         outcome = start_eagerly(self._call(secondary, op, run, call, span))
@@ -98,7 +103,7 @@ class ShadowLane:
         else:
             counters.in_flight += 1
             outcome.add_done_callback(self._done)
-        return ShadowCall(self, op, key, decision, router, call, outcome)
+        return ShadowCall(self, op, key, decision, router, call, outcome, cursor)
 
     def _done(self, task: asyncio.Future[Any]) -> None:
         self.counters.in_flight -= 1
@@ -120,11 +125,12 @@ class ShadowCall(Generic[T]):
     """One operation's shadow call: what it is of, and its outcome, at once when it never waited
     (see proxy.data.eager), else its Task."""
 
-    __slots__ = ("call", "decision", "key", "lane", "op", "outcome", "router")
+    __slots__ = ("call", "cursor", "decision", "key", "lane", "op", "outcome", "router")
 
     def __init__(self, lane: ShadowLane, op: Op, key: str, decision: Decision, router: Router, call: Call,
-                 outcome: Finished[T] | asyncio.Task[T]) -> None:
+                 outcome: Finished[T] | asyncio.Task[T], cursor: Cursor | None = None) -> None:
         self.lane = lane
+        self.cursor = cursor  # the backfill's, as the shadow call was issued
         self.op = op
         self.key = key
         self.decision = decision
@@ -185,7 +191,7 @@ class ShadowCall(Generic[T]):
             kind = judged
             backfill = self.lane.backfill
             if kind is Kind.MISSING_IN_SHADOW and backfill is not None and backfill.not_migrated(
-                    self.op, self.key, self.decision, primary, answer):
+                    self.op, self.key, self.decision, primary, answer, self.cursor):
                 self.lane.discrepancies.not_migrated(self.op)  # counted apart, not compared, not logged
                 return
             if self.op is Op.KEYS:
