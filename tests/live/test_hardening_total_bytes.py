@@ -76,7 +76,7 @@ def _header(name: str, value: str) -> bytes:
     return b"\x00" + bytes([len(raw_name)]) + raw_name + bytes([len(raw_value)]) + raw_value
 
 
-SETTINGS, HEADERS, DATA = 4, 1, 0
+SETTINGS, HEADERS, DATA, RST_STREAM = 4, 1, 0, 3
 ACK, END_HEADERS = 1, 4
 
 
@@ -105,6 +105,35 @@ def stalled_set(target: str, claimed: int) -> socket.socket:
     return sock
 
 
+def holding_set(target: str, claimed: int, attempts: int = 5) -> socket.socket:
+    """A stalled Set that holds a place: grpc.aio decides whether the next call may in as it takes the
+    one before, so a stalled call can meet a decision made while an earlier call was still counted and
+    be refused at once (its stream answered within moments); such a one is replaced."""
+    for _ in range(attempts):
+        sock = stalled_set(target, claimed)
+        sock.settimeout(0.5)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        if not _stream_ended(received, stream=1):
+            return sock  # the call is in, waiting for the rest of its request
+        sock.close()
+    raise AssertionError(f"no stalled call was let in after {attempts} attempts")
+
+
+def _stream_ended(frames: bytes, stream: int) -> bool:
+    """Whether the server's frames answer the stream (its response HEADERS, or RST_STREAM)."""
+    while len(frames) >= 9:
+        length, kind = int.from_bytes(frames[:3], "big"), frames[3]
+        if int.from_bytes(frames[5:9], "big") & 0x7FFFFFFF == stream and kind in (HEADERS, RST_STREAM):
+            return True
+        frames = frames[9 + length:]
+    return False
+
+
 def status_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     """The status code and message of call (OK and "" when it succeeds)."""
     try:
@@ -124,7 +153,7 @@ def test_a_call_past_max_concurrent_calls_is_refused_and_the_proxy_serves_again_
         health = health_pb2_grpc.HealthStub(channel)
         stub.Set(kv_pb2.SetRequest(key="kept", value=b'"before"'), timeout=CALL_TIMEOUT_S)
         for _ in range(limit):
-            held.callback(stalled_set(proxy.target, claimed=10 * MIB).close)
+            held.callback(holding_set(proxy.target, claimed=10 * MIB).close)
 
         def small_set() -> tuple[grpc.StatusCode, str]:
             return status_of(lambda: stub.Set(kv_pb2.SetRequest(key="small", value=b"1"), timeout=CALL_TIMEOUT_S))
