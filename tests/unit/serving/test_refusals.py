@@ -15,7 +15,7 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from proxy.data.dispatcher import Dispatcher
 from proxy.serving.kvservice import KV_SERVICE, KeyValueService, add_key_value, build_server
-from proxy.serving.refusals import MIB, InFlight, ReleaseRefusedRequests
+from proxy.serving.refusals import MIB, InFlight
 
 MAX_VALUE_BYTES = 1 * MIB
 
@@ -102,8 +102,9 @@ async def test_writes_past_the_in_flight_budget_are_refused_until_others_end() -
     """With three 1 MiB writes held by a stalled store and a 3 MiB budget, a fourth gets RESOURCE_EXHAUSTED
     saying so, and once the three end a write is taken again."""
     held = HeldWrites(3)
-    server = grpc.aio.server(interceptors=[ReleaseRefusedRequests(budget=3 * MIB + 1024)])
-    add_key_value(KeyValueService(lambda: cast(Dispatcher, held), MAX_VALUE_BYTES), server)
+    server = grpc.aio.server()
+    add_key_value(KeyValueService(lambda: cast(Dispatcher, held), MAX_VALUE_BYTES), server,
+                  InFlight(budget=3 * MIB + 1024))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     value = b'"' + b"x" * (MIB - 16) + b'"'
