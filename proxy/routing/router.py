@@ -164,6 +164,7 @@ class Router:
         "_shares",
         "_user_decision",
         "_users",
+        "by_caller",
         "flags",
         "override",
     )
@@ -187,6 +188,8 @@ class Router:
             self._fixed = Decision(override.route, override.route.other, compare, Reason.OVERRIDE)
         elif not flags.use_new_storage:
             self._fixed = Decision(Route.OLD, Route.NEW, compare=False, reason=Reason.KILL_SWITCH, replicate=False)
+        #: Whether the caller's name can change a route: when not, the server need not read it.
+        self.by_caller = self._fixed is None and bool(self._users)
 
     def route(self, op: Op, key: str, caller: str | None = None) -> Decision:
         """The backend for one operation; for Keys, `key` is the prefix (see the module docstring)."""

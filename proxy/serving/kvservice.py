@@ -153,18 +153,25 @@ class KeyValueService:
         return dispatcher
 
     def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
-        metadata = context.invocation_metadata()
-        return Call(caller_of(metadata), self._telemetry.server_span(method, metadata))
-
-    # The four unary handlers run on every call, so what they share is written out in each (a
-    # function call per step costs more than the step): the call's caller and span, the parse, the
-    # key's cheap bound (check_key only for a key that may be too long), the error and the span's end.
-
-    async def Get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
+        """The call's caller and span. Neither matters in the usual case, tracing off and flags that
+        route no caller by name: then the call's metadata is not read at all, as grpc builds it anew
+        (a tuple per entry) on each read, about 5 % of a call's instructions."""
+        telemetry = self._telemetry
+        dispatcher = self._open
+        if dispatcher is not None and not telemetry.traces_calls and not dispatcher.routes.router.by_caller:
+            return UNNAMED
         metadata = context.invocation_metadata()
         caller = caller_of(metadata) if metadata else None
-        span = self._telemetry.server_span("Get", metadata) if self._telemetry.traces_calls else None
-        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        span = telemetry.server_span(method, metadata) if telemetry.traces_calls else None
+        return UNNAMED if caller is None and span is None else Call(caller, span)
+
+    # The four unary handlers run on every call, so what they share is written out in each (a
+    # function call per step costs more than the step): the parse, the key's cheap bound (check_key
+    # only for a key that may be too long), the error and the span's end.
+
+    async def Get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.GetResponse:
+        call = self._call("Get", context)
+        span = call.span
         try:
             try:
                 key = GetRequest.FromString(raw).key
@@ -183,10 +190,8 @@ class KeyValueService:
         return kv_pb2.GetResponse(found=True, value=value)
 
     async def Set(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.SetResponse:
-        metadata = context.invocation_metadata()
-        caller = caller_of(metadata) if metadata else None
-        span = self._telemetry.server_span("Set", metadata) if self._telemetry.traces_calls else None
-        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        call = self._call("Set", context)
+        span = call.span
         try:
             try:
                 request = SetRequest.FromString(raw)
@@ -206,10 +211,8 @@ class KeyValueService:
         return kv_pb2.SetResponse()
 
     async def Has(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.HasResponse:
-        metadata = context.invocation_metadata()
-        caller = caller_of(metadata) if metadata else None
-        span = self._telemetry.server_span("Has", metadata) if self._telemetry.traces_calls else None
-        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        call = self._call("Has", context)
+        span = call.span
         try:
             try:
                 key = HasRequest.FromString(raw).key
@@ -226,10 +229,8 @@ class KeyValueService:
         return kv_pb2.HasResponse(found=found)
 
     async def Delete(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> kv_pb2.DeleteResponse:
-        metadata = context.invocation_metadata()
-        caller = caller_of(metadata) if metadata else None
-        span = self._telemetry.server_span("Delete", metadata) if self._telemetry.traces_calls else None
-        call = UNNAMED if caller is None and span is None else Call(caller, span)
+        call = self._call("Delete", context)
+        span = call.span
         try:
             try:
                 key = DeleteRequest.FromString(raw).key

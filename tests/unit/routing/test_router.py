@@ -73,6 +73,19 @@ def test_user_before_key_pattern_and_percentage() -> None:
     assert router.route(Op.GET, "x", None).primary == Route.OLD
 
 
+def test_the_router_says_whether_a_caller_can_change_a_route() -> None:
+    """by_caller (whether the server must read the caller's name) is true only when users are named and
+    no kill switch or override fixes every route; wherever it is false, no caller changes a decision."""
+    named = Flags(use_new_storage=True, enabled_for_users=("checkout",))
+    assert Router(named).by_caller
+    cases = [Router(Flags(use_new_storage=True)), Router(Flags(enabled_for_users=("checkout",))),
+             Router(named, Override(Route.OLD, "test", since=0.0))]
+    for router in cases:
+        assert not router.by_caller
+        for op in Op:
+            assert router.route(op, "k", "checkout") == router.route(op, "k", None)
+
+
 def test_key_patterns_are_searched_not_matched() -> None:
     """Patterns are regex searches: they match anywhere unless anchored."""
     router = Router(Flags(use_new_storage=True, enabled_for_keys=("session",)))

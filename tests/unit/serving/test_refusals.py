@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import cast
 
 import grpc
@@ -14,6 +15,8 @@ from grpc_health.v1 import health
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from proxy.data.dispatcher import Dispatcher
+from proxy.routing.flags import Flags
+from proxy.routing.router import Router
 from proxy.serving.kvservice import KV_SERVICE, KeyValueService, add_key_value, build_server
 from proxy.serving.refusals import MIB, InFlight
 
@@ -86,6 +89,7 @@ class HeldWrites:
     """A dispatcher stand-in whose writes wait until released, as writes to a stalled store do."""
 
     def __init__(self, count: int) -> None:
+        self.routes = SimpleNamespace(router=Router(Flags()))
         self.release = asyncio.Event()
         self.all_waiting = asyncio.Event()
         self._count = count
