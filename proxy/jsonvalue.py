@@ -24,6 +24,8 @@ import orjson
 #: 64), and far below where Python's json or a recursive walk runs out of stack (about 1000 frames, so
 #: about 330 levels for a walk of three frames a level).
 MAX_DEPTH = 100
+#: Past MAX_DEPTH takes that many openers and as many closers: a value this short is never too deep.
+SHALLOW_BYTES = 2 * MAX_DEPTH + 1
 
 TOO_DEEP = "too_deep"
 DUPLICATE_MEMBER = "duplicate_member"
@@ -95,8 +97,7 @@ def nesting_depth(raw: bytes) -> int:
 
 
 def too_deep(raw: bytes) -> bool:
-    # Past MAX_DEPTH takes that many openers and as many closers: short values end here at once.
-    if len(raw) <= 2 * MAX_DEPTH + 1:
+    if len(raw) <= SHALLOW_BYTES:
         return False
     # Fewer opening brackets than the limit, counting those inside strings too, cannot nest deeper:
     # most values end here after two counts.
@@ -176,7 +177,7 @@ def check_document(raw: bytes) -> None:
     other goes to check_exactly, which names the problem, or accepts what orjson alone refuses
     (an integer too long for a double, which Python keeps whole).
     """
-    if not too_deep(raw):
+    if len(raw) <= SHALLOW_BYTES or not too_deep(raw):  # too_deep's first test, in line for short values
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:

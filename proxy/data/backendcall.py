@@ -7,9 +7,9 @@ shadow's, and the presence checks of a Keys listing alike, so each is measured t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TypeVar
 
 from opentelemetry import trace
@@ -36,7 +36,7 @@ class Call:
 UNNAMED = Call()
 
 
-@dataclass
+@dataclass(slots=True)
 class BackendHealth:
     """What the proxy has seen of one backend's calls, for `turnout status` and health checks."""
 
@@ -66,7 +66,7 @@ class BackendCalls:
             span = self.span(route, op, parent)
         health = self.health[route]
         health.calls += 1
-        started = time.perf_counter()
+        started = perf_counter()
         failed = False
         try:
             return await call
@@ -86,7 +86,7 @@ class BackendCalls:
                 span.set_status(trace.StatusCode.ERROR, str(exc))
             raise
         finally:
-            self.metrics.backend_call(route, op, time.perf_counter() - started, failed=failed)
+            self.metrics.backend_call(route, op, perf_counter() - started, failed)
             if not failed:
                 health.consecutive_errors = 0
             if span is not None:

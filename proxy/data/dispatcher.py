@@ -124,7 +124,7 @@ class Dispatcher:
                 intent = await self._pending.stored_for_read(key, decision, router, call.caller)
             if intent is not None:
                 decision = follow(decision, intent, self.shadow, call.span)
-        self.metrics.operation(op, decision.primary)  # _note, in line
+        self.metrics.operations[op, decision.primary] += 1  # _note, in line
         if call.span is not None:
             self._trace_route(key, decision, router, call.span)
         shadow = None
@@ -145,12 +145,14 @@ class Dispatcher:
     # -- writes --------------------------------------------------------------------------------
 
     def set(self, key: Key, value: Value, call: Call) -> Coroutine[Any, Any, None]:
-        return self._write(Op.SET, key, lambda backend: backend.set(key, value), call)
+        return self._write(Op.SET, key, value, call)
 
     def delete(self, key: Key, call: Call) -> Coroutine[Any, Any, bool]:
-        return self._write(Op.DELETE, key, lambda backend: backend.delete(key), call)
+        return self._write(Op.DELETE, key, None, call)
 
-    async def _write(self, op: Op, key: Key, apply: Callable[[Backend], Coroutine[Any, Any, T]], call: Call) -> T:
+    async def _write(self, op: Op, key: Key, value: Value | None, call: Call) -> Any:
+        """A Set (value) or Delete (None): its route, the key's turn, its replication intent, the
+        shadow write beside it, the answer."""
         router = self.routes.router
         if router.flags.read_only:
             revision = router.flags.revision
@@ -158,11 +160,11 @@ class Dispatcher:
         if self.gate.paused is not None:
             self.gate.check()
         decision = router.route(op, key, call.caller)
-        self.metrics.operation(op, decision.primary)  # _note, in line
+        self.metrics.operations[op, decision.primary] += 1  # _note, in line
         if call.span is not None:
             self._trace_route(key, decision, router, call.span)
         queue = self.queue
-        release = await self.locks.acquire(key)
+        release = self.locks.take_free(key) or await self.locks.acquire(key)
         handed_off = False
         recording = decision.replicate
         try:
@@ -180,11 +182,15 @@ class Dispatcher:
                     await queue.record(key, source, target, wake=False)
                 self.backfill.touch(key)  # before the primary write: a read from now on sees it touched
                 self.triage.note(key, op, source, target)
-            shadow: ShadowCall[T] | None = None
+            shadow: ShadowCall[Any] | None = None
             if decision.compare:
-                shadow = self._shadows.start(op, key, decision, router, call, apply(self.backends[decision.secondary]))
+                secondary = self.backends[decision.secondary]
+                work = secondary.delete(key) if value is None else secondary.set(key, value)
+                shadow = self._shadows.start(op, key, decision, router, call, work)
             try:
-                result = await self._call(decision.primary, op, apply(self.backends[decision.primary]), call)
+                primary = self.backends[decision.primary]
+                work = primary.delete(key) if value is None else primary.set(key, value)
+                result = await self._call(decision.primary, op, work, call)
             except BaseException:
                 running = None if shadow is None else shadow.running()
                 if running is not None:

@@ -19,6 +19,15 @@ class KeyLocks:
         # key -> None while held with nobody waiting, else the waiters in arrival order.
         self._held: dict[str, deque[asyncio.Future[None]] | None] = {}
 
+    def take_free(self, key: str) -> Callable[[], None] | None:
+        """The key's lock taken at once if nobody holds it (its release, to call exactly once), else None:
+        then wait for it with acquire. The usual write finds its key free, and this costs it no coroutine."""
+        held = self._held
+        if key in held:
+            return None
+        held[key] = None
+        return partial(self._release, key)
+
     async def acquire(self, key: str) -> Callable[[], None]:
         """Wait for the key's lock; returns the function that releases it (call it exactly once)."""
         held = self._held

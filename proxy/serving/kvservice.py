@@ -19,8 +19,9 @@ from proxy.config import MAX_KEY_BYTES, Limits
 from proxy.data.backendcall import UNNAMED
 from proxy.data.dispatcher import Call, Dispatcher
 from proxy.errors import BackendUnavailable, InvalidArgument, ReadOnly, TurnoutError
+from proxy.jsonvalue import DocumentError, check_document
 from proxy.serving.refusals import Handler, InFlight, in_flight_budget, released
-from proxy.serving.validation import check_key, check_value
+from proxy.serving.validation import check_key, not_a_document, too_large
 from proxy.telemetry.tracing import Telemetry
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KeyValue"].full_name
 #: Room for the key and the protobuf framing around the largest value.
 MESSAGE_OVERHEAD = 64 * 1024
 #: The transport takes requests well past max_value_bytes, so that an over-large value reaches
-#: check_value and is refused with INVALID_ARGUMENT and a message saying the limit, as the contract
+#: Set's value check and is refused with INVALID_ARGUMENT and a message saying the limit, as the contract
 #: says; only a request past this ceiling is cut off by gRPC itself (RESOURCE_EXHAUSTED).
 RECEIVE_CEILING_FACTOR = 4
 MIN_RECEIVE_CEILING = 64 * 1024 * 1024
@@ -201,7 +202,12 @@ class KeyValueService:
             if not key or len(key) > KEY_CLEARED:
                 check_key(key)
             value = request.value
-            check_value(value, self._max_value_bytes)
+            if len(value) > self._max_value_bytes:
+                raise too_large(value, self._max_value_bytes)
+            try:
+                check_document(value)
+            except DocumentError as problem:
+                raise not_a_document(problem) from None
             await (self._open or self._ready()).set(key, value, call)
         except BaseException as error:
             await failed(call, error, context)

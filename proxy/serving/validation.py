@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.config import MAX_KEY_BYTES
 from proxy.errors import InvalidArgument
-from proxy.jsonvalue import DocumentError, check_document
+from proxy.jsonvalue import DocumentError
 
 
 def check_key(key: str) -> None:
@@ -15,12 +15,15 @@ def check_key(key: str) -> None:
         raise InvalidArgument(f"key: at most {MAX_KEY_BYTES} UTF-8 bytes, got {len(key.encode())}")
 
 
-def check_value(value: bytes, max_value_bytes: int) -> None:
-    """The value must be one JSON document in UTF-8 within the size limit that every store can hold
-    (proxy/jsonvalue.py: the same rules validate applies to what is stored)."""
-    if len(value) > max_value_bytes:
-        raise InvalidArgument(f"value: at most {max_value_bytes} bytes, got {len(value)}")
-    try:
-        check_document(value)
-    except DocumentError as exc:
-        raise InvalidArgument(f"value: {exc}") from None
+def too_large(value: bytes, max_value_bytes: int) -> InvalidArgument:
+    return InvalidArgument(f"value: at most {max_value_bytes} bytes, got {len(value)}")
+
+
+def not_a_document(problem: DocumentError) -> InvalidArgument:
+    return InvalidArgument(f"value: {problem}")
+
+
+# A value must be one JSON document in UTF-8 within the size limit that every store can hold
+# (proxy/jsonvalue.py: the same rules validate applies to what is stored). Set checks it in line,
+# `len(value) > max_value_bytes` and then check_document, each failure raised as the error above:
+# a function around the two would cost every Set a call.

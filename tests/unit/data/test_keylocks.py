@@ -20,6 +20,22 @@ async def test_a_free_key_is_taken_at_once_and_forgotten_when_released() -> None
     assert len(locks) == 0
 
 
+async def test_take_free_takes_only_a_free_key_and_a_waiter_gets_it_after() -> None:
+    """take_free takes a free key without waiting; a held key gives None, and acquire waits its turn."""
+    locks = KeyLocks()
+    release = locks.take_free("a")
+    assert release is not None
+    assert locks.take_free("a") is None
+    waiter = asyncio.ensure_future(locks.acquire("a"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    release()
+    release_waiter = await asyncio.wait_for(waiter, 1)
+    assert locks.take_free("a") is None
+    release_waiter()
+    assert len(locks) == 0
+
+
 async def test_holders_of_one_key_never_overlap_and_are_served_in_arrival_order() -> None:
     """Ten writers of one key, each yielding while it holds the key: one at a time, first come first served."""
     locks = KeyLocks()
