@@ -3,7 +3,7 @@
     .venv/bin/python bench/handlers.py [--calls 20000] [--rounds 7] [--json bench/results/handlers.json]
     .venv/bin/python bench/handlers.py --tree /tmp/before   # the same path in another checkout
 
-What the server runs per Set or Get beside what any gRPC server does: the refusal interceptor's
+What the server runs per Set or Get beside what any gRPC server does: the refusal
 wrapper, the raw-bytes handler (decoding, key and value checks), the dispatcher (route, key turn,
 metrics), the backend call, on memory stores, one hot key, tracing off. The floor is
 bench/floor_server.py's handler with protobuf decoding. `--tree` imports the proxy from another
@@ -17,9 +17,8 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
@@ -48,8 +47,8 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
     from proxy.replication.local import ReplicationQueue
     from proxy.routing.flags import Flags
     from proxy.routing.router import Route, Router
-    from proxy.serving.kvservice import KeyValueService
-    from proxy.serving.refusals import InFlight, _released
+    from proxy.serving.kvservice import KV_SERVICE, KeyValueService, ServiceHandlers, add_key_value
+    from proxy.serving.refusals import InFlight
     from proxy.telemetry.metrics import Metrics
     from proxy.telemetry.tracing import Telemetry
 
@@ -67,37 +66,39 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
     telemetry = Telemetry(enabled=False)
     dispatcher = Dispatcher({Route.OLD: old, Route.NEW: new}, Routes(), queue, locks, log, Metrics(), telemetry)
     service = KeyValueService(lambda: dispatcher, 1 << 20, telemetry)
-    in_flight = InFlight(1 << 30)
-
-    def wrapped(handler: Callable[..., Any], serializer: Callable[..., bytes]) -> Callable[..., Awaitable[Any]]:
-        method: Any = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serializer)
-        behaviour = _released(method, in_flight).unary_unary
-        assert behaviour is not None
-        return behaviour
-
-    proxy_set = wrapped(service.Set, kv_pb2.SetResponse.SerializeToString)
-    proxy_get = wrapped(service.Get, kv_pb2.GetResponse.SerializeToString)
+    # The handlers as `turnout serve` registers them: wrapped, and with their reply encoders if any.
+    table = ServiceHandlers()
+    add_key_value(service, cast(grpc.aio.Server, table), InFlight(1 << 30))
+    registered = table.services[KV_SERVICE]
+    proxy_set, set_reply = registered["Set"].unary_unary, registered["Set"].response_serializer
+    proxy_get, get_reply = registered["Get"].unary_unary, registered["Get"].response_serializer
+    assert proxy_set is not None
+    assert proxy_get is not None
     floor = DictKeyValue()
     set_raw = kv_pb2.SetRequest(key=KEY, value=VALUE).SerializeToString()
     get_raw = kv_pb2.GetRequest(key=KEY).SerializeToString()
-    context = Context()
+    context: Any = Context()  # stands in for grpc's ServicerContext
 
     async def proxy_sets() -> None:
         for _ in range(calls):
-            kv_pb2.SetResponse.SerializeToString(await proxy_set(set_raw, context))
+            reply = await proxy_set(set_raw, context)
+            if set_reply is not None:  # what grpc does with the handler's answer
+                set_reply(reply)
 
     async def proxy_gets() -> None:
         for _ in range(calls):
-            kv_pb2.GetResponse.SerializeToString(await proxy_get(get_raw, context))
+            reply = await proxy_get(get_raw, context)
+            if get_reply is not None:
+                get_reply(reply)
 
     async def floor_sets() -> None:
         for _ in range(calls):
-            reply = await floor.Set(kv_pb2.SetRequest.FromString(set_raw), context)  # type: ignore[arg-type]
+            reply = await floor.Set(kv_pb2.SetRequest.FromString(set_raw), context)
             kv_pb2.SetResponse.SerializeToString(reply)
 
     async def floor_gets() -> None:
         for _ in range(calls):
-            reply = await floor.Get(kv_pb2.GetRequest.FromString(get_raw), context)  # type: ignore[arg-type]
+            reply = await floor.Get(kv_pb2.GetRequest.FromString(get_raw), context)
             kv_pb2.GetResponse.SerializeToString(reply)
 
     cases = {"floor Set": floor_sets, "proxy Set": proxy_sets, "floor Get": floor_gets, "proxy Get": proxy_gets}

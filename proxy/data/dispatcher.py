@@ -32,7 +32,7 @@ from proxy.data.triage import Triage
 from proxy.data.writegate import WriteGate
 from proxy.errors import ReadOnly
 from proxy.replication.queue import IntentQueue
-from proxy.routing.router import Decision, Op, Route, Router
+from proxy.routing.router import DELETE, GET, HAS, SET, Decision, Op, Route, Router
 from proxy.telemetry import tracing as attr
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Telemetry
@@ -108,13 +108,12 @@ class Dispatcher:
     # coroutine of their own: one frame less on every call.
 
     def get(self, key: Key, call: Call) -> Coroutine[Any, Any, Value | None]:
-        return self._read(Op.GET, key, call, _get, compare_values, show_value)
+        return self._read(GET, key, call, compare_values, show_value)
 
     def has(self, key: Key, call: Call) -> Coroutine[Any, Any, bool]:
-        return self._read(Op.HAS, key, call, _has, compare_presence, show_presence)
+        return self._read(HAS, key, call, compare_presence, show_presence)
 
-    async def _read(self, op: Op, key: Key, call: Call, run: Callable[[Backend, Key], Coroutine[Any, Any, T]],
-                    judge: Judge, show: Show) -> T:
+    async def _read(self, op: Op, key: Key, call: Call, judge: Judge, show: Show) -> Any:
         """A Get or Has: its route (following the key's pending copy), the shadow beside it, the answer."""
         router = self.routes.router
         decision = router.route(op, key, call.caller)
@@ -129,8 +128,11 @@ class Dispatcher:
             self._trace_route(key, decision, router, call.span)
         shadow = None
         if decision.compare:
-            shadow = self._shadows.start(op, key, decision, router, call, run(self.backends[decision.secondary], key))
-        answer = await self._call(decision.primary, op, run(self.backends[decision.primary], key), call)
+            secondary = self.backends[decision.secondary]
+            work = secondary.get(key) if op is GET else secondary.has(key)
+            shadow = self._shadows.start(op, key, decision, router, call, work)
+        primary = self.backends[decision.primary]
+        answer = await self._call(decision.primary, op, primary.get(key) if op is GET else primary.has(key), call)
         if shadow is not None:
             shadow.compare(answer, judge, show)
         return answer
@@ -145,10 +147,10 @@ class Dispatcher:
     # -- writes --------------------------------------------------------------------------------
 
     def set(self, key: Key, value: Value, call: Call) -> Coroutine[Any, Any, None]:
-        return self._write(Op.SET, key, value, call)
+        return self._write(SET, key, value, call)
 
     def delete(self, key: Key, call: Call) -> Coroutine[Any, Any, bool]:
-        return self._write(Op.DELETE, key, None, call)
+        return self._write(DELETE, key, None, call)
 
     async def _write(self, op: Op, key: Key, value: Value | None, call: Call) -> Any:
         """A Set (value) or Delete (None): its route, the key's turn, its replication intent, the
@@ -199,7 +201,7 @@ class Dispatcher:
                     handed_off = True
                 raise
             if shadow is not None:
-                judge = compare_presence if op is Op.DELETE else no_difference
+                judge = compare_presence if op is DELETE else no_difference
                 outcome = shadow.outcome
                 if judge is no_difference and isinstance(outcome, Finished) and outcome.error is None:
                     # The usual Set in shadow mode, done in line: all judge() would do is count it,
@@ -249,12 +251,3 @@ class Dispatcher:
         self.gate.close()
         await self._shadows.drain()
         self.backfill.close()
-
-
-# Module-level, so a read allocates no closure: the one operation a Get or Has runs on each store.
-def _get(backend: Backend, key: Key) -> Coroutine[Any, Any, Value | None]:
-    return backend.get(key)
-
-
-def _has(backend: Backend, key: Key) -> Coroutine[Any, Any, bool]:
-    return backend.has(key)

@@ -27,7 +27,7 @@ from proxy.data.shadow import ShadowCounters
 from proxy.replication.local import ReplicationQueue
 from proxy.replication.queue import Intent, IntentQueue
 from proxy.replication.shared import SharedReplicationQueue
-from proxy.routing.router import Decision, Op, Router
+from proxy.routing.router import SET, Decision, Router
 
 #: Span attribute: the read was answered by the backend its key's last write is being copied from.
 PENDING_WRITE = "turnout.route.pending_write"
@@ -126,7 +126,7 @@ class SharedPending:
         read in one store may then, for the moments until its copy lands, still have a copy of a write
         made before a flag change on its way."""
         if (self._queue.pending(key) is not None
-                or router.route(Op.SET, key, caller).primary is not decision.primary):
+                or router.route(SET, key, caller).primary is not decision.primary):
             return await self._queue.stored_intent(key)
         return None
 

@@ -28,7 +28,7 @@ from proxy.data.discrepancies import Discrepancy, DiscrepancyLog, document_field
 from proxy.data.eager import Finished, start_eagerly
 from proxy.data.rules import RuleHits
 from proxy.data.triage import Triage, decision_fields, trace_id
-from proxy.routing.router import Decision, Op, Router
+from proxy.routing.router import GET, HAS, KEYS, Decision, Op, Router
 from proxy.telemetry import tracing as attr
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class ShadowCall(Generic[T]):
     def judge(self, primary: Any, judge: Judge, show: Show) -> None:
         """Count the comparison, and record a discrepancy if the finished shadow differs or failed."""
         self.lane.discrepancies.compared(self.op)
-        if self.op is Op.GET or self.op is Op.HAS:  # reads compare what is stored; a Set's shadow only writes
+        if self.op is GET or self.op is HAS:  # reads compare what is stored; a Set's shadow only writes
             self.lane.covered(self.key)
         outcome = self.outcome
         detail = ""
@@ -194,7 +194,7 @@ class ShadowCall(Generic[T]):
                     self.op, self.key, self.decision, primary, answer, self.cursor):
                 self.lane.discrepancies.not_migrated(self.op)  # counted apart, not compared, not logged
                 return
-            if self.op is Op.KEYS:
+            if self.op is KEYS:
                 diff = compare_key_sets(primary, answer)
                 detail = (f"missing in shadow: {diff.missing} {list(diff.missing_sample)}; "
                           f"extra in shadow: {diff.extra} {list(diff.extra_sample)}")

@@ -67,6 +67,9 @@ class Op(enum.StrEnum):
 
 
 _WRITES = frozenset({Op.SET, Op.DELETE})
+#: The operations as module constants, for the hot paths: Python 3.11's EnumType has a __getattr__,
+#: so each `Op.SET` is looked up the slow way (about 70 ns more than a global: bench/handlers.py).
+GET, SET, HAS, DELETE, KEYS = Op.GET, Op.SET, Op.HAS, Op.DELETE, Op.KEYS
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,10 +62,13 @@ class InFlight:
     def refusal(self, size: int) -> str | None:
         """Why a request of size bytes must wait for others to finish, or None to take it (and count it)."""
         if self.held and self.held + size > self.budget:
-            return (f"turnout holds {self.held // MIB} MiB of requests in flight (budget {self.budget // MIB} MiB); "
-                    "retry later")
+            return self.why_full()
         self.held += size
         return None
+
+    def why_full(self) -> str:
+        return (f"turnout holds {self.held // MIB} MiB of requests in flight (budget {self.budget // MIB} MiB); "
+                "retry later")
 
 
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any], why: str) -> Any:
@@ -85,11 +88,12 @@ def _unary(behaviour: _Behaviour, in_flight: InFlight) -> Callable[..., Awaitabl
     # One frame per call, everything in line: this wraps every call the server takes.
     async def release_on_abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         size = len(request) if type(request) is bytes else request.ByteSize()  # KeyValue parses its own
-        why = in_flight.refusal(size)
-        if why is None:
+        held = in_flight.held
+        if not held or held + size <= in_flight.budget:  # InFlight.refusal's test, in line
+            in_flight.held = held + size
             work = behaviour(request, context)
         else:
-            work, size = _refuse(context, why), 0
+            work, size = _refuse(context, in_flight.why_full()), 0
         del request  # only the handler's frame holds it now, and an abort's traceback is dropped
         try:
             return await work
