@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from proxy.backends.base import Backend, Key, Value
@@ -166,7 +167,8 @@ class Dispatcher:
         if call.span is not None:
             self._trace_route(key, decision, router, call.span)
         queue = self.queue
-        release = self.locks.take_free(key) or await self.locks.acquire(key)
+        # None: taken free, and given back with locks.release (no release function made for it).
+        release = None if self.locks.take_free(key) else await self.locks.acquire(key)
         handed_off = False
         recording = decision.replicate
         try:
@@ -197,7 +199,8 @@ class Dispatcher:
                 running = None if shadow is None else shadow.running()
                 if running is not None:
                     # The primary may not hold what the shadow wrote: the replayer copies its state.
-                    self._finish_shadow_write(key, running, release, settle=False)
+                    self._finish_shadow_write(key, running, release or partial(self.locks.release, key),
+                                             settle=False)
                     handed_off = True
                 raise
             if shadow is not None:
@@ -212,7 +215,8 @@ class Dispatcher:
                 running = shadow.running()
                 if running is not None:
                     shadow.compare(result, judge, show_presence)
-                    self._finish_shadow_write(key, running, release, settle=True)
+                    self._finish_shadow_write(key, running, release or partial(self.locks.release, key),
+                                             settle=True)
                     handed_off = True
                 else:
                     ok = shadow.succeeded()
@@ -225,7 +229,10 @@ class Dispatcher:
             return result
         finally:
             if not handed_off:
-                release()
+                if release is None:
+                    self.locks.release(key)
+                else:
+                    release()
                 if recording:  # nothing recorded, nothing for the replayer (its own intents woke it)
                     queue.wake()  # a no-op once the intent is settled
 

@@ -19,14 +19,19 @@ class KeyLocks:
         # key -> None while held with nobody waiting, else the waiters in arrival order.
         self._held: dict[str, deque[asyncio.Future[None]] | None] = {}
 
-    def take_free(self, key: str) -> Callable[[], None] | None:
-        """The key's lock taken at once if nobody holds it (its release, to call exactly once), else None:
-        then wait for it with acquire. The usual write finds its key free, and this costs it no coroutine."""
+    def take_free(self, key: str) -> bool:
+        """Take the key's lock at once if nobody holds it (then give it back with release), else False:
+        then wait for it with acquire. The usual write finds its key free, and this costs it neither a
+        coroutine nor a release function of its own."""
         held = self._held
         if key in held:
-            return None
+            return False
         held[key] = None
-        return partial(self._release, key)
+        return True
+
+    def release(self, key: str) -> None:
+        """Give back a lock taken with take_free."""
+        self._release(key)
 
     async def acquire(self, key: str) -> Callable[[], None]:
         """Wait for the key's lock; returns the function that releases it (call it exactly once)."""

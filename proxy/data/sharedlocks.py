@@ -58,8 +58,8 @@ class SharedKeyLocks(KeyLocks):
         self._fd = os.open(state_dir / KEY_LOCKS_FILE, os.O_RDWR | os.O_CREAT, 0o600)  # state_dir is private
         self._waiting = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="key-turn")
 
-    def take_free(self, key: str) -> Callable[[], None] | None:
-        return None  # the other workers' hold is known only by asking the lock file: acquire does
+    def take_free(self, key: str) -> bool:
+        return False  # the other workers' hold is known only by asking the lock file: acquire does
 
     async def acquire(self, key: str) -> Callable[[], None]:
         byte = slot(key)

@@ -21,17 +21,16 @@ async def test_a_free_key_is_taken_at_once_and_forgotten_when_released() -> None
 
 
 async def test_take_free_takes_only_a_free_key_and_a_waiter_gets_it_after() -> None:
-    """take_free takes a free key without waiting; a held key gives None, and acquire waits its turn."""
+    """take_free takes a free key without waiting; a held key gives False, and acquire waits its turn."""
     locks = KeyLocks()
-    release = locks.take_free("a")
-    assert release is not None
-    assert locks.take_free("a") is None
+    assert locks.take_free("a")
+    assert not locks.take_free("a")
     waiter = asyncio.ensure_future(locks.acquire("a"))
     await asyncio.sleep(0)
     assert not waiter.done()
-    release()
+    locks.release("a")
     release_waiter = await asyncio.wait_for(waiter, 1)
-    assert locks.take_free("a") is None
+    assert not locks.take_free("a")
     release_waiter()
     assert len(locks) == 0
 
