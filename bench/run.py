@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +48,9 @@ class Row:
     rate: float | None = None
     target_p99_ms: float | None = None
     skipped: str | None = None
+    #: The ratio to the baseline in each round, the two measured minutes apart at most: a machine whose
+    #: speed drifts between rounds moves both alike, so these show the spread the best-of ratio hides.
+    round_ratios: tuple[float, ...] = ()
 
     @property
     def rate_fraction_run(self) -> bool:
@@ -158,9 +162,20 @@ def best_of(rounds: Sequence[Sequence[Row]]) -> list[Row]:
     for row in kept.values():
         base = kept.get(row.baseline) if row.baseline else None
         if row.load is not None and base is not None and base.load is not None and not row.rate_fraction_run:
-            row = replace(row, ratio=row.load.rps / base.load.rps if base.load.rps else None)
+            row = replace(row, ratio=row.load.rps / base.load.rps if base.load.rps else None,
+                          round_ratios=tuple(_round_ratios(rounds, row.case, base.case)))
         result.append(row)
     return result
+
+
+def _round_ratios(rounds: Sequence[Sequence[Row]], case: str, baseline: str) -> list[float]:
+    ratios = []
+    for rows in rounds:
+        by_case = {row.case: row for row in rows}
+        mine, base = by_case.get(case), by_case.get(baseline)
+        if mine and base and mine.load and base.load and base.load.rps:
+            ratios.append(round(mine.load.rps / base.load.rps, 3))
+    return ratios
 
 
 def _why_skip(case: Case, missing: list[str], base: Row | None) -> str | None:
@@ -188,6 +203,12 @@ def print_table(rows: Sequence[Row], tool: str, args: argparse.Namespace) -> Non
             vs = f"@{row.rate:.0f}/s"
         print(f"{row.case:<28} {row.op:<4} {row.load.rps:9.0f} {_ms(row.load.p50_ms):>8} {_ms(row.load.p99_ms):>8} "
               f"{ratio:>6}  {vs:<18} {row.server_cpu or 0:7.2f} {row.load.errors:>6}  {_target(row)}")
+    spread = [row for row in rows if len(row.round_ratios) > 1]
+    if spread:
+        print("\nratio round by round (each case against its baseline of the same round), and their median:")
+        for row in spread:
+            figures = " ".join(f"{r:.2f}" for r in row.round_ratios)
+            print(f"  {row.case:<26} {figures}   median {statistics.median(row.round_ratios):.2f}")
 
 
 def _ms(value: float) -> str:
