@@ -1,10 +1,10 @@
 """Instructions per call of the proxy against the floor, counted by valgrind's callgrind: a figure this
 machine's drifting speed does not move (bench/run.py's requests/s move by up to 20 % between 5 s runs).
 
-    .venv/bin/python bench/instructions.py [--calls 2000] [--ops Set,Get] [--json bench/results/instructions.json]
+    .venv/bin/python bench/instructions.py [--calls 2000] [--ops Set,Get] [--streams 8] [--json OUT]
 
 Each server (bench/floor_server.py, and `turnout serve` on memory stores, routed old) runs under
-callgrind; h2load sends --calls calls of one op on 4 connections x 8 in flight after a warm-up, with
+callgrind; h2load sends --calls calls of one op on 4 connections x --streams in flight after a warm-up, with
 the counters zeroed between, and the dump taken after them is divided by the calls. Counted are the
 server's user-space instructions in all its threads (grpc's core included; the kernel's work is not,
 and it is alike for both: the same syscalls per call). Work on timers while the calls run (the
@@ -53,16 +53,16 @@ def totals(dump: Path) -> int:
     raise RuntimeError(f"{dump}: no totals line")
 
 
-def h2load(target: str, op: str, body: Path, calls: int) -> None:
+def h2load(target: str, op: str, body: Path, calls: int, streams: int) -> None:
     done = subprocess.run(
-        ["h2load", f"--requests={calls}", "--clients=4", "--max-concurrent-streams=8", "--threads=1",
+        ["h2load", f"--requests={calls}", "--clients=4", f"--max-concurrent-streams={streams}", "--threads=1",
          "--header=content-type: application/grpc", "--header=te: trailers", f"--data={body}",
          f"http://{target}{SERVICE_PATH}/{op}"], capture_output=True, text=True, timeout=1800, check=False)
     if f"{calls} succeeded" not in done.stdout:
         raise RuntimeError(f"h2load did not complete {calls} {op} calls:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
-def count(command: list[str], op: str, calls: int, folder: Path, idle: bool = True) -> Count:
+def count(command: list[str], op: str, calls: int, streams: int, folder: Path) -> Count:
     """Start command under callgrind, load it, and count instructions per call."""
     out = folder / "callgrind.out"
     body = folder / f"{op}.bin"
@@ -73,12 +73,10 @@ def count(command: list[str], op: str, calls: int, folder: Path, idle: bool = Tr
         target = _serving(server)
         if op == "Get":
             preload(target, 1)  # Get measures a hit, as bench/run.py does
-        h2load(target, op, body, WARMUP_CALLS)
-        idle_per_s = 0.0
-        if idle:
-            idle_per_s = _dumped(server.pid, folder, "idle", lambda: time.sleep(IDLE_S)) / IDLE_S
+        h2load(target, op, body, WARMUP_CALLS, streams)
+        idle_per_s = _dumped(server.pid, folder, "idle", lambda: time.sleep(IDLE_S)) / IDLE_S
         started = time.monotonic()
-        loaded = _dumped(server.pid, folder, "load", lambda: h2load(target, op, body, calls))
+        loaded = _dumped(server.pid, folder, "load", lambda: h2load(target, op, body, calls, streams))
         load_s = time.monotonic() - started
     finally:
         server.terminate()
@@ -122,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--ops", default="Set,Get")
+    parser.add_argument("--streams", type=int, default=8, help="calls in flight per connection (default 8)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "h2load"):
@@ -141,7 +140,7 @@ def main() -> None:
                 folder = Path(scratch) / f"{name}-{op}"
                 folder.mkdir()
                 print(f"count {name} {op} under callgrind ...", file=sys.stderr, flush=True)
-                counted[name] = count(command, op, args.calls, folder, idle=True)
+                counted[name] = count(command, op, args.calls, args.streams, folder)
                 print(f"  {counted[name].per_call:,.0f} instructions per call "
                       f"({counted[name].idle_per_call:,.0f} of idle work taken off; calls took "
                       f"{counted[name].load_s:.1f} s)", file=sys.stderr)
@@ -151,7 +150,7 @@ def main() -> None:
             proxy = Figure(f"proxy {op}", counted["proxy"].per_call, "instr/call", floor.case,
                            floor.value / counted["proxy"].per_call, 0.90)
             figures += [floor, proxy]
-    print_table(f"instructions per call under callgrind, {args.calls} calls, 4x8 in flight", figures)
+    print_table(f"instructions per call under callgrind, {args.calls} calls, 4x{args.streams} in flight", figures)
     save(args.json, "instructions", figures)
 
 
