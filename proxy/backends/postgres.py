@@ -25,7 +25,7 @@ from proxy.backends.postgresdocs import batch_refusal, key_refusal, value_refusa
 from proxy.backends.postgresorder import WriteOrder
 from proxy.backends.postgrespool import REFUSED_INPUT, Connection, Server, own_copy
 from proxy.backends.postgresschema import Statements, ensure_table
-from proxy.backends.postgreswrites import BULK_PAGE, apply_batch, insert_rows, load_rows
+from proxy.backends.postgreswrites import BULK_PAGE, apply_batch, insert_else_load, load_rows
 from proxy.backends.sqlitefile import prefix_upper_bound
 from proxy.errors import BackendUnavailable, InvalidArgument
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from proxy.config import BackendSpec
 
 T = TypeVar("T")
-#: A bulk write of rows on one connection within a limit: load_rows or insert_rows.
+#: A bulk write of rows on one connection within a limit: load_rows or insert_else_load.
 BulkWrite = Callable[[Connection, Statements, Rows, float], Awaitable[None]]
 
 
@@ -272,12 +272,7 @@ class PostgresBackend:
     async def load_many(self, items: Sequence[Item]) -> None:
         """set_many of keys the table is believed to lack (a migrate into an empty table): one COPY into
         the table itself, or set_many's upsert when one of the keys is there after all."""
-
-        async def insert_else_upsert(connection: Connection, sql: Statements, rows: Rows, limit: float) -> None:
-            if not await insert_rows(connection, sql, rows, limit):
-                await load_rows(connection, sql, rows, limit)
-
-        await self._bulk(items, insert_else_upsert)
+        await self._bulk(items, insert_else_load)
 
     async def _bulk(self, items: Sequence[Item], write: BulkWrite) -> None:
         latest = {key: value for key, value in items}

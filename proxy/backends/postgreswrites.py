@@ -98,6 +98,13 @@ async def insert_rows(connection: Connection, sql: Statements, rows: Rows, limit
     return True
 
 
+async def insert_else_load(connection: Connection, sql: Statements, rows: Rows, limit: float) -> None:
+    """A bulk load of keys the table is believed to lack: insert_rows, or load_rows' upsert when one of
+    the keys was there after all."""
+    if not await insert_rows(connection, sql, rows, limit):
+        await load_rows(connection, sql, rows, limit)
+
+
 async def _bound_statements(connection: Connection, limit: float) -> None:
     """The server's bound on one statement, raised for this transaction to the call's own limit."""
     await connection.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(limit * 1000) + 1000),))
