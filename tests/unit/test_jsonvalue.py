@@ -214,3 +214,24 @@ def test_the_fast_path_refuses_what_only_a_count_or_the_exact_check_catches(raw:
 def test_the_fast_path_takes_what_the_rules_take(raw: bytes) -> None:
     """A long integer (which orjson alone refuses and Python keeps whole), the largest double, escaped colons."""
     assert outcome(check_document, raw) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'{"name": "someone", "visits": 12, "tags": ["a", "b"]}', None),
+        (b'{"a": 1, "a": 2}', "duplicate_member"),
+        (b'{"t": "12:30", "t": 1}', "duplicate_member"),  # a colon in a string stands in for the lost one
+        (b'{"a": 1, "b": "x:y", "a": 2}', "duplicate_member"),
+        (b'{"a": "{", "a": 1}', "duplicate_member"),
+        (b'{"a": [1, {"b": 2, "b": 3}]}', "duplicate_member"),  # nested members: more colons than kept
+        (b'{"a": {}, "b": []}', None),
+        (b'{"url": "http://x", "n": 1}', None),
+        (b'{"a": "\\u003a", "b": 1}', None),
+    ],
+)
+def test_flat_objects_are_judged_by_their_colons_and_others_by_the_copy(raw: bytes, kind: str | None) -> None:
+    """The short cut for an object with as many colon bytes as members kept takes only documents without
+    a duplicate, whatever colons or braces their strings hold, and agrees with the exact check."""
+    assert outcome(check_document, raw) == kind
+    assert outcome(check_exactly, raw) == kind
