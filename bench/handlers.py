@@ -47,8 +47,9 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
     from proxy.replication.local import ReplicationQueue
     from proxy.routing.flags import Flags
     from proxy.routing.router import Route, Router
-    from proxy.serving.kvservice import KV_SERVICE, KeyValueService, ServiceHandlers, add_key_value
+    from proxy.serving.kvservice import KV_SERVICE, KeyValueService
     from proxy.serving.refusals import InFlight
+    from proxy.serving.server import ServiceHandlers, add_key_value
     from proxy.telemetry.metrics import Metrics
     from proxy.telemetry.tracing import Telemetry
 

@@ -35,7 +35,7 @@ from turnout.kv.v1 import kv_pb2
 
 from proxy.config import Limits
 from proxy.progress import Progress
-from proxy.serving.kvservice import receive_limit
+from proxy.serving.server import receive_limit
 from tests.support.proxy_process import ProxyProcess, write_config
 
 MIB = 1024 * 1024

@@ -48,7 +48,8 @@ from proxy.safety import canary
 from proxy.safety.guard import Guard
 from proxy.safety.history import History
 from proxy.safety.hooks import Hooks
-from proxy.serving.kvservice import KeyValueService, build_server, set_serving
+from proxy.serving.kvservice import KeyValueService
+from proxy.serving.server import build_server, set_serving
 from proxy.serving.tls import server_credentials
 from proxy.statedir import ADMIN_ADDRESS_FILE, LISTEN_ADDRESS_FILE, queue_store, worker_dir
 from proxy.telemetry.metrics import Metrics

@@ -31,7 +31,7 @@ from bench.request_memory import (
     run_load,
     stored_keys,
 )
-from proxy.serving.kvservice import receive_limit
+from proxy.serving.server import receive_limit
 from tests.live.test_hardening_limits import wait_for
 from tests.support.proxy_process import ProxyProcess, write_config
 

@@ -11,7 +11,8 @@ from grpc_health.v1 import health
 from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 
 from proxy.config import MAX_KEY_BYTES
-from proxy.serving.kvservice import KEY_CLEARED, KV_SERVICE, KeyValueService, build_server
+from proxy.serving.kvservice import KEY_CLEARED, KV_SERVICE, KeyValueService
+from proxy.serving.server import build_server
 
 MAX_VALUE_BYTES = 1024 * 1024
 #: Four UTF-8 bytes each: the widest a code point gets, so these keys sit right at the byte limit.

@@ -17,8 +17,9 @@ from turnout.kv.v1 import kv_pb2, kv_pb2_grpc
 from proxy.data.dispatcher import Dispatcher
 from proxy.routing.flags import Flags
 from proxy.routing.router import Router
-from proxy.serving.kvservice import KV_SERVICE, KeyValueService, add_key_value, build_server
+from proxy.serving.kvservice import KV_SERVICE, KeyValueService
 from proxy.serving.refusals import MIB, InFlight
+from proxy.serving.server import add_key_value, build_server
 
 MAX_VALUE_BYTES = 1 * MIB
 
